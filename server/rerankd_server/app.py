@@ -1,0 +1,189 @@
+"""The sidecar's lifecycle: listen, load, warm up, serve, drain.
+
+The port opens first with health NOT_SERVING (probes see "starting", calls get UNAVAILABLE),
+the model loads and warms up off the event loop, then health flips to SERVING. On SIGTERM or
+SIGINT health flips to NOT_SERVING at once, new calls are refused, accepted calls get the
+grace period to finish, and the process exits 0. A model that cannot be loaded ends the
+process with exit code 2 and a message saying how to point it at a local folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from rerankd.v1 import rerank_pb2
+from rerankd_server.batching import BatchLimits
+from rerankd_server.errors import ModelLoadError
+from rerankd_server.scheduler import BatchScheduler, SchedulerConfig
+from rerankd_server.scoring.base import Scorer
+from rerankd_server.servicer import SERVICE_NAME, RerankServicer, ServedModel, handlers
+from rerankd_server.settings import Settings, parse_settings
+
+log = logging.getLogger("rerankd")
+
+ScorerFactory = Callable[[Settings], Scorer]
+
+
+def load_hf_scorer(settings: Settings) -> Scorer:
+    """Load the configured Hugging Face cross-encoder (the default scorer factory)."""
+    from rerankd_server.scoring.hf import HFCrossEncoder, resolve_placement
+
+    placement = resolve_placement(settings.device, settings.dtype, settings.attention)
+    return HFCrossEncoder(settings.model, placement, name=settings.served_name)
+
+
+def scheduler_config(settings: Settings, scorer: Scorer) -> SchedulerConfig:
+    """Resolve the token budget (auto: 16384 on CUDA, 4096 on CPU; never below one full pair)."""
+    info = scorer.info
+    budget = settings.max_batch_tokens or (16384 if info.device.startswith("cuda") else 4096)
+    if budget < info.max_input_tokens:
+        log.warning(
+            "max-batch-tokens %d is below the model's %d input tokens; using %d",
+            budget, info.max_input_tokens, info.max_input_tokens,
+        )
+        budget = info.max_input_tokens
+    return SchedulerConfig(
+        limits=BatchLimits(budget, settings.max_batch_size, padded=info.padded),
+        lookahead_pairs=settings.lookahead_pairs,
+        max_queue_pairs=settings.max_queue_pairs,
+        max_queue_tokens=settings.max_queue_tokens,
+    )
+
+
+class Sidecar:
+    """The server and its model; ``async with Sidecar(settings) as s: await s.ready()``."""
+
+    def __init__(self, settings: Settings, scorer_factory: ScorerFactory = load_hf_scorer) -> None:
+        self.settings = settings
+        self._factory = scorer_factory
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        self._health = health_aio.HealthServicer()
+        self._servicer = RerankServicer(settings)
+        self._scheduler: BatchScheduler | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> Sidecar:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Listen (NOT_SERVING) and begin loading the model in the background."""
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self._server.add_generic_rpc_handlers((handlers(self._servicer),))
+        names = (
+            SERVICE_NAME,
+            rerank_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(tuple(dict.fromkeys(names)), self._server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self._server.start()
+        log.info("listening on %s:%d; loading %s", self.settings.host, self.port, self.settings.model)
+        self._loading = asyncio.create_task(self._load(), name="rerankd-load")
+
+    async def ready(self) -> None:
+        """Wait until the model serves. Raises ModelLoadError when it cannot be loaded."""
+        if self._loading is None:
+            raise RuntimeError("Sidecar.start() was not called")
+        await asyncio.shield(self._loading)
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        scorer = await loop.run_in_executor(None, self._factory, self.settings)
+        config = scheduler_config(self.settings, scorer)
+        if self.settings.warmup:
+            limits = config.limits
+            await loop.run_in_executor(
+                None, scorer.warmup, limits.max_batch_tokens, limits.max_batch_size
+            )
+        self._scheduler = BatchScheduler(scorer, config)
+        await self._scheduler.start()
+        self._servicer.add_model(self.settings.served_name, ServedModel(scorer, self._scheduler, config))
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        info = scorer.info
+        log.info(
+            "serving %s on %s (%s, %s attention, max %d tokens/pair, %d tokens/batch)",
+            info.name, info.device, info.dtype, info.attention_implementation,
+            info.max_input_tokens, config.limits.max_batch_tokens,
+        )
+
+    async def aclose(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, finish accepted ones within ``grace`` seconds."""
+        await self._health.enter_graceful_shutdown()
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        await self._server.stop(self.settings.grace_period if grace is None else grace)
+        if self._loading is not None:
+            await asyncio.gather(self._loading, return_exceptions=True)
+        if self._scheduler is not None:
+            await self._scheduler.aclose()
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+
+async def serve(settings: Settings, scorer_factory: ScorerFactory = load_hf_scorer) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    sidecar = Sidecar(settings, scorer_factory)
+    try:
+        await sidecar.start()
+        ready = asyncio.ensure_future(sidecar.ready())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            ready.result()  # raises ModelLoadError if loading failed
+            await stopping
+        else:
+            ready.cancel()
+        log.info("draining (grace period %.0fs)", settings.grace_period)
+        return 0
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        await sidecar.aclose()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rerankd serve`` and ``python -m rerankd_server``."""
+    settings = parse_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return asyncio.run(serve(settings))

@@ -1,0 +1,199 @@
+"""The Hugging Face cross-encoder scorer (any ``AutoModelForSequenceClassification`` with one label).
+
+Tokenization uses the model's own fast tokenizer backend, cloned once per truncation side with
+``longest_first`` truncation at the model's max length: exactly what the tokenizer's
+``__call__(pairs, truncation="longest_first")`` does inside ``CrossEncoder.predict``, without
+building padded tensors per request. Padding happens once per batch in ``collate``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from tokenizers.normalizers import Lowercase
+from tokenizers.normalizers import Sequence as NormalizerSequence
+
+from rerankd_server.errors import ModelLoadError
+from rerankd_server.scoring.base import FloatArray, ScorerInfo, TokenizedPairs, Truncation
+from rerankd_server.scoring.st_config import load_activation, max_input_tokens, resolve_config
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how the model runs, after resolving ``auto``."""
+
+    device: str
+    dtype: str
+    attention: str
+
+
+def resolve_placement(device: str, dtype: str, attention: str) -> Placement:
+    """Resolve ``auto`` choices: CUDA + bf16 + Flash Attention 2 when available, else CPU fp32 SDPA."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device} requested but CUDA is not available")
+    on_cuda = device.startswith("cuda")
+    if dtype == "auto":
+        dtype = "bfloat16" if on_cuda else "float32"
+    if attention == "auto":
+        has_flash = importlib.util.find_spec("flash_attn") is not None
+        attention = "flash_attention_2" if on_cuda and has_flash else "sdpa"
+    return Placement(device, dtype, attention)
+
+
+class HFCrossEncoder:
+    """A loaded cross-encoder; see ``scoring.base.Scorer`` for the threading contract."""
+
+    def __init__(self, source: str, placement: Placement, name: str = "") -> None:
+        """Load tokenizer and model from a hub id or local folder.
+
+        Raises:
+            ModelLoadError: the model cannot be found or is not a single-score cross-encoder.
+        """
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(_load_advice(source, exc)) from exc
+        if getattr(config, "num_labels", 1) != 1:
+            raise ModelLoadError(
+                f"{source} has {config.num_labels} labels; rerankd serves cross-encoders with one score"
+            )
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelLoadError(f"{source} has no fast (Rust) tokenizer, which rerankd needs")
+        st_config = resolve_config(source, config)
+        max_len = max_input_tokens(
+            st_config, tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)
+        )
+        if max_len is None:
+            raise ModelLoadError(
+                f"{source} states no maximum length; add max_seq_length to sentence_bert_config.json"
+            )
+        self._model = self._load_model(AutoModelForSequenceClassification, source, placement)
+        self._device = torch.device(placement.device)
+        self._activation = load_activation(st_config.activation)
+        forward_params = inspect.signature(self._model.forward).parameters
+        self._uses_type_ids = (
+            "token_type_ids" in tokenizer.model_input_names and "token_type_ids" in forward_params
+        )
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._pad_left = tokenizer.padding_side == "left"
+        self._max_len = max_len
+        default_side = "left" if tokenizer.truncation_side == "left" else "right"
+        backend: Tokenizer = tokenizer.backend_tokenizer
+        self._tokenizers = {
+            Truncation.DEFAULT: _clone(backend, max_len, default_side, st_config.do_lower_case),
+            Truncation.END: _clone(backend, max_len, "right", st_config.do_lower_case),
+            Truncation.START: _clone(backend, max_len, "left", st_config.do_lower_case),
+        }
+        self._tokenizers[Truncation.NONE] = self._tokenizers[Truncation.DEFAULT]
+        self._info = ScorerInfo(
+            name=name or source,
+            max_input_tokens=max_len,
+            activation=st_config.activation,
+            dtype=placement.dtype,
+            device=str(self._device),
+            attention_implementation=str(
+                getattr(self._model.config, "_attn_implementation", placement.attention)
+            ),
+            padded=True,
+        )
+
+    @staticmethod
+    def _load_model(auto: Any, source: str, placement: Placement) -> Any:
+        kwargs = {"dtype": _DTYPES[placement.dtype], "trust_remote_code": False}
+        try:
+            model = auto.from_pretrained(source, attn_implementation=placement.attention, **kwargs)
+        except (ImportError, ValueError) as exc:
+            if placement.attention == "eager":
+                raise ModelLoadError(f"cannot load {source}: {exc}") from exc
+            log.warning("attention %s unavailable (%s); using eager", placement.attention, exc)
+            model = auto.from_pretrained(source, attn_implementation="eager", **kwargs)
+        except OSError as exc:
+            raise ModelLoadError(_load_advice(source, exc)) from exc
+        return model.to(placement.device).eval()
+
+    @property
+    def info(self) -> ScorerInfo:
+        return self._info
+
+    def tokenize(self, pairs: Sequence[tuple[str, str]], truncation: Truncation) -> TokenizedPairs:
+        encodings = self._tokenizers[truncation].encode_batch(list(pairs), add_special_tokens=True)
+        return TokenizedPairs(
+            ids=[enc.ids for enc in encodings],
+            type_ids=[enc.type_ids for enc in encodings] if self._uses_type_ids else None,
+            truncated=[bool(enc.overflowing) for enc in encodings],
+        )
+
+    def collate(self, ids: Sequence[list[int]], type_ids: Sequence[list[int]] | None) -> Any:
+        longest = max(len(row) for row in ids)
+        input_ids = np.full((len(ids), longest), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), longest), dtype=np.int64)
+        types = np.zeros((len(ids), longest), dtype=np.int64) if type_ids is not None else None
+        for row, tokens in enumerate(ids):
+            span = slice(longest - len(tokens), longest) if self._pad_left else slice(0, len(tokens))
+            input_ids[row, span] = tokens
+            mask[row, span] = 1
+            if types is not None and type_ids is not None:
+                types[row, span] = type_ids[row]
+        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+        if types is not None:
+            batch["token_type_ids"] = torch.from_numpy(types)
+        if self._device.type == "cuda":
+            batch = {key: value.pin_memory() for key, value in batch.items()}
+        return batch
+
+    def forward(self, batch: Any) -> FloatArray:
+        with torch.inference_mode():
+            inputs = {k: v.to(self._device, non_blocking=True) for k, v in batch.items()}
+            logits = self._model(**inputs).logits
+            out: FloatArray = logits[:, 0].float().cpu().numpy()
+        return out
+
+    def activate(self, logits: FloatArray) -> FloatArray:
+        with torch.inference_mode():
+            out: FloatArray = self._activation(torch.from_numpy(logits)).numpy()
+        return out
+
+    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> None:
+        length = min(self._max_len, max_batch_tokens)
+        count = max(1, min(max_batch_size, max_batch_tokens // length))
+        ids = [[self._pad_id] * length for _ in range(count)]
+        self.forward(self.collate(ids, ids if self._uses_type_ids else None))
+
+
+def _clone(backend: Tokenizer, max_len: int, side: str, lower: bool) -> Tokenizer:
+    """An independent copy of the tokenizer that truncates pairs as CrossEncoder does."""
+    clone = Tokenizer.from_str(backend.to_str())
+    clone.no_padding()
+    clone.enable_truncation(max_len, stride=0, strategy="longest_first", direction=side)
+    if lower:
+        current = clone.normalizer
+        clone.normalizer = (
+            NormalizerSequence([Lowercase(), current]) if current is not None else Lowercase()
+        )
+    return clone
+
+
+def _load_advice(source: str, exc: BaseException) -> str:
+    return (
+        f"cannot load model {source!r}: {exc}\n"
+        "rerankd needs a Hugging Face model id it can download (or find in the cache with "
+        "HF_HUB_OFFLINE=1) or a local folder holding the model. Without network access, copy "
+        "the model folder to this machine and run: rerankd serve --model /path/to/model-folder"
+    )

@@ -1,0 +1,156 @@
+"""One frozen settings object, built from flags and ``RERANKD_*`` environment variables.
+
+Every option has a flag, an environment variable (the flag name upper-cased with
+``RERANKD_`` in front, dashes as underscores) and a help line that states the trade-off.
+Precedence: flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "cross-encoder/ettin-reranker-1b-v1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the sidecar is configured with; see ``build_parser`` for the meaning of each."""
+
+    model: str = DEFAULT_MODEL
+    model_name: str = ""
+    host: str = "0.0.0.0"
+    port: int = 50051
+    device: str = "auto"
+    dtype: str = "auto"
+    attention: str = "auto"
+    max_batch_tokens: int = 0
+    max_batch_size: int = 128
+    lookahead_pairs: int = 512
+    max_queue_pairs: int = 16384
+    max_queue_tokens: int = 8_000_000
+    max_documents: int = 1000
+    max_query_bytes: int = 64 * 1024
+    max_document_bytes: int = 512 * 1024
+    max_message_bytes: int = 8 * 1024 * 1024
+    grace_period: float = 30.0
+    warmup: bool = True
+    log_level: str = "INFO"
+
+    @property
+    def served_name(self) -> str:
+        """The name requests use in their ``model`` field."""
+        return self.model_name or self.model
+
+
+# (flag, type, help). Defaults come from Settings, so they are stated once.
+_OPTIONS: list[tuple[str, type, str]] = [
+    ("model", str, "Hugging Face model id or local folder of a sequence-classification cross-encoder."),
+    ("model-name", str, "Name requests use to select the model (default: the --model value)."),
+    ("host", str, "Address to listen on; 127.0.0.1 keeps a sidecar private to its pod."),
+    ("port", int, "gRPC port."),
+    ("device", str, "auto (CUDA when present), cpu, cuda or cuda:N."),
+    ("dtype", str, "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16; "
+     "bf16 is faster, fp32 matches Sentence Transformers to 1e-5."),
+    ("attention", str, "auto (flash_attention_2 when installed on CUDA, else sdpa), "
+     "flash_attention_2, sdpa or eager."),
+    ("max-batch-tokens", int, "Token budget per model batch, counted as the model pays "
+     "(padded: longest x count). 0 = auto (16384 on CUDA, 4096 on CPU); larger batches "
+     "raise throughput and memory use."),
+    ("max-batch-size", int, "Most pairs per batch; caps memory for short pairs."),
+    ("lookahead-pairs", int, "Queued pairs the scheduler looks at to group similar lengths; "
+     "more means less padding but more reordering between callers."),
+    ("max-queue-pairs", int, "Pairs admitted but not yet scored; beyond it calls get RESOURCE_EXHAUSTED."),
+    ("max-queue-tokens", int, "Tokens admitted but not yet scored; beyond it calls get "
+     "RESOURCE_EXHAUSTED."),
+    ("max-documents", int, "Most documents per Rerank call (pairs per Score call)."),
+    ("max-query-bytes", int, "Most UTF-8 bytes in a query."),
+    ("max-document-bytes", int, "Most UTF-8 bytes in one document."),
+    ("max-message-bytes", int, "Largest request message gRPC accepts."),
+    ("grace-period", float, "Seconds to finish accepted calls after SIGTERM before exiting."),
+    ("log-level", str, "DEBUG, INFO, WARNING or ERROR."),
+]
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "attention": ("auto", "flash_attention_2", "sdpa", "eager"),
+    "log-level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+
+def env_name(flag: str) -> str:
+    """The environment variable for a flag: ``max-batch-tokens`` -> ``RERANKD_MAX_BATCH_TOKENS``."""
+    return "RERANKD_" + flag.upper().replace("-", "_")
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``rerankd serve`` parser; defaults are taken from ``env`` (``os.environ``)."""
+    env = os.environ if env is None else env
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="rerankd serve",
+        description="Serve a cross-encoder reranker over gRPC (rerankd.v1.RerankService).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for flag, kind, help_text in _OPTIONS:
+        attr = flag.replace("-", "_")
+        default = getattr(defaults, attr)
+        raw = env.get(env_name(flag))
+        if raw is not None:
+            try:
+                default = kind(raw)
+            except ValueError:
+                parser.error(f"{env_name(flag)}={raw!r} is not a valid {kind.__name__}")
+        parser.add_argument(
+            f"--{flag}",
+            type=kind,
+            default=default,
+            choices=_CHOICES.get(flag),
+            help=f"{help_text} [env {env_name(flag)}]",
+        )
+    no_warmup = env.get("RERANKD_NO_WARMUP", "").lower() in ("1", "true", "yes")
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        default=no_warmup,
+        help="Skip the warm-up batch at start (faster start, slower first call). [env RERANKD_NO_WARMUP]",
+    )
+    return parser
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Parse flags (and the environment) into validated ``Settings``; exits 2 on bad values."""
+    parser = build_parser(env)
+    ns = vars(parser.parse_args(argv))
+    ns["warmup"] = not ns.pop("no_warmup")
+    settings = Settings(**ns)
+    problems = validate(settings)
+    if problems:
+        parser.error("; ".join(problems))
+    return settings
+
+
+def validate(settings: Settings) -> list[str]:
+    """Configuration errors, as messages (empty when the settings are usable)."""
+    problems = []
+    positive = (
+        "max_batch_size", "lookahead_pairs", "max_queue_pairs", "max_queue_tokens",
+        "max_documents", "max_query_bytes", "max_document_bytes", "max_message_bytes",
+    )
+    for name in positive:
+        if getattr(settings, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be at least 1")
+    if settings.max_batch_tokens < 0:
+        problems.append("--max-batch-tokens must be 0 (auto) or positive")
+    if not 0 < settings.port < 65536 and settings.port != 0:
+        problems.append("--port must be 0..65535")
+    if settings.grace_period < 0:
+        problems.append("--grace-period must not be negative")
+    if settings.max_documents > settings.max_queue_pairs:
+        problems.append("--max-documents must not exceed --max-queue-pairs")
+    return problems
+
