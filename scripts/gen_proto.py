@@ -19,8 +19,8 @@ OUT_ROOT = ROOT / "client"
 PROTOS = ["rerankd/v1/rerank.proto"]
 
 
-def generate(out_root: Path) -> None:
-    """Run protoc (from grpcio-tools) for every proto into ``out_root``."""
+def generate(out_root: Path, proto_root: Path = PROTO_ROOT) -> None:
+    """Run protoc (from grpcio-tools) for every proto under ``proto_root`` into ``out_root``."""
     import grpc_tools
     from grpc_tools import protoc
 
@@ -28,12 +28,12 @@ def generate(out_root: Path) -> None:
     for proto in PROTOS:
         args = [
             "protoc",
-            f"-I{PROTO_ROOT}",
+            f"-I{proto_root}",
             f"-I{include}",
             f"--python_out={out_root}",
             f"--pyi_out={out_root}",
             f"--grpc_python_out={out_root}",
-            str(PROTO_ROOT / proto),
+            str(proto_root / proto),
         ]
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed for {proto}")
@@ -49,6 +49,18 @@ def generated_files(root: Path) -> list[Path]:
     return names
 
 
+def stale_stubs(proto_root: Path = PROTO_ROOT, out_root: Path = OUT_ROOT) -> list[str]:
+    """Stubs under ``out_root`` that are missing or differ from what ``proto_root`` generates."""
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp), proto_root)
+        return [
+            str(name)
+            for name in generated_files(Path(tmp))
+            if not (out_root / name).exists()
+            or not filecmp.cmp(Path(tmp) / name, out_root / name, shallow=False)
+        ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if committed stubs drift")
@@ -56,14 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check:
         generate(OUT_ROOT)
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp))
-        stale = [
-            str(name)
-            for name in generated_files(Path(tmp))
-            if not (OUT_ROOT / name).exists()
-            or not filecmp.cmp(Path(tmp) / name, OUT_ROOT / name, shallow=False)
-        ]
+    stale = stale_stubs()
     if stale:
         print("stubs differ from proto/; run: python scripts/gen_proto.py", *stale, sep="\n  ")
         return 1

@@ -1,0 +1,350 @@
+"""Tiny random-weight cross-encoders, built offline in seconds, for tests and demos.
+
+Real rerankers are hundreds of megabytes and need the network; the sidecar's tests and the README's
+demo need a model that loads through exactly the same code path (Hugging Face files plus the
+Sentence Transformers CrossEncoder layout) without either. The weights are RANDOM: the scores mean
+nothing, but they are finite, differ between inputs and are reproducible for a given seed, which
+tests rely on.
+
+Usage: ``python -m rerankd_server.tiny_models PATH [--kind bert] [--activation torch.nn.Identity]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import string
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+ModelKind = Literal["modernbert", "bert"]
+
+#: Longest (query, document) pair in tokens, special tokens included. Kept small so tests can build
+#: over-long documents cheaply; the position tables below are larger so a saved ``max_seq_length``
+#: above it still fits the model.
+MODEL_MAX_LENGTH = 128
+#: Position table size; a ``max_seq_length`` above it could not run, so it is rejected.
+MAX_POSITION_EMBEDDINGS = 512
+#: Largest vocabulary; CORPUS yields a little less.
+VOCAB_SIZE = 1500
+
+#: Weight scale. Hugging Face's default (0.02) gives near-equal scores on a model this small; this
+#: spreads the logits over a few units, so rankings are clear and sigmoid stays out of saturation.
+INITIALIZER_RANGE = 0.5
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# The Sentence Transformers release whose CrossEncoder.save() layout is written below (modules.json
+# naming the v6 Transformer module, modality_config); loaders warn only if it is newer than theirs.
+_ST_LAYOUT_VERSION = "6.2.0"
+_ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
+
+_README = """\
+# Tiny random-weight cross-encoder
+
+Built by `python -m rerankd_server.tiny_models` ({kind}, seed {seed}). The weights are RANDOM: its
+scores mean nothing. It exists so tests and demos run offline; use a trained reranker for real work.
+"""
+
+# A fixed English corpus, so the vocabulary is deterministic and needs no download. Its topics
+# follow the demo queries (files, search, cooking, weather) so demo text tokenizes into whole words.
+CORPUS = """\
+How do I list files in a directory?
+Use ls to list the files in a directory; ls -la also shows hidden files and permissions.
+The find command searches a directory tree for files that match a name, a size or a date.
+To copy a file, use cp; to move or rename it, use mv; to remove it, use rm.
+A directory is a folder that holds files and other directories.
+Python can list a directory with os.listdir, os.scandir or pathlib.Path.iterdir.
+The glob module finds path names that match a pattern such as *.txt.
+Search engines rank documents by how relevant they are to a query.
+A cross-encoder reads the query and the document together and returns a relevance score.
+Reranking takes the first hundred hits of a keyword search and orders them with a better model.
+BM25 scores documents by term frequency, inverse document frequency and document length.
+Dense retrieval embeds queries and documents as vectors and compares them with a dot product.
+The server batches requests by tokens so the accelerator stays busy without running out of memory.
+Each request carries a deadline; work for a caller who has gone away is skipped.
+Health checks tell the load balancer when the model has finished loading.
+Bake the bread in a hot oven for forty minutes until the crust is brown.
+Mix the flour, water, salt and yeast, then let the dough rise for two hours.
+Boil the pasta in salted water and drain it when it is soft but still firm.
+A good soup starts with onions, carrots and celery cooked slowly in butter.
+The weather today is sunny with a light wind from the west.
+Tomorrow it will rain in the morning, and the afternoon will be cold and grey.
+Snow fell on the mountains during the night and the roads are closed.
+The train to the city leaves every twenty minutes from the north station.
+She walked along the river and watched the boats go under the old stone bridge.
+The library opens at nine and closes at six, except on Sundays.
+Children learn to read by hearing stories and sounding out the letters of each word.
+The museum shows paintings, maps and tools from the history of the town.
+Berlin is the capital of Germany and one of the largest cities in Europe.
+Paris lies on the Seine, and its population is a little over two million people.
+Water freezes at zero degrees Celsius and boils at one hundred degrees at sea level.
+The heart pumps blood through the arteries to every part of the body.
+Plants turn sunlight, water and carbon dioxide into sugar and oxygen.
+The moon goes around the earth about once every twenty seven days.
+A network packet carries a header with its source and destination addresses.
+The database stores each record in a table with typed columns and an index on the key.
+Errors should be reported once, where they are handled, with a clear message.
+Tests run on every change, so a mistake is found before it reaches users.
+Compile the program, run the unit tests, and then deploy the new version.
+Open the settings, choose a language, and save your changes before you close the window.
+The quick brown fox jumps over the lazy dog while the cat sleeps in the sun.
+What is the best way to learn a new programming language?
+Read the documentation, write small programs, and ask questions when you are stuck.
+Which shell command shows the disk space used by each folder?
+The du command reports disk usage, and df shows the free space on each file system.
+Why is the sky blue? Air scatters blue light from the sun more than red light.
+Keep the receipt in case you need to return the shoes or exchange them for another size.
+The doctor said to drink plenty of fluids and rest for a few days.
+Our team meets every Monday to review progress and plan the week ahead.
+He forgot his umbrella at the office, so he got wet on the way home.
+Farmers harvest wheat in late summer and store the grain in dry barns.
+The orchestra played a symphony, and the audience clapped for several minutes.
+Mountains form over millions of years as plates of the earth's crust collide.
+Electric cars charge from a plug at home or at fast chargers along the highway.
+The recipe needs three eggs, a cup of sugar, a spoon of vanilla and some milk.
+Wash your hands with soap for twenty seconds before eating or cooking.
+The company announced quarterly earnings that were higher than analysts expected.
+A password manager creates and remembers long, unique passwords for every site.
+Backups protect your photos and documents if a disk fails or a laptop is stolen.
+The volcano erupted, sending ash high into the sky and closing nearby airports.
+Birds migrate south in autumn, following coasts, rivers and mountain ranges.
+The football match ended in a draw after extra time and a missed penalty.
+Translate the sentence into French, Spanish and Japanese, then compare the grammar.
+Vitamins and minerals help the immune system fight infections.
+The hotel room had a balcony with a view of the harbour and the lighthouse.
+Sort the list in ascending order, remove duplicates, and print the first ten items.
+Regular expressions match patterns in text, such as email addresses or phone numbers.
+The kernel schedules processes, manages memory and talks to hardware drivers.
+Encryption scrambles data so that only someone with the key can read it.
+Gardening in spring means planting seeds, pulling weeds and watering every evening.
+The pilot announced that the plane would land fifteen minutes early because of tailwinds.
+Astronomers discovered a planet orbiting a distant star in the habitable zone.
+Jazz musicians often improvise melodies over a fixed sequence of chords.
+The bakery on the corner sells croissants, baguettes and chocolate cake.
+Voters elect members of parliament every four or five years.
+Earthquakes are measured by magnitude, and strong ones can damage buildings far away.
+"""
+
+
+def build_tiny_model(
+    path: str | Path,
+    kind: ModelKind = "modernbert",
+    *,
+    activation: str | None = "default",
+    max_seq_length: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight cross-encoder to ``path`` in the CrossEncoder layout.
+
+    Args:
+        path: Folder to write (created; existing files with the same names are overwritten).
+        kind: ``"modernbert"`` (no token type ids, local + global attention layers) or ``"bert"``
+            (token type ids, absolute positions): the two input conventions real rerankers use.
+        activation: ``"default"`` (or None) records no activation, so loaders apply Sentence
+            Transformers' rule (Sigmoid for one label); a dotted path such as
+            ``"torch.nn.Identity"`` is recorded as ``activation_fn``.
+        max_seq_length: When given, recorded in ``sentence_bert_config.json``, which Sentence
+            Transformers lets override the tokenizer's ``model_max_length`` (MODEL_MAX_LENGTH).
+        seed: Seeds the random weights; the same seed gives the same files.
+
+    Returns:
+        The folder, as a Path.
+
+    Raises:
+        ValueError: an unknown ``kind``, or ``max_seq_length`` outside 1..MAX_POSITION_EMBEDDINGS.
+    """
+    if kind not in get_args(ModelKind):
+        raise ValueError(f"kind must be one of {get_args(ModelKind)}, got {kind!r}")
+    if max_seq_length is not None and not 0 < max_seq_length <= MAX_POSITION_EMBEDDINGS:
+        raise ValueError(
+            f"max_seq_length must be in 1..{MAX_POSITION_EMBEDDINGS}, got {max_seq_length}"
+        )
+
+    import torch
+    import transformers
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer(kind)
+    with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's RNG
+        torch.manual_seed(seed)
+        model = _build_model(kind, tokenizer)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+    st_config: dict[str, Any] = {
+        "model_type": "CrossEncoder",
+        "__version__": {
+            "sentence_transformers": _ST_LAYOUT_VERSION,
+            "transformers": transformers.__version__,
+            "pytorch": torch.__version__,
+        },
+        "prompts": {},
+        "default_prompt_name": None,
+    }
+    if activation is not None and activation != "default":
+        st_config["activation_fn"] = activation
+    module_config: dict[str, Any] = {
+        "transformer_task": "sequence-classification",
+        "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+        "module_output_name": "scores",
+    }
+    if max_seq_length is not None:
+        module_config["max_seq_length"] = max_seq_length
+    modules = [{"idx": 0, "name": "0", "path": "", "type": _ST_TRANSFORMER}]
+    # Same file names, keys and JSON formatting as Sentence Transformers' save().
+    (out / "config_sentence_transformers.json").write_text(
+        json.dumps(st_config, indent=2, sort_keys=True), encoding="utf-8"
+    )
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps(module_config, indent=4), encoding="utf-8"
+    )
+    (out / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
+    (out / "README.md").write_text(_README.format(kind=kind, seed=seed), encoding="utf-8")
+    return out
+
+
+def _build_tokenizer(kind: ModelKind) -> Any:
+    """A lowercase WordPiece tokenizer over CORPUS's vocabulary, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    normalizer = normalizers.Sequence(
+        [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
+    )
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = Counter(
+        word
+        for line in CORPUS.splitlines()
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))
+    )
+    vocab = {token: i for i, token in enumerate(_vocabulary(words))}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    input_names = ["input_ids", "attention_mask"]
+    if kind == "bert":
+        input_names.insert(1, "token_type_ids")
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=backend,
+        model_max_length=MODEL_MAX_LENGTH,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=input_names,
+    )
+
+
+def _vocabulary(words: Counter[str]) -> list[str]:
+    """Special tokens, every printable ASCII character (alone and as a ``##`` continuation), the
+    corpus's words, then its commonest word endings, up to VOCAB_SIZE tokens.
+
+    Built directly rather than with tokenizers' WordPieceTrainer, whose tie-breaking follows hash
+    order: it gives a slightly different vocabulary on every run, so the same seed would not give
+    the same model.
+    """
+    endings: Counter[str] = Counter()
+    for word, count in words.items():
+        for start in range(max(1, len(word) - 4), len(word)):
+            endings["##" + word[start:]] += count
+    chars = [c for c in string.printable if not (c.isspace() or c.isupper())]
+
+    def by_frequency(counts: Counter[str]) -> list[str]:
+        return sorted(counts, key=lambda token: (-counts[token], token))
+
+    tokens = [*SPECIAL_TOKENS, *chars, *("##" + c for c in chars)]
+    tokens += by_frequency(words) + by_frequency(endings)
+    return list(dict.fromkeys(tokens))[:VOCAB_SIZE]
+
+
+def _build_model(kind: ModelKind, tokenizer: Any) -> Any:
+    """A two-layer, 32-wide sequence classifier with one label, its ids matching ``tokenizer``."""
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        ModernBertConfig,
+        ModernBertForSequenceClassification,
+    )
+
+    common = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "num_labels": 1,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": MAX_POSITION_EMBEDDINGS,
+        "initializer_range": INITIALIZER_RANGE,
+    }
+    if kind == "bert":
+        return BertForSequenceClassification(BertConfig(type_vocab_size=2, **common))
+    config = ModernBertConfig(
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        # A global layer, then a local one whose window is shorter than typical test inputs.
+        layer_types=["full_attention", "sliding_attention"],
+        local_attention=16,
+        **common,
+    )
+    return ModernBertForSequenceClassification(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: build a tiny model into PATH and say loudly that its weights are random."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rerankd_server.tiny_models",
+        description="Build a tiny RANDOM-weight cross-encoder (for demos and tests only) offline.",
+    )
+    parser.add_argument("path", type=Path, help="folder to write the model into")
+    parser.add_argument(
+        "--kind", choices=get_args(ModelKind), default="modernbert", help="architecture"
+    )
+    parser.add_argument(
+        "--activation",
+        default="default",
+        help='"default" (Sigmoid for one label, as Sentence Transformers decides) or a dotted path '
+        'such as "torch.nn.Identity" recorded as the activation_fn',
+    )
+    parser.add_argument(
+        "--max-seq-length",
+        type=int,
+        default=None,
+        help=f"record a max_seq_length (default: the tokenizer's {MODEL_MAX_LENGTH})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for the random weights")
+    args = parser.parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    # A "writing shards" progress bar for one small file is noise.
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        out = build_tiny_model(
+            args.path,
+            args.kind,
+            activation=args.activation,
+            max_seq_length=args.max_seq_length,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(out)
+    print("warning: the weights are RANDOM; the scores mean nothing (for demos and tests only)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

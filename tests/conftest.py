@@ -1,0 +1,59 @@
+"""Fixtures shared by the test suites: tiny models, the shared data folder, a server process."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never touch the network. Set before anything imports huggingface_hub, which reads these
+# once, hence the imports below come after it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rerankd_server.tiny_models import ModelKind, build_tiny_model
+from support.server_process import ServerProcess, start_server
+
+# name -> (kind, activation) for build_tiny_model; "default" leaves the activation to Sentence
+# Transformers' rule (Sigmoid for one label).
+TINY_MODELS: dict[str, tuple[ModelKind, str]] = {
+    "modernbert": ("modernbert", "default"),
+    "modernbert_identity": ("modernbert", "torch.nn.Identity"),
+    "bert": ("bert", "default"),
+    "bert_identity": ("bert", "torch.nn.Identity"),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random-weight cross-encoders in the Sentence Transformers layout, built once per session."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        name: build_tiny_model(root / name, kind, activation=activation)
+        for name, (kind, activation) in TINY_MODELS.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The project's shared folder (reference data beside the repository), or skip when absent."""
+    path = Path(__file__).resolve().parents[1].parent / "shared"
+    if not path.is_dir():
+        pytest.skip(f"shared folder {path} is absent (it sits beside the repository checkout)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_server_process(tiny_models: dict[str, Path]) -> Iterator[ServerProcess]:
+    """The real sidecar (``python -m rerankd_server``) serving tiny_models["modernbert"].
+
+    On teardown it is stopped with SIGTERM and must exit 0, the lifecycle contract.
+    """
+    server = start_server(tiny_models["modernbert"])
+    try:
+        yield server
+    finally:
+        code = server.stop()
+    assert code == 0, f"server exited with {code} on SIGTERM. Output:\n{server.output()}"

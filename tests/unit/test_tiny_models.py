@@ -1,0 +1,188 @@
+"""The tiny test models load and score through Sentence Transformers exactly like a real reranker.
+
+Scoring tests compare the server with ``CrossEncoder.predict`` on these models, so they must take
+the same code path as a published cross-encoder: same files, same activation rule, same max length.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from rerankd_server import tiny_models
+from rerankd_server.tiny_models import MODEL_MAX_LENGTH, build_tiny_model, main
+from sentence_transformers import CrossEncoder
+
+PAIRS = [
+    ("how do i list files in a directory", "Use ls to list the files in a directory."),
+    ("how do i list files in a directory", "Bake the bread in a hot oven."),
+    ("how do i list files in a directory", ""),
+    ("weather", "Tomorrow it will rain in the morning. " * 40),  # over-long: truncated
+    ("q", "d"),
+]
+
+EXPECTED_ACTIVATION = {
+    "modernbert": torch.nn.Sigmoid,
+    "modernbert_identity": torch.nn.Identity,
+    "bert": torch.nn.Sigmoid,
+    "bert_identity": torch.nn.Identity,
+}
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ACTIVATION))
+def test_cross_encoder_loads_and_scores(tiny_models: dict[str, Path], name: str) -> None:
+    model = CrossEncoder(str(tiny_models[name]), device="cpu")
+    assert type(model.activation_fn) is EXPECTED_ACTIVATION[name]
+    assert model.max_seq_length == MODEL_MAX_LENGTH
+    assert model.num_labels == 1
+    scores = [float(s) for s in model.predict(PAIRS)]
+    assert all(math.isfinite(s) for s in scores)
+    # Rankings in tests must be unambiguous: distinct scores, well apart.
+    ordered = sorted(scores)
+    assert min(b - a for a, b in itertools.pairwise(ordered)) > 1e-3, scores
+    if EXPECTED_ACTIVATION[name] is torch.nn.Sigmoid:
+        assert all(0.0 < s < 1.0 for s in scores)
+
+
+def test_activation_only_changes_the_output_mapping(tiny_models: dict[str, Path]) -> None:
+    sigmoid = CrossEncoder(str(tiny_models["bert"]), device="cpu").predict(PAIRS)
+    raw = CrossEncoder(str(tiny_models["bert_identity"]), device="cpu").predict(PAIRS)
+    assert torch.allclose(
+        torch.sigmoid(torch.from_numpy(raw)), torch.from_numpy(sigmoid), atol=1e-6
+    )
+
+
+def test_tokenizer_formats_pairs_like_bert(tiny_models: dict[str, Path]) -> None:
+    for name, with_types in (("modernbert", False), ("bert", True)):
+        tokenizer = CrossEncoder(str(tiny_models[name]), device="cpu").tokenizer
+        assert 1000 <= len(tokenizer) <= 2000
+        assert tokenizer.model_max_length == MODEL_MAX_LENGTH
+        encoded = tokenizer("List files", "use ls")
+        tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"])
+        assert tokens == ["[CLS]", "list", "files", "[SEP]", "use", "ls", "[SEP]"]
+        assert ("token_type_ids" in encoded) is with_types
+        if with_types:
+            assert encoded["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1]
+        config = _json(tiny_models[name] / "config.json")
+        assert config["pad_token_id"] == tokenizer.pad_token_id
+        assert config["vocab_size"] == len(tokenizer)
+        assert config["max_position_embeddings"] >= tokenizer.model_max_length
+
+
+def test_layout_is_what_sentence_transformers_saves(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A save by CrossEncoder itself writes the same files with the same settings."""
+    ours = tiny_models["modernbert_identity"]
+    theirs = tmp_path / "resaved"
+    CrossEncoder(str(ours), device="cpu").save(str(theirs))
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
+    for name in ("modules.json", "sentence_bert_config.json"):
+        assert _json(ours / name) == _json(theirs / name), name
+    ours_st, theirs_st = (
+        _json(ours / "config_sentence_transformers.json"),
+        _json(theirs / "config_sentence_transformers.json"),
+    )
+    assert ours_st["activation_fn"] == "torch.nn.Identity"
+    assert theirs_st["activation_fn"] == "torch.nn.modules.linear.Identity"
+    for key in ("model_type", "prompts", "default_prompt_name"):
+        assert ours_st[key] == theirs_st[key], key
+
+
+def test_default_activation_is_not_written(tiny_models: dict[str, Path]) -> None:
+    st_config = _json(tiny_models["modernbert"] / "config_sentence_transformers.json")
+    assert st_config["model_type"] == "CrossEncoder"
+    assert "activation_fn" not in st_config
+    assert "max_seq_length" not in _json(tiny_models["modernbert"] / "sentence_bert_config.json")
+
+
+@pytest.mark.parametrize("max_seq_length", [16, 200])
+def test_max_seq_length_is_recorded_and_used(tmp_path: Path, max_seq_length: int) -> None:
+    path = build_tiny_model(tmp_path / "m", "bert", max_seq_length=max_seq_length)
+    assert _json(path / "sentence_bert_config.json")["max_seq_length"] == max_seq_length
+    model = CrossEncoder(str(path), device="cpu")
+    assert model.max_seq_length == max_seq_length
+    features = model.preprocess([("query " * 300, "document " * 300)])
+    assert features["input_ids"].shape[-1] == max_seq_length
+    assert all(math.isfinite(float(s)) for s in model.predict(PAIRS))
+
+
+def test_same_seed_same_files_other_seed_other_weights(tmp_path: Path) -> None:
+    first = build_tiny_model(tmp_path / "a", "modernbert", seed=7)
+    second = build_tiny_model(tmp_path / "b", "modernbert", seed=7)
+    third = build_tiny_model(tmp_path / "c", "modernbert", seed=8)
+    for file in sorted(first.iterdir()):
+        assert file.read_bytes() == (second / file.name).read_bytes(), file.name
+    assert (first / "tokenizer.json").read_bytes() == (third / "tokenizer.json").read_bytes()
+    assert (first / "model.safetensors").read_bytes() != (third / "model.safetensors").read_bytes()
+
+
+def test_weights_are_float32_safetensors(tiny_models: dict[str, Path]) -> None:
+    from safetensors.torch import load_file
+
+    for name in ("modernbert", "bert"):
+        assert not (tiny_models[name] / "pytorch_model.bin").exists()
+        tensors = load_file(tiny_models[name] / "model.safetensors")
+        assert {t.dtype for t in tensors.values()} == {torch.float32}
+
+
+def test_build_never_touches_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    build_tiny_model(tmp_path / "m", "bert", seed=3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "roberta"}, "kind must be one of"),
+        ({"max_seq_length": 0}, "max_seq_length must be in"),
+        ({"max_seq_length": tiny_models.MAX_POSITION_EMBEDDINGS + 1}, "max_seq_length must be in"),
+    ],
+)
+def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_tiny_model(tmp_path / "m", **kwargs)
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_builds_and_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cli-model"
+    argv = [
+        str(path),
+        "--kind",
+        "bert",
+        "--activation",
+        "torch.nn.Identity",
+        "--max-seq-length",
+        "64",
+    ]
+    assert main([*argv, "--seed", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(path)
+    assert "RANDOM" in out[1]
+    model = CrossEncoder(str(path), device="cpu")
+    assert type(model.activation_fn) is torch.nn.Identity
+    assert model.max_seq_length == 64
+    assert "token_type_ids" in model.tokenizer.model_input_names
+
+
+def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "m"), "--max-seq-length", "100000"])
+    assert exc.value.code == 2
+    assert "max_seq_length must be in" in capsys.readouterr().err
