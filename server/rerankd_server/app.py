@@ -19,8 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-
 from rerankd.v1 import rerank_pb2
+
 from rerankd_server.batching import BatchLimits
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.scheduler import BatchScheduler, SchedulerConfig
@@ -48,7 +48,9 @@ def scheduler_config(settings: Settings, scorer: Scorer) -> SchedulerConfig:
     if budget < info.max_input_tokens:
         log.warning(
             "max-batch-tokens %d is below the model's %d input tokens; using %d",
-            budget, info.max_input_tokens, info.max_input_tokens,
+            budget,
+            info.max_input_tokens,
+            info.max_input_tokens,
         )
         budget = info.max_input_tokens
     return SchedulerConfig(
@@ -65,16 +67,9 @@ class Sidecar:
     def __init__(self, settings: Settings, scorer_factory: ScorerFactory = load_hf_scorer) -> None:
         self.settings = settings
         self._factory = scorer_factory
-        self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
-        )
-        self._health = health_aio.HealthServicer()
         self._servicer = RerankServicer(settings)
+        self._server: grpc.aio.Server | None = None
+        self._health: health_aio.HealthServicer | None = None
         self._scheduler: BatchScheduler | None = None
         self._loading: asyncio.Task[None] | None = None
         self.port = 0
@@ -88,6 +83,16 @@ class Sidecar:
 
     async def start(self) -> None:
         """Listen (NOT_SERVING) and begin loading the model in the background."""
+        # grpc.aio objects bind to the running loop, so they are made here, not in __init__.
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._server.add_generic_rpc_handlers((handlers(self._servicer),))
         names = (
@@ -103,7 +108,9 @@ class Sidecar:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self._server.start()
-        log.info("listening on %s:%d; loading %s", self.settings.host, self.port, self.settings.model)
+        log.info(
+            "listening on %s:%d; loading %s", self.settings.host, self.port, self.settings.model
+        )
         self._loading = asyncio.create_task(self._load(), name="rerankd-load")
 
     async def ready(self) -> None:
@@ -123,17 +130,25 @@ class Sidecar:
             )
         self._scheduler = BatchScheduler(scorer, config)
         await self._scheduler.start()
-        self._servicer.add_model(self.settings.served_name, ServedModel(scorer, self._scheduler, config))
+        self._servicer.add_model(
+            self.settings.served_name, ServedModel(scorer, self._scheduler, config)
+        )
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         info = scorer.info
         log.info(
             "serving %s on %s (%s, %s attention, max %d tokens/pair, %d tokens/batch)",
-            info.name, info.device, info.dtype, info.attention_implementation,
-            info.max_input_tokens, config.limits.max_batch_tokens,
+            info.name,
+            info.device,
+            info.dtype,
+            info.attention_implementation,
+            info.max_input_tokens,
+            config.limits.max_batch_tokens,
         )
 
     async def aclose(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, finish accepted ones within ``grace`` seconds."""
+        if self._server is None or self._health is None:
+            return
         await self._health.enter_graceful_shutdown()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
@@ -144,6 +159,7 @@ class Sidecar:
             await self._scheduler.aclose()
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        assert self._health is not None  # set in start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, status)
 

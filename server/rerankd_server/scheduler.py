@@ -1,11 +1,13 @@
 """The batching scheduler: one asyncio task turns the pairs of all callers into model batches.
 
-Pairs of every admitted request wait in a fair queue. Each pair gets a start tag in token
-units (start-time fair queuing): a request arriving when the queue's virtual time is V gets
-tags V, V + len(pair 0), ... with its pairs sorted longest first. Taking pairs in tag order
-splits a large request across batches so that small requests arriving later interleave
-with it, while a later request can never overtake by more than its own fair share. The
-first ``lookahead_pairs`` of that order form the window from which ``batching.select_batch``
+Pairs of every admitted request wait in a fair queue ordered by start tags in token units.
+A request's pairs, sorted longest first, get tags s, s + len(pair 0), ...; its start s is
+the later of the queue's virtual time (the tag of the last batch's head) and the previous
+request's start plus min(its tokens, one batch budget). So a large request is split across
+batches and requests arriving after it interleave with it after its first batch's worth,
+while a stream of later requests advances through virtual time as fast as the large one
+and can never starve it: each pair waits behind a bounded amount of later work. The first
+``lookahead_pairs`` of that order form the window from which ``batching.select_batch``
 picks a batch (head always included) under the token budget.
 
 Three threads do the blocking work: a tokenizer pool, one preparation thread that collates
@@ -95,7 +97,9 @@ class _Job:
         self.tokens = tokens
         self.lengths = tokens.lengths()
         self.order = sorted(range(len(self.lengths)), key=lambda i: (-self.lengths[i], i))
-        self.tags = list(itertools.accumulate((self.lengths[i] for i in self.order), initial=vstart))
+        self.tags = list(
+            itertools.accumulate((self.lengths[i] for i in self.order), initial=vstart)
+        )
         self.dispatched = bytearray(len(self.order))
         self.cursor = 0
         self.logits = np.zeros(len(self.lengths), dtype=np.float32)
@@ -150,6 +154,7 @@ class BatchScheduler:
         self._active: list[_Job] = []
         self._seq = itertools.count()
         self._vtime = 0.0
+        self._next_start = 0.0
         self._pairs_in_flight = 0
         self._tokens_in_flight = 0
         self._prepared: _Batch | None = None
@@ -236,7 +241,9 @@ class BatchScheduler:
                     self._tokenize_pool, self._scorer.tokenize, pairs, truncation
                 )
                 total = self._admit_tokens(tokens, truncation)
-                job = _Job(next(self._seq), tokens, self._vtime, deadline, loop.time())
+                start = max(self._vtime, self._next_start)
+                self._next_start = start + min(total, self._config.limits.max_batch_tokens)
+                job = _Job(next(self._seq), tokens, start, deadline, loop.time())
                 self._active.append(job)
                 self._wakeup.set()
                 return await job.future
@@ -378,7 +385,9 @@ class BatchScheduler:
             if job.dead:
                 continue
             if not math.isfinite(value):
-                job.fail(ModelFailure(f"the model produced a non-finite score ({value}) for input {i}"))
+                job.fail(
+                    ModelFailure(f"the model produced a non-finite score ({value}) for input {i}")
+                )
                 continue
             job.logits[i] = value
             job.remaining -= 1

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
-
 from rerankd.v1 import rerank_pb2 as pb
+
 from rerankd_server import __version__
 from rerankd_server.errors import (
     DeadlineExpired,
@@ -44,7 +44,7 @@ _STATUS: dict[type[RerankdServerError], grpc.StatusCode] = {
     ModelFailure: grpc.StatusCode.INTERNAL,
 }
 
-_TRUNCATION = {
+_TRUNCATION: dict[int, Truncation] = {
     pb.TRUNCATION_UNSPECIFIED: Truncation.DEFAULT,
     pb.TRUNCATION_END: Truncation.END,
     pb.TRUNCATION_START: Truncation.START,

@@ -47,24 +47,51 @@ class Settings:
 
 # (flag, type, help). Defaults come from Settings, so they are stated once.
 _OPTIONS: list[tuple[str, type, str]] = [
-    ("model", str, "Hugging Face model id or local folder of a sequence-classification cross-encoder."),
+    (
+        "model",
+        str,
+        "Hugging Face model id or local folder of a sequence-classification cross-encoder.",
+    ),
     ("model-name", str, "Name requests use to select the model (default: the --model value)."),
     ("host", str, "Address to listen on; 127.0.0.1 keeps a sidecar private to its pod."),
     ("port", int, "gRPC port."),
     ("device", str, "auto (CUDA when present), cpu, cuda or cuda:N."),
-    ("dtype", str, "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16; "
-     "bf16 is faster, fp32 matches Sentence Transformers to 1e-5."),
-    ("attention", str, "auto (flash_attention_2 when installed on CUDA, else sdpa), "
-     "flash_attention_2, sdpa or eager."),
-    ("max-batch-tokens", int, "Token budget per model batch, counted as the model pays "
-     "(padded: longest x count). 0 = auto (16384 on CUDA, 4096 on CPU); larger batches "
-     "raise throughput and memory use."),
+    (
+        "dtype",
+        str,
+        "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16; "
+        "bf16 is faster, fp32 matches Sentence Transformers to 1e-5.",
+    ),
+    (
+        "attention",
+        str,
+        "auto (flash_attention_2 when installed on CUDA, else sdpa), "
+        "flash_attention_2, sdpa or eager.",
+    ),
+    (
+        "max-batch-tokens",
+        int,
+        "Token budget per model batch, counted as the model pays "
+        "(padded: longest x count). 0 = auto (16384 on CUDA, 4096 on CPU); larger batches "
+        "raise throughput and memory use.",
+    ),
     ("max-batch-size", int, "Most pairs per batch; caps memory for short pairs."),
-    ("lookahead-pairs", int, "Queued pairs the scheduler looks at to group similar lengths; "
-     "more means less padding but more reordering between callers."),
-    ("max-queue-pairs", int, "Pairs admitted but not yet scored; beyond it calls get RESOURCE_EXHAUSTED."),
-    ("max-queue-tokens", int, "Tokens admitted but not yet scored; beyond it calls get "
-     "RESOURCE_EXHAUSTED."),
+    (
+        "lookahead-pairs",
+        int,
+        "Queued pairs the scheduler looks at to group similar lengths; "
+        "more means less padding but more reordering between callers.",
+    ),
+    (
+        "max-queue-pairs",
+        int,
+        "Pairs admitted but not yet scored; beyond it calls get RESOURCE_EXHAUSTED.",
+    ),
+    (
+        "max-queue-tokens",
+        int,
+        "Tokens admitted but not yet scored; beyond it calls get RESOURCE_EXHAUSTED.",
+    ),
     ("max-documents", int, "Most documents per Rerank call (pairs per Score call)."),
     ("max-query-bytes", int, "Most UTF-8 bytes in a query."),
     ("max-document-bytes", int, "Most UTF-8 bytes in one document."),
@@ -115,7 +142,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "--no-warmup",
         action="store_true",
         default=no_warmup,
-        help="Skip the warm-up batch at start (faster start, slower first call). [env RERANKD_NO_WARMUP]",
+        help="Skip the warm-up batch (faster start, slower first call). [env RERANKD_NO_WARMUP]",
     )
     return parser
 
@@ -138,8 +165,14 @@ def validate(settings: Settings) -> list[str]:
     """Configuration errors, as messages (empty when the settings are usable)."""
     problems = []
     positive = (
-        "max_batch_size", "lookahead_pairs", "max_queue_pairs", "max_queue_tokens",
-        "max_documents", "max_query_bytes", "max_document_bytes", "max_message_bytes",
+        "max_batch_size",
+        "lookahead_pairs",
+        "max_queue_pairs",
+        "max_queue_tokens",
+        "max_documents",
+        "max_query_bytes",
+        "max_document_bytes",
+        "max_message_bytes",
     )
     for name in positive:
         if getattr(settings, name) < 1:
@@ -153,4 +186,3 @@ def validate(settings: Settings) -> list[str]:
     if settings.max_documents > settings.max_queue_pairs:
         problems.append("--max-documents must not exceed --max-queue-pairs")
     return problems
-

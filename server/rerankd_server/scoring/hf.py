@@ -1,4 +1,4 @@
-"""The Hugging Face cross-encoder scorer (any ``AutoModelForSequenceClassification`` with one label).
+"""The Hugging Face cross-encoder scorer: any ``AutoModelForSequenceClassification``, one label.
 
 Tokenization uses the model's own fast tokenizer backend, cloned once per truncation side with
 ``longest_first`` truncation at the model's max length: exactly what the tokenizer's
@@ -40,7 +40,7 @@ class Placement:
 
 
 def resolve_placement(device: str, dtype: str, attention: str) -> Placement:
-    """Resolve ``auto`` choices: CUDA + bf16 + Flash Attention 2 when available, else CPU fp32 SDPA."""
+    """Resolve ``auto``: CUDA + bf16 + Flash Attention 2 when available, else CPU fp32 SDPA."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -72,7 +72,7 @@ class HFCrossEncoder:
             raise ModelLoadError(_load_advice(source, exc)) from exc
         if getattr(config, "num_labels", 1) != 1:
             raise ModelLoadError(
-                f"{source} has {config.num_labels} labels; rerankd serves cross-encoders with one score"
+                f"{source} has {config.num_labels} labels; rerankd serves one-score cross-encoders"
             )
         if not getattr(tokenizer, "is_fast", False):
             raise ModelLoadError(f"{source} has no fast (Rust) tokenizer, which rerankd needs")
@@ -82,7 +82,7 @@ class HFCrossEncoder:
         )
         if max_len is None:
             raise ModelLoadError(
-                f"{source} states no maximum length; add max_seq_length to sentence_bert_config.json"
+                f"{source} states no max length; set max_seq_length in sentence_bert_config.json"
             )
         self._model = self._load_model(AutoModelForSequenceClassification, source, placement)
         self._device = torch.device(placement.device)
@@ -146,7 +146,9 @@ class HFCrossEncoder:
         mask = np.zeros((len(ids), longest), dtype=np.int64)
         types = np.zeros((len(ids), longest), dtype=np.int64) if type_ids is not None else None
         for row, tokens in enumerate(ids):
-            span = slice(longest - len(tokens), longest) if self._pad_left else slice(0, len(tokens))
+            span = (
+                slice(longest - len(tokens), longest) if self._pad_left else slice(0, len(tokens))
+            )
             input_ids[row, span] = tokens
             mask[row, span] = 1
             if types is not None and type_ids is not None:

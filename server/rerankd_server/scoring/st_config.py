@@ -39,7 +39,7 @@ def read_json(source: str, filename: str) -> dict[str, Any] | None:
 
     Uses transformers' resolver, so the hub cache and ``HF_HUB_OFFLINE`` are honoured.
     """
-    from transformers.utils import cached_file
+    from transformers.utils.hub import cached_file
 
     path = cached_file(
         source,
@@ -67,7 +67,9 @@ def resolve_config(source: str, model_config: Any) -> CrossEncoderConfig:
     if path is None:
         path = getattr(model_config, "sbert_ce_default_activation_function", None)
     if path is not None and not str(path).startswith("torch."):
-        log.warning("activation %r is not a torch.* path; using %s as CrossEncoder does", path, default)
+        log.warning(
+            "activation %r is not a torch.* path; using %s as CrossEncoder does", path, default
+        )
         path = None
     sbert = read_json(source, "sentence_bert_config.json") or {}
     max_seq = sbert.get("max_seq_length")

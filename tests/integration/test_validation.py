@@ -1,0 +1,219 @@
+"""Every validation path returns its status code, and the server keeps serving afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rerankd.v1 import rerank_pb2 as pb
+from rerankd.v1 import rerank_pb2_grpc
+from rerankd_server.errors import ModelLoadError
+from rerankd_server.scoring.base import Scorer
+from rerankd_server.settings import Settings
+from support.fake_scorer import FakeScorer
+from support.sidecar import RunningSidecar, run_sidecar
+
+Code = grpc.StatusCode
+LIMITS = dict(
+    max_documents=5, max_query_bytes=100, max_document_bytes=1000, max_message_bytes=20_000
+)
+
+
+@pytest.fixture(scope="module")
+def running(tiny_models: dict[str, Path]) -> Iterator[RunningSidecar]:
+    settings = Settings(model=str(tiny_models["modernbert"]), device="cpu", **LIMITS)
+    with run_sidecar(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def stub(running: RunningSidecar) -> Iterator[rerank_pb2_grpc.RerankServiceStub]:
+    with grpc.insecure_channel(running.target) as channel:
+        yield rerank_pb2_grpc.RerankServiceStub(channel)
+
+
+def docs(*texts: str) -> list[pb.Document]:
+    return [pb.Document(id=str(i), text=t) for i, t in enumerate(texts)]
+
+
+BAD_REQUESTS: dict[str, tuple[str, object, Code, str]] = {
+    "empty query": (
+        "Rerank",
+        pb.RerankRequest(query="", documents=docs("a")),
+        Code.INVALID_ARGUMENT,
+        "query is empty",
+    ),
+    "blank query": (
+        "Rerank",
+        pb.RerankRequest(query=" \n\t", documents=docs("a")),
+        Code.INVALID_ARGUMENT,
+        "query is empty",
+    ),
+    "no documents": ("Rerank", pb.RerankRequest(query="q"), Code.INVALID_ARGUMENT, "no documents"),
+    "too many documents": (
+        "Rerank",
+        pb.RerankRequest(query="q", documents=docs(*"abcdef")),
+        Code.INVALID_ARGUMENT,
+        "limit is 5",
+    ),
+    "query too long": (
+        "Rerank",
+        pb.RerankRequest(query="é" * 51, documents=docs("a")),
+        Code.INVALID_ARGUMENT,
+        "102 bytes",
+    ),
+    "document too long": (
+        "Rerank",
+        pb.RerankRequest(query="q", documents=docs("a", "x" * 1001)),
+        Code.INVALID_ARGUMENT,
+        "documents[1].text",
+    ),
+    "over-long and no truncation": (
+        "Rerank",
+        pb.RerankRequest(
+            query="q", documents=docs("a", "word " * 199), truncation=pb.TRUNCATION_NONE
+        ),
+        Code.INVALID_ARGUMENT,
+        "TRUNCATION_NONE",
+    ),
+    "unknown truncation": (
+        "Rerank",
+        pb.RerankRequest(query="q", documents=docs("a"), truncation=9),
+        Code.INVALID_ARGUMENT,
+        "truncation",
+    ),  # type: ignore[arg-type]
+    "unknown model": (
+        "Rerank",
+        pb.RerankRequest(query="q", documents=docs("a"), model="nope"),
+        Code.NOT_FOUND,
+        "nope",
+    ),
+    "message too large": (
+        "Rerank",
+        pb.RerankRequest(query="q", documents=docs(*["y" * 900] * 25)),
+        Code.RESOURCE_EXHAUSTED,
+        "",
+    ),
+    "score without pairs": ("Score", pb.ScoreRequest(), Code.INVALID_ARGUMENT, "no pairs"),
+    "score with empty query": (
+        "Score",
+        pb.ScoreRequest(pairs=[pb.Pair(query="q", text="a"), pb.Pair(query="", text="b")]),
+        Code.INVALID_ARGUMENT,
+        "pairs[1].query",
+    ),
+    "info for unknown model": (
+        "GetModelInfo",
+        pb.GetModelInfoRequest(model="nope"),
+        Code.NOT_FOUND,
+        "nope",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS), ids=list(BAD_REQUESTS))
+def test_bad_request_gets_its_status_and_the_server_goes_on(
+    stub: rerank_pb2_grpc.RerankServiceStub, case: str
+) -> None:
+    method, request, code, detail = BAD_REQUESTS[case]
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, method)(request, timeout=30)
+    assert err.value.code() == code
+    assert detail in err.value.details()
+    good = stub.Rerank(pb.RerankRequest(query="q", documents=docs("a", "")), timeout=30)
+    assert len(good.results) == 2
+
+
+@pytest.mark.parametrize(
+    "payload", [b"\xff\xff\xff", b"\x0a\x02\xc3\x28"], ids=["garbage", "non-utf8"]
+)
+def test_malformed_bytes_are_invalid_argument(running: RunningSidecar, payload: bytes) -> None:
+    with grpc.insecure_channel(running.target) as channel:
+        call = channel.unary_unary("/rerankd.v1.RerankService/Rerank")
+        with pytest.raises(grpc.RpcError) as err:
+            call(payload, timeout=30)
+    assert err.value.code() == Code.INVALID_ARGUMENT
+
+
+def test_valid_edge_cases(stub: rerank_pb2_grpc.RerankServiceStub) -> None:
+    response = stub.Rerank(
+        pb.RerankRequest(query="q", documents=docs("a", "", "b"), top_n=2, return_documents=True)
+    )
+    assert len(response.results) == 2
+    assert all(r.text == ["a", "", "b"][r.index] for r in response.results)
+    everything = stub.Rerank(pb.RerankRequest(query="q", documents=docs("a", "b"), top_n=99))
+    assert len(everything.results) == 2 and all(r.text == "" for r in everything.results)
+
+
+def test_expired_deadline_is_deadline_exceeded(stub: rerank_pb2_grpc.RerankServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Rerank(pb.RerankRequest(query="q", documents=docs(*["w " * 100] * 5)), timeout=1e-4)
+    assert err.value.code() == Code.DEADLINE_EXCEEDED
+
+
+def _fake_factory(
+    scorer: FakeScorer, started: threading.Event | None = None
+) -> Callable[[Settings], Scorer]:
+    def factory(_: Settings) -> Scorer:
+        if started is not None:
+            started.wait(30)
+        return scorer
+
+    return factory
+
+
+def test_full_queue_is_resource_exhausted_then_recovers() -> None:
+    scorer = FakeScorer()
+    settings = Settings(
+        model="fake", max_queue_pairs=6, max_documents=4, max_batch_size=1, warmup=False
+    )
+    with (
+        run_sidecar(settings, _fake_factory(scorer)) as running,
+        grpc.insecure_channel(running.target) as channel,
+    ):
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        scorer.gate.clear()
+        held = stub.Rerank.future(pb.RerankRequest(query="q", documents=docs("a", "b", "c", "d")))
+        while not scorer.events:
+            threading.Event().wait(0.01)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Rerank(pb.RerankRequest(query="q", documents=docs("a", "b", "c")), timeout=30)
+        assert err.value.code() == Code.RESOURCE_EXHAUSTED
+        scorer.gate.set()
+        assert len(held.result(timeout=30).results) == 4
+        assert (
+            len(stub.Rerank(pb.RerankRequest(query="q", documents=docs("a", "b", "c"))).results)
+            == 3
+        )
+
+
+def test_unavailable_and_not_serving_while_loading() -> None:
+    release = threading.Event()
+    settings = Settings(model="fake", warmup=False)
+    with (
+        run_sidecar(settings, _fake_factory(FakeScorer(), release), wait_ready=False) as running,
+        grpc.insecure_channel(running.target) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest(service="rerankd.v1.RerankService")
+        assert health.Check(check, timeout=10).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Rerank(pb.RerankRequest(query="q", documents=docs("a")), timeout=10)
+        assert err.value.code() == Code.UNAVAILABLE
+        release.set()
+        asyncio.run_coroutine_threadsafe(running.sidecar.ready(), running.loop).result(30)
+        assert health.Check(check, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        assert len(stub.Rerank(pb.RerankRequest(query="q", documents=docs("a"))).results) == 1
+
+
+def test_model_that_cannot_load_is_reported() -> None:
+    def broken(_: Settings) -> Scorer:
+        raise ModelLoadError("cannot load model 'x'")
+
+    with pytest.raises(ModelLoadError), run_sidecar(Settings(model="x"), broken):
+        pass

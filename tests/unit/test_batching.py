@@ -1,0 +1,82 @@
+"""Properties of the pure batching policy (no torch, no asyncio)."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+from rerankd_server.batching import BatchLimits, batch_cost, is_full, select_batch
+
+MAX_LEN = 64
+
+
+@st.composite
+def windows_and_limits(draw: st.DrawFn, max_window: int = 40) -> tuple[list[int], BatchLimits]:
+    window = draw(st.lists(st.integers(1, MAX_LEN), min_size=1, max_size=max_window))
+    budget = draw(st.integers(MAX_LEN, 8 * MAX_LEN))
+    size = draw(st.integers(1, 16))
+    return window, BatchLimits(budget, size, padded=draw(st.booleans()))
+
+
+@given(windows_and_limits())
+def test_selection_respects_limits_and_keeps_the_head(case: tuple[list[int], BatchLimits]) -> None:
+    window, limits = case
+    chosen = select_batch(window, limits)
+    assert chosen[0] == 0
+    assert chosen == sorted(set(chosen))
+    assert all(0 <= pos < len(window) for pos in chosen)
+    assert len(chosen) <= limits.max_batch_size
+    assert batch_cost([window[p] for p in chosen], limits.padded) <= limits.max_batch_tokens
+
+
+@given(windows_and_limits(max_window=9))
+def test_padded_selection_maximises_real_tokens(case: tuple[list[int], BatchLimits]) -> None:
+    window, limits = case
+    limits = BatchLimits(limits.max_batch_tokens, limits.max_batch_size, padded=True)
+    chosen = select_batch(window, limits)
+    best = 0
+    others = range(1, len(window))
+    for size in range(0, min(limits.max_batch_size, len(window))):
+        for rest in itertools.combinations(others, size):
+            lengths = [window[0]] + [window[p] for p in rest]
+            if batch_cost(lengths, True) <= limits.max_batch_tokens:
+                best = max(best, sum(lengths))
+    assert sum(window[p] for p in chosen) == best
+
+
+def test_padded_selection_groups_similar_lengths() -> None:
+    window = [10, 60, 11, 59, 12, 61, 10, 9]
+    chosen = select_batch(window, BatchLimits(max_batch_tokens=64, max_batch_size=8, padded=True))
+    # 64 tokens of padded budget: the head (10) with the other short pairs, not a long one.
+    assert chosen == [0, 2, 4, 6, 7][: len(chosen)]
+    assert max(window[p] for p in chosen) <= 12
+
+
+def test_equal_lengths_prefer_older_pairs() -> None:
+    window = [5, 5, 5, 5, 5, 5]
+    chosen = select_batch(window, BatchLimits(max_batch_tokens=15, max_batch_size=8, padded=True))
+    assert chosen == [0, 1, 2]
+
+
+def test_unpadded_selection_takes_queue_order_first_fit() -> None:
+    window = [30, 40, 20, 10, 50]
+    chosen = select_batch(window, BatchLimits(max_batch_tokens=65, max_batch_size=8, padded=False))
+    assert chosen == [0, 2, 3]
+
+
+def test_head_longer_than_budget_is_a_configuration_error() -> None:
+    try:
+        select_batch([100], BatchLimits(max_batch_tokens=50, max_batch_size=4, padded=True))
+    except ValueError as exc:
+        assert "max_batch_tokens" in str(exc)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_is_full() -> None:
+    limits = BatchLimits(max_batch_tokens=100, max_batch_size=4, padded=True)
+    assert is_full([10, 10, 10, 10], limits)  # size cap
+    assert is_full([30, 30, 30], limits)  # another 30 would cost 120
+    assert not is_full([10, 10], limits)
+    assert batch_cost([], True) == 0

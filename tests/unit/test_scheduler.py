@@ -1,0 +1,260 @@
+"""The scheduler driven by a deterministic fake scorer: budgets, order, cancellation, fairness."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rerankd_server.batching import BatchLimits, batch_cost
+from rerankd_server.errors import (
+    DeadlineExpired,
+    InvalidRequest,
+    ModelFailure,
+    NotReady,
+    Overloaded,
+)
+from rerankd_server.scheduler import BatchScheduler, SchedulerConfig
+from rerankd_server.scoring.base import Truncation
+from support.fake_scorer import FakeScorer, expected_logit, token_id
+
+
+def config(budget: int = 256, size: int = 16, padded: bool = True, **kw: int) -> SchedulerConfig:
+    return SchedulerConfig(BatchLimits(budget, size, padded), **kw)
+
+
+def doc(words: int, tag: str = "w") -> str:
+    return " ".join(f"{tag}{i}" for i in range(words))
+
+
+async def wait_until(condition: object, timeout: float = 5.0) -> None:
+    """Yield to the loop until ``condition()`` holds (the model thread runs meanwhile)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():  # type: ignore[operator]
+        if loop.time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+def scored_words(scorer: FakeScorer) -> set[int]:
+    return {token for batch in scorer.batches for row in batch for token in row}
+
+
+async def test_results_are_in_request_order_and_match_the_model() -> None:
+    scorer = FakeScorer()
+    pairs = [("q", doc(n)) for n in (5, 40, 1, 17, 0, 33)]
+    async with BatchScheduler(scorer, config()) as scheduler:
+        outcome = await scheduler.submit(pairs, Truncation.DEFAULT)
+    assert outcome.logits.tolist() == [expected_logit(q, d) for q, d in pairs]
+    assert outcome.usage.input_tokens == sum(len(d.split()) + 4 for _, d in pairs)
+    assert outcome.usage.batches >= 1
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.lists(st.integers(0, 70), min_size=1, max_size=30), min_size=1, max_size=8),
+    budget=st.integers(64, 400),
+    batch_size=st.integers(1, 32),
+    padded=st.booleans(),
+)
+def test_concurrent_requests_never_exceed_the_budget(
+    sizes: list[list[int]], budget: int, batch_size: int, padded: bool
+) -> None:
+    async def scenario() -> None:
+        scorer = FakeScorer(padded=padded)
+        async with BatchScheduler(scorer, config(budget, batch_size, padded)) as scheduler:
+            requests = [[(f"q{r}", doc(n, f"r{r}x")) for n in req] for r, req in enumerate(sizes)]
+            outcomes = await asyncio.gather(
+                *(scheduler.submit(pairs, Truncation.DEFAULT) for pairs in requests)
+            )
+        for pairs, outcome in zip(requests, outcomes, strict=True):
+            assert outcome.logits.tolist() == [expected_logit(q, d) for q, d in pairs]
+        for batch in scorer.batches:
+            assert len(batch) <= batch_size
+            assert batch_cost([len(row) for row in batch], padded) <= budget
+        assert sum(len(b) for b in scorer.batches) == sum(len(r) for r in requests)
+
+    asyncio.run(scenario())
+
+
+async def test_cancelled_requests_are_never_scored() -> None:
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config(budget=64, size=4)) as scheduler:
+        scorer.gate.clear()
+        first = asyncio.create_task(scheduler.submit([("q", doc(10, "a"))], Truncation.DEFAULT))
+        await wait_until(lambda: scorer.events)
+        doomed = asyncio.create_task(
+            scheduler.submit([("q", doc(12, "gone"))] * 20, Truncation.DEFAULT)
+        )
+        await wait_until(lambda: scheduler.queue_tokens > 20)
+        doomed.cancel()
+        scorer.gate.set()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        after = await scheduler.submit([("q", doc(3, "b"))], Truncation.DEFAULT)
+    assert token_id("gone0") not in scored_words(scorer)
+    assert after.logits.size == 1
+    assert scheduler.stats.pairs_cancelled == 20
+    assert scheduler.queue_pairs == 0 and scheduler.queue_tokens == 0
+
+
+async def test_expired_requests_are_never_scored() -> None:
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config(budget=64, size=4)) as scheduler:
+        scorer.gate.clear()
+        first = asyncio.create_task(scheduler.submit([("q", doc(10, "a"))], Truncation.DEFAULT))
+        await wait_until(lambda: scorer.events)
+        deadline = asyncio.get_running_loop().time() + 0.05
+        with pytest.raises(DeadlineExpired):
+            await scheduler.submit([("q", doc(5, "late"))] * 8, Truncation.DEFAULT, deadline)
+        scorer.gate.set()
+        await first
+        await scheduler.submit([("q", "x")], Truncation.DEFAULT)
+    assert token_id("late0") not in scored_words(scorer)
+    assert scheduler.stats.pairs_expired == 8
+
+
+async def test_small_request_interleaves_with_a_large_one() -> None:
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config(budget=160, size=8, lookahead_pairs=32)) as scheduler:
+        scorer.gate.clear()
+        big = asyncio.create_task(
+            scheduler.submit([("q", doc(15, "big"))] * 400, Truncation.DEFAULT)
+        )
+        await wait_until(lambda: scorer.events)
+        small = asyncio.create_task(
+            scheduler.submit([("q", doc(15, "small"))] * 3, Truncation.DEFAULT)
+        )
+        await wait_until(lambda: scheduler.queue_tokens == 403 * 19)  # both admitted
+        scorer.gate.set()
+        await small
+        rows_until_small_done = sum(len(b) for b in scorer.batches)
+        await big
+    # The small request waits for the batch in the model, the one prepared, and one batch of
+    # the large request's head start; not for the 400 pairs of the large one.
+    assert rows_until_small_done <= 3 * 8
+
+
+async def test_old_large_request_is_not_starved_by_a_stream_of_small_ones() -> None:
+    scorer = FakeScorer()
+    finished: list[str] = []
+
+    async def submit(name: str, count: int) -> None:
+        await scheduler.submit([("q", doc(15, name))] * count, Truncation.DEFAULT)
+        finished.append(name)
+
+    async with BatchScheduler(scorer, config(budget=80, size=4, lookahead_pairs=16)) as scheduler:
+        big = asyncio.create_task(submit("big", 40))
+        smalls = []
+        while not big.done():  # a flood: one new small request per loop turn
+            smalls.append(asyncio.create_task(submit("s", 1)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*smalls)
+    # Later work interleaves with the large request token for token, so at most about as
+    # many small pairs as large ones complete before it (plus one batch of slack).
+    assert finished.index("big") <= 40 + 4
+
+
+async def test_next_batch_is_prepared_while_the_model_runs() -> None:
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config(budget=64, size=4)) as scheduler:
+        scorer.gate.clear()
+        task = asyncio.create_task(scheduler.submit([("q", doc(5))] * 12, Truncation.DEFAULT))
+        await wait_until(lambda: scorer.events.count("collate 4") >= 2)
+        assert scorer.events[:3] == ["collate 4", "forward 4", "collate 4"]
+        scorer.gate.set()
+        await task
+
+
+async def test_admission_is_bounded_by_pairs_and_tokens() -> None:
+    scorer = FakeScorer()
+    cfg = config(budget=64, size=4, max_queue_pairs=10, max_queue_tokens=120)
+    async with BatchScheduler(scorer, cfg) as scheduler:
+        with pytest.raises(InvalidRequest):
+            await scheduler.submit([("q", "d")] * 11, Truncation.DEFAULT)
+        with pytest.raises(InvalidRequest):
+            await scheduler.submit([("q", doc(40))] * 5, Truncation.DEFAULT)  # 5 x 45 tokens
+        scorer.gate.clear()
+        held = asyncio.create_task(scheduler.submit([("q", "d")] * 8, Truncation.DEFAULT))
+        await wait_until(lambda: scorer.events)
+        with pytest.raises(Overloaded):
+            await scheduler.submit([("q", "d")] * 3, Truncation.DEFAULT)
+        with pytest.raises(Overloaded):
+            await scheduler.submit([("q", doc(40))] * 2, Truncation.DEFAULT)
+        scorer.gate.set()
+        await held
+        await scheduler.submit([("q", "d")] * 10, Truncation.DEFAULT)
+    assert scheduler.stats.pairs_shed == 5
+
+
+async def test_truncation_none_refuses_over_long_pairs() -> None:
+    scorer = FakeScorer(max_tokens=16)
+    async with BatchScheduler(scorer, config(budget=64)) as scheduler:
+        pairs = [("q", doc(3)), ("q", doc(30))]
+        with pytest.raises(InvalidRequest, match="input 1"):
+            await scheduler.submit(pairs, Truncation.NONE)
+        outcome = await scheduler.submit(pairs, Truncation.DEFAULT)
+    assert outcome.usage.truncated_pairs == 1
+    assert scorer.batches and all(len(row) <= 16 for b in scorer.batches for row in b)
+
+
+async def test_non_finite_scores_fail_only_their_request() -> None:
+    scorer = FakeScorer(poison="bad")
+    async with BatchScheduler(scorer, config(budget=256, size=16)) as scheduler:
+        scorer.gate.clear()
+        first = asyncio.create_task(scheduler.submit([("q", "warm")], Truncation.DEFAULT))
+        await wait_until(lambda: scorer.events)
+        bad = asyncio.create_task(scheduler.submit([("q", "bad"), ("q", "ok")], Truncation.DEFAULT))
+        good = asyncio.create_task(scheduler.submit([("q", "fine")], Truncation.DEFAULT))
+        await wait_until(lambda: scheduler.queue_pairs == 4)
+        scorer.gate.set()
+        await first
+        with pytest.raises(ModelFailure, match="non-finite"):
+            await bad
+        assert (await good).logits.tolist() == [expected_logit("q", "fine")]
+
+
+async def test_model_exception_fails_the_batch_and_the_scheduler_goes_on() -> None:
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config()) as scheduler:
+        scorer.fail_next = True
+        with pytest.raises(ModelFailure, match="simulated"):
+            await scheduler.submit([("q", "d")], Truncation.DEFAULT)
+        assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1
+
+
+async def test_close_fails_waiting_requests_with_not_ready() -> None:
+    scorer = FakeScorer()
+    scheduler = BatchScheduler(scorer, config(budget=64, size=1))
+    await scheduler.start()
+    scorer.gate.clear()
+    task = asyncio.create_task(scheduler.submit([("q", "d")] * 3, Truncation.DEFAULT))
+    await wait_until(lambda: scorer.events)
+    closing = asyncio.create_task(scheduler.aclose())
+    await asyncio.sleep(0.01)
+    scorer.gate.set()
+    await closing
+    with pytest.raises(NotReady):
+        await task
+    with pytest.raises(NotReady):
+        await scheduler.submit([("q", "d")], Truncation.DEFAULT)
+
+
+async def test_random_mixed_load_matches_sequential_results() -> None:
+    rng = random.Random(7)
+    requests = [
+        [(f"query {r}", doc(rng.randint(0, 60), f"r{r}d{i}_")) for i in range(rng.randint(1, 25))]
+        for r in range(32)
+    ]
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config(budget=300, size=12, lookahead_pairs=40)) as scheduler:
+        together = await asyncio.gather(
+            *(scheduler.submit(p, Truncation.DEFAULT) for p in requests)
+        )
+        alone = [await scheduler.submit(p, Truncation.DEFAULT) for p in requests]
+    for a, b in zip(together, alone, strict=True):
+        assert a.logits.tolist() == b.logits.tolist()
