@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from rerankd_server.tiny_models import ModelKind, build_tiny_model
-from support.server_process import ServerProcess, start_server
+from rerankd_server.process import ServerProcess, start_server
 
 # name -> (kind, activation) for build_tiny_model; "default" leaves the activation to Sentence
 # Transformers' rule (Sigmoid for one label).

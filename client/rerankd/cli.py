@@ -1,7 +1,7 @@
 """The ``rerankd`` command line: query a server (rerank, score, info) or run one (serve).
 
 Client subcommands print JSON on stdout so they compose with ``jq``; documents come from the
-arguments or, when none are given, from JSON lines on stdin. ``serve`` and
+arguments or, when none are given, from JSON lines on stdin. ``serve``, ``demo`` and
 ``make-tiny-model`` hand all their arguments to the server package, imported only then, so
 the client works without the server extra installed.
 
@@ -27,6 +27,10 @@ from rerankd.errors import RerankdError
 
 _PASSTHROUGH = {
     "serve": ("rerankd_server.app", "run the reranking sidecar (all arguments go to it)"),
+    "demo": (
+        "rerankd_server.demo",
+        "start a sidecar, rerank a sample search and stop (all arguments go to it)",
+    ),
     "make-tiny-model": (
         "rerankd_server.tiny_models",
         "build a tiny random cross-encoder for tests (all arguments go to it)",

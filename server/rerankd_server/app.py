@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -61,6 +62,39 @@ def scheduler_config(settings: Settings, scorer: Scorer) -> SchedulerConfig:
     )
 
 
+class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1 whose Watch streams end once draining has told them NOT_SERVING.
+
+    The stock servicer keeps Watch streams open forever, so a single watcher would hold a
+    draining server for its whole grace period.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watches: set[asyncio.Task[Any]] = set()
+        self._draining = False
+
+    async def Watch(self, request: Any, context: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # handlers always run in a task
+        self._watches.add(task)
+        try:
+            await super().Watch(request, context)
+        except asyncio.CancelledError:
+            if not self._draining:
+                raise
+        finally:
+            self._watches.discard(task)
+
+    async def drain(self) -> None:
+        """Report NOT_SERVING to everyone, then end the Watch streams."""
+        await self.enter_graceful_shutdown()
+        self._draining = True
+        await asyncio.sleep(0.05)  # let the watchers write NOT_SERVING first
+        for task in list(self._watches):
+            task.cancel()
+
+
 class Sidecar:
     """The server and its model; ``async with Sidecar(settings) as s: await s.ready()``."""
 
@@ -69,7 +103,7 @@ class Sidecar:
         self._factory = scorer_factory
         self._servicer = RerankServicer(settings)
         self._server: grpc.aio.Server | None = None
-        self._health: health_aio.HealthServicer | None = None
+        self._health: _HealthServicer | None = None
         self._scheduler: BatchScheduler | None = None
         self._loading: asyncio.Task[None] | None = None
         self.port = 0
@@ -92,7 +126,7 @@ class Sidecar:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
-        self._health = health_aio.HealthServicer()
+        self._health = _HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._server.add_generic_rpc_handlers((handlers(self._servicer),))
         names = (
@@ -149,7 +183,7 @@ class Sidecar:
         """Drain: NOT_SERVING, refuse new calls, finish accepted ones within ``grace`` seconds."""
         if self._server is None or self._health is None:
             return
-        await self._health.enter_graceful_shutdown()
+        await self._health.drain()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await self._server.stop(self.settings.grace_period if grace is None else grace)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -65,6 +68,7 @@ class HFCrossEncoder:
         """
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+        check_source(source)
         try:
             config = AutoConfig.from_pretrained(source, trust_remote_code=False)
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
@@ -192,7 +196,35 @@ def _clone(backend: Tokenizer, max_len: int, side: str, lower: bool) -> Tokenize
     return clone
 
 
-def _load_advice(source: str, exc: BaseException) -> str:
+def check_source(source: str, probe_timeout: float = 3.0) -> None:
+    """Fail fast, with advice, when ``source`` can be neither read locally nor downloaded.
+
+    Without this a missing hub gives up only after its retries (about half a minute).
+
+    Raises:
+        ModelLoadError: a path that is not a folder; or a hub id that is not cached while
+            ``HF_HUB_OFFLINE`` is set or the hub endpoint cannot be reached.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return
+    if source.startswith(("/", "./", "../", "~")) or path.exists():
+        raise ModelLoadError(_load_advice(source, f"{path} is not a folder"))
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return  # cached: transformers loads it (and only checks for updates when online)
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(_load_advice(source, "not in the local cache and HF_HUB_OFFLINE is set"))
+    endpoint = urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or 443
+    try:
+        socket.create_connection((host, port), timeout=probe_timeout).close()
+    except OSError as exc:
+        raise ModelLoadError(_load_advice(source, f"cannot reach {host}:{port} ({exc})")) from exc
+
+
+def _load_advice(source: str, exc: BaseException | str) -> str:
     return (
         f"cannot load model {source!r}: {exc}\n"
         "rerankd needs a Hugging Face model id it can download (or find in the cache with "

@@ -1,0 +1,87 @@
+"""The sidecar as a process: start-up failure, configuration from the environment, drain."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from rerankd import Client, Unavailable
+from rerankd_server.process import ServerStartError, start_server
+
+
+def test_missing_model_exits_at_once_with_advice(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(ServerStartError) as err:
+        start_server(tmp_path / "no-such-model", ready_timeout=60)
+    message = str(err.value)
+    assert "exited with code 2" in message
+    assert "rerankd serve --model /path/to/model-folder" in message
+    assert time.monotonic() - started < 30
+
+
+def test_uncached_hub_id_offline_exits_with_advice() -> None:
+    with pytest.raises(ServerStartError) as err:
+        start_server("cross-encoder/ettin-reranker-1b-v1", env={"HF_HUB_OFFLINE": "1"})
+    assert "HF_HUB_OFFLINE" in str(err.value)
+    assert "exited with code 2" in str(err.value)
+
+
+def test_settings_come_from_the_environment(tiny_models: dict[str, Path]) -> None:
+    env = {"RERANKD_MAX_BATCH_TOKENS": "777", "RERANKD_MAX_DOCUMENTS": "7"}
+    with start_server(tiny_models["bert"], "--max-batch-size", "9", env=env) as server:
+        info = Client(server.target).model_info()
+        assert info.batching.max_batch_tokens == 777
+        assert info.batching.max_batch_size == 9
+        assert info.limits.max_documents == 7
+        assert server.stop() == 0
+
+
+def test_help_lists_every_flag_with_its_environment_variable() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "rerankd", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    flags = ("--model", "--port", "--device", "--dtype", "--max-batch-tokens", "--max-queue-pairs")
+    assert all(flag in out for flag in flags)
+    assert "RERANKD_MAX_BATCH_TOKENS" in out
+
+
+def test_sigterm_finishes_accepted_calls_then_exits_zero(tiny_models: dict[str, Path]) -> None:
+    docs = ["word " * 120] * 400
+    with start_server(tiny_models["modernbert"], "--max-batch-tokens", "512") as server:
+        with Client(server.target) as client, ThreadPoolExecutor(6) as pool:
+            calls = [pool.submit(client.rerank, f"query {i}", docs) for i in range(6)]
+            time.sleep(0.5)  # the calls are accepted and queued
+            in_flight = sum(not call.done() for call in calls)
+            server.proc.send_signal(signal.SIGTERM)
+            results = [call.result(timeout=120) for call in calls]
+        assert in_flight >= 3, "the calls finished before SIGTERM: the test proves nothing"
+        assert all(len(r.results) == 400 for r in results)
+        assert server.proc.wait(timeout=60) == 0
+        with Client(server.target, timeout=5) as late, pytest.raises(Unavailable):
+            late.rerank("q", ["d"])
+        assert "draining" in server.output()
+
+
+def test_health_watchers_do_not_hold_a_draining_server(tiny_models: dict[str, Path]) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with start_server(tiny_models["modernbert"], "--grace-period", "60") as server:
+        channel = grpc.insecure_channel(server.target)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        started = time.monotonic()
+        assert server.stop(timeout=30) == 0
+        assert time.monotonic() - started < 20
+        statuses = [r.status for r in watch]
+        assert statuses[-1:] == [health_pb2.HealthCheckResponse.NOT_SERVING]
+        channel.close()

@@ -1,0 +1,51 @@
+"""Settings: flag > environment > default, and bad values are refused with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+
+from rerankd_server.app import scheduler_config
+from rerankd_server.settings import DEFAULT_MODEL, Settings, env_name, parse_settings
+from support.fake_scorer import FakeScorer
+
+
+def test_defaults() -> None:
+    settings = parse_settings([], env={})
+    assert settings == Settings()
+    assert settings.model == DEFAULT_MODEL and settings.port == 50051
+    assert settings.served_name == DEFAULT_MODEL
+
+
+def test_flag_beats_environment_beats_default() -> None:
+    env = {"RERANKD_PORT": "6000", "RERANKD_MAX_BATCH_SIZE": "7", "RERANKD_NO_WARMUP": "1"}
+    settings = parse_settings(["--port", "7000"], env=env)
+    assert settings.port == 7000
+    assert settings.max_batch_size == 7
+    assert settings.warmup is False
+    assert env_name("max-batch-tokens") == "RERANKD_MAX_BATCH_TOKENS"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--max-batch-size", "0"], {}, "--max-batch-size must be at least 1"),
+        (["--max-documents", "20000"], {}, "must not exceed --max-queue-pairs"),
+        (["--dtype", "int8"], {}, "invalid choice"),
+        ([], {"RERANKD_PORT": "eighty"}, "RERANKD_PORT='eighty' is not a valid int"),
+        (["--max-batch-tokens", "-1"], {}, "0 (auto) or positive"),
+    ],
+)
+def test_bad_values_exit_with_a_message(
+    argv: list[str], env: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_settings(argv, env=env)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_token_budget_is_auto_and_never_below_one_full_pair() -> None:
+    scorer = FakeScorer(max_tokens=64)
+    assert scheduler_config(Settings(), scorer).limits.max_batch_tokens == 4096
+    assert scheduler_config(Settings(max_batch_tokens=10), scorer).limits.max_batch_tokens == 64
+    assert scheduler_config(Settings(max_batch_tokens=999), scorer).limits.max_batch_tokens == 999
