@@ -9,7 +9,7 @@ VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.13.0
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -e '.[server,dev]'
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -e '.[dev]'
 if command -v npm >/dev/null; then
   npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 else

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rerankd_server.tiny_models import ModelKind, build_tiny_model
+
 from rerankd_server.process import ServerProcess, start_server
+from rerankd_server.tiny_models import ModelKind, build_tiny_model
 
 # name -> (kind, activation) for build_tiny_model; "default" leaves the activation to Sentence
 # Transformers' rule (Sigmoid for one label).

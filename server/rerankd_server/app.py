@@ -20,8 +20,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from rerankd.v1 import rerank_pb2
 
+from rerankd.v1 import rerank_pb2
 from rerankd_server.batching import BatchLimits
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.scheduler import BatchScheduler, SchedulerConfig
@@ -59,6 +59,7 @@ def scheduler_config(settings: Settings, scorer: Scorer) -> SchedulerConfig:
         lookahead_pairs=settings.lookahead_pairs,
         max_queue_pairs=settings.max_queue_pairs,
         max_queue_tokens=settings.max_queue_tokens,
+        cross_request=settings.cross_request_batching,
     )
 
 

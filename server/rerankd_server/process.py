@@ -1,9 +1,10 @@
 """Run the sidecar (``python -m rerankd_server``) as a subprocess on a free loopback port.
 
-The demo (``rerankd demo``) and the integration tests talk to the server as a deployment does:
-a separate process with its own event loop and signal handling, started by its CLI. Readiness is what a load balancer sees, grpc.health.v1
-reporting SERVING for the rerank service, awaited with a health ``Watch`` (no sleep-polling); a
-process that exits or never gets ready fails the test with its own output.
+The demo (``rerankd demo``) and the integration tests talk to the server as a deployment
+does: a separate process with its own event loop and signal handling, started by its CLI.
+Readiness is what a load balancer sees, grpc.health.v1 reporting SERVING for the rerank
+service, awaited with a health ``Watch`` (no sleep-polling); a process that exits or never
+gets ready fails with its own output.
 """
 
 from __future__ import annotations

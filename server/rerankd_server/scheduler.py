@@ -52,6 +52,7 @@ class SchedulerConfig:
     lookahead_pairs: int = 512
     max_queue_pairs: int = 16384
     max_queue_tokens: int = 8_000_000
+    cross_request: bool = True  # False: a batch holds one request's pairs (benchmark ablation)
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,11 @@ class BatchScheduler:
                 live.append(job)
         self._active = live
         merged = heapq.merge(*(job.pending() for job in live), key=lambda item: item[:3])
-        return list(itertools.islice(merged, self._config.lookahead_pairs))
+        window = list(itertools.islice(merged, self._config.lookahead_pairs))
+        if not self._config.cross_request and window:
+            head_job = window[0][3]
+            window = [item for item in window if item[3] is head_job]
+        return window
 
     def _start_prepare(self) -> None:
         window = self._live_window()

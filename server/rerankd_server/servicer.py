@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
-from rerankd.v1 import rerank_pb2 as pb
 
+from rerankd.v1 import rerank_pb2 as pb
 from rerankd_server import __version__
 from rerankd_server.errors import (
     DeadlineExpired,

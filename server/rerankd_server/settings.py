@@ -37,6 +37,7 @@ class Settings:
     max_message_bytes: int = 8 * 1024 * 1024
     grace_period: float = 30.0
     warmup: bool = True
+    cross_request_batching: bool = True
     log_level: str = "INFO"
 
     @property
@@ -97,6 +98,17 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("max-document-bytes", int, "Most UTF-8 bytes in one document."),
     ("max-message-bytes", int, "Largest request message gRPC accepts."),
     ("grace-period", float, "Seconds to finish accepted calls after SIGTERM before exiting."),
+    (
+        "warmup",
+        bool,
+        "Run one batch at the full token budget before SERVING (slower start, no slow first call).",
+    ),
+    (
+        "cross-request-batching",
+        bool,
+        "Let one batch carry pairs of several calls; off only to "
+        "measure what batching across calls buys.",
+    ),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR."),
 ]
 
@@ -127,23 +139,18 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         raw = env.get(env_name(flag))
         if raw is not None:
             try:
-                default = kind(raw)
+                default = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError:
                 parser.error(f"{env_name(flag)}={raw!r} is not a valid {kind.__name__}")
+        help_line = f"{help_text} [env {env_name(flag)}]"
+        if kind is bool:
+            parser.add_argument(
+                f"--{flag}", action=argparse.BooleanOptionalAction, default=default, help=help_line
+            )
+            continue
         parser.add_argument(
-            f"--{flag}",
-            type=kind,
-            default=default,
-            choices=_CHOICES.get(flag),
-            help=f"{help_text} [env {env_name(flag)}]",
+            f"--{flag}", type=kind, default=default, choices=_CHOICES.get(flag), help=help_line
         )
-    no_warmup = env.get("RERANKD_NO_WARMUP", "").lower() in ("1", "true", "yes")
-    parser.add_argument(
-        "--no-warmup",
-        action="store_true",
-        default=no_warmup,
-        help="Skip the warm-up batch (faster start, slower first call). [env RERANKD_NO_WARMUP]",
-    )
     return parser
 
 
@@ -152,13 +159,20 @@ def parse_settings(
 ) -> Settings:
     """Parse flags (and the environment) into validated ``Settings``; exits 2 on bad values."""
     parser = build_parser(env)
-    ns = vars(parser.parse_args(argv))
-    ns["warmup"] = not ns.pop("no_warmup")
-    settings = Settings(**ns)
+    settings = Settings(**vars(parser.parse_args(argv)))
     problems = validate(settings)
     if problems:
         parser.error("; ".join(problems))
     return settings
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def validate(settings: Settings) -> list[str]:

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+
 from rerankd import AsyncClient, Client
 from rerankd_server.settings import Settings
 from support.sidecar import run_sidecar

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from sentence_transformers import CrossEncoder
+
 from rerankd_server.process import ServerProcess
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"

@@ -15,10 +15,11 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from sentence_transformers import CrossEncoder
+
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.settings import Settings
-from sentence_transformers import CrossEncoder
 from support.sidecar import run_sidecar
 
 QUERY = "how do I list the files in a directory"

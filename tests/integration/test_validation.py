@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.errors import ModelLoadError

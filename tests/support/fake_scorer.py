@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from rerankd_server.scoring.base import FloatArray, ScorerInfo, TokenizedPairs, Truncation
 
 

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc as pb_grpc
 

@@ -6,6 +6,7 @@ import itertools
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from rerankd_server.batching import BatchLimits, batch_cost, is_full, select_batch
 
 MAX_LEN = 64

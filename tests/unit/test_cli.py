@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fake_server import INFO, MODEL, FakeServer
 from google.protobuf.json_format import MessageToDict
+
 from rerankd import cli
 from rerankd.v1 import rerank_pb2 as pb
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import grpc
 import pytest
-import rerankd
 from fake_server import INFO, MODEL, FakeServer
+
+import rerankd
 from rerankd import (
     AsyncClient,
     BatchingLimits,

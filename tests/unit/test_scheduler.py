@@ -8,6 +8,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from rerankd_server.batching import BatchLimits, batch_cost
 from rerankd_server.errors import (
     DeadlineExpired,
@@ -258,3 +259,22 @@ async def test_random_mixed_load_matches_sequential_results() -> None:
         alone = [await scheduler.submit(p, Truncation.DEFAULT) for p in requests]
     for a, b in zip(together, alone, strict=True):
         assert a.logits.tolist() == b.logits.tolist()
+
+
+async def test_without_cross_request_batching_a_batch_holds_one_request() -> None:
+    scorer = FakeScorer()
+    cfg = SchedulerConfig(BatchLimits(512, 16, True), cross_request=False)
+    async with BatchScheduler(scorer, cfg) as scheduler:
+        scorer.gate.clear()
+        first = asyncio.create_task(scheduler.submit([("q", doc(3, "a"))], Truncation.DEFAULT))
+        await wait_until(lambda: scorer.events)
+        tasks = [
+            asyncio.create_task(scheduler.submit([("q", doc(3, f"r{r}_"))] * 3, Truncation.DEFAULT))
+            for r in range(4)
+        ]
+        await wait_until(lambda: scheduler.queue_pairs == 13)
+        scorer.gate.set()
+        await asyncio.gather(first, *tasks)
+    assert [len(batch) for batch in scorer.batches] == [1, 3, 3, 3, 3]
+    for batch in scorer.batches[1:]:
+        assert len({row[-2] for row in batch}) == 1  # one request's pairs (same last word)

@@ -17,11 +17,12 @@ def test_defaults() -> None:
 
 
 def test_flag_beats_environment_beats_default() -> None:
-    env = {"RERANKD_PORT": "6000", "RERANKD_MAX_BATCH_SIZE": "7", "RERANKD_NO_WARMUP": "1"}
+    env = {"RERANKD_PORT": "6000", "RERANKD_MAX_BATCH_SIZE": "7", "RERANKD_WARMUP": "no"}
     settings = parse_settings(["--port", "7000"], env=env)
     assert settings.port == 7000
     assert settings.max_batch_size == 7
     assert settings.warmup is False
+    assert parse_settings(["--no-cross-request-batching"], env={}).cross_request_batching is False
     assert env_name("max-batch-tokens") == "RERANKD_MAX_BATCH_TOKENS"
 
 
@@ -32,6 +33,7 @@ def test_flag_beats_environment_beats_default() -> None:
         (["--max-documents", "20000"], {}, "must not exceed --max-queue-pairs"),
         (["--dtype", "int8"], {}, "invalid choice"),
         ([], {"RERANKD_PORT": "eighty"}, "RERANKD_PORT='eighty' is not a valid int"),
+        ([], {"RERANKD_WARMUP": "maybe"}, "RERANKD_WARMUP='maybe' is not a valid bool"),
         (["--max-batch-tokens", "-1"], {}, "0 (auto) or positive"),
     ],
 )

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 import torch
+from sentence_transformers import CrossEncoder
+
 from rerankd_server import tiny_models
 from rerankd_server.tiny_models import MODEL_MAX_LENGTH, build_tiny_model, main
-from sentence_transformers import CrossEncoder
 
 PAIRS = [
     ("how do i list files in a directory", "Use ls to list the files in a directory."),

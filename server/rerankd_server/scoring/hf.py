@@ -215,7 +215,9 @@ def check_source(source: str, probe_timeout: float = 3.0) -> None:
     if isinstance(try_to_load_from_cache(source, "config.json"), str):
         return  # cached: transformers loads it (and only checks for updates when online)
     if constants.HF_HUB_OFFLINE:
-        raise ModelLoadError(_load_advice(source, "not in the local cache and HF_HUB_OFFLINE is set"))
+        raise ModelLoadError(
+            _load_advice(source, "not in the local cache and HF_HUB_OFFLINE is set")
+        )
     endpoint = urlsplit(constants.ENDPOINT)
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or 443
     try:
