@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,11 +20,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from rerankd.v1 import rerank_pb2
 from rerankd_server.batching import BatchLimits
 from rerankd_server.errors import ModelLoadError
+from rerankd_server.logs import configure as configure_logging
+from rerankd_server.metrics import Metrics
 from rerankd_server.scheduler import BatchScheduler, SchedulerConfig
 from rerankd_server.scoring.base import Scorer
+from rerankd_server.security import BearerTokenInterceptor, ReloadingCertificates, TokenFile
 from rerankd_server.servicer import SERVICE_NAME, RerankServicer, ServedModel, handlers
 from rerankd_server.settings import Settings, parse_settings
 
@@ -63,11 +64,17 @@ def scheduler_config(settings: Settings, scorer: Scorer) -> SchedulerConfig:
     )
 
 
-class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
-    """grpc.health.v1 whose Watch streams end once draining has told them NOT_SERVING.
+LIVENESS_SERVICE = "rerankd.v1.Liveness"
+READINESS_SERVICES = ("", SERVICE_NAME)
 
-    The stock servicer keeps Watch streams open forever, so a single watcher would hold a
-    draining server for its whole grace period.
+
+class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1 with readiness ("" and the rerank service) apart from liveness.
+
+    Readiness turns NOT_SERVING on drain; liveness (``rerankd.v1.Liveness``) stays SERVING
+    while the process is alive, so a liveness probe never kills a draining pod. Watch streams
+    end once draining has told them NOT_SERVING: the stock servicer keeps them open forever,
+    and a single watcher would hold a draining server for its whole grace period.
     """
 
     def __init__(self) -> None:
@@ -87,13 +94,23 @@ class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
         finally:
             self._watches.discard(task)
 
+    async def set_ready(self, ready: bool) -> None:
+        if self._draining:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if ready else _NOT_SERVING
+        for name in READINESS_SERVICES:
+            await self.set(name, status)
+
     async def drain(self) -> None:
-        """Report NOT_SERVING to everyone, then end the Watch streams."""
-        await self.enter_graceful_shutdown()
+        """Report NOT_SERVING on readiness, then end the Watch streams."""
+        await self.set_ready(False)
         self._draining = True
         await asyncio.sleep(0.05)  # let the watchers write NOT_SERVING first
         for task in list(self._watches):
             task.cancel()
+
+
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Sidecar:
@@ -107,7 +124,9 @@ class Sidecar:
         self._health: _HealthServicer | None = None
         self._scheduler: BatchScheduler | None = None
         self._loading: asyncio.Task[None] | None = None
+        self.metrics = Metrics()
         self.port = 0
+        self.metrics_port = 0
 
     async def __aenter__(self) -> Sidecar:
         await self.start()
@@ -119,30 +138,48 @@ class Sidecar:
     async def start(self) -> None:
         """Listen (NOT_SERVING) and begin loading the model in the background."""
         # grpc.aio objects bind to the running loop, so they are made here, not in __init__.
+        settings = self.settings
+        interceptors = []
+        if settings.auth_token_file:
+            interceptors.append(BearerTokenInterceptor(TokenFile(settings.auth_token_file)))
         self._server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # Tolerate idle channels behind load balancers: allow client pings every 10 s
+                # without calls, and ping idle clients every 60 s to keep NAT/LB state alive.
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
+                ("grpc.http2.max_ping_strikes", 0),
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+            ],
         )
         self._health = _HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        self._server.add_generic_rpc_handlers((handlers(self._servicer),))
+        observe = self.metrics.observe_request if settings.metrics_port else None
+        self._server.add_generic_rpc_handlers((handlers(self._servicer, observe),))
         names = (
             SERVICE_NAME,
-            rerank_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(tuple(dict.fromkeys(names)), self._server)
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self._server.add_insecure_port(address)
+        reflection.enable_server_reflection(names, self._server)
+        await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set_ready(False)
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls_cert:
+            tls = ReloadingCertificates(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            self.port = self._server.add_secure_port(address, tls.credentials())
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self._server.start()
+        if settings.metrics_port:
+            self.metrics_port = self.metrics.serve(settings.metrics_host, settings.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, self.metrics_port)
         log.info(
             "listening on %s:%d; loading %s", self.settings.host, self.port, self.settings.model
         )
@@ -156,6 +193,7 @@ class Sidecar:
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
+        started = loop.time()
         scorer = await loop.run_in_executor(None, self._factory, self.settings)
         config = scheduler_config(self.settings, scorer)
         if self.settings.warmup:
@@ -164,11 +202,14 @@ class Sidecar:
                 None, scorer.warmup, limits.max_batch_tokens, limits.max_batch_size
             )
         self._scheduler = BatchScheduler(scorer, config)
+        self.metrics.watch(self._scheduler)
+        self.metrics.model_load_seconds.set(loop.time() - started)
         await self._scheduler.start()
         self._servicer.add_model(
             self.settings.served_name, ServedModel(scorer, self._scheduler, config)
         )
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        assert self._health is not None  # set in start()
+        await self._health.set_ready(True)
         info = scorer.info
         log.info(
             "serving %s on %s (%s, %s attention, max %d tokens/pair, %d tokens/batch)",
@@ -184,6 +225,7 @@ class Sidecar:
         """Drain: NOT_SERVING, refuse new calls, finish accepted ones within ``grace`` seconds."""
         if self._server is None or self._health is None:
             return
+        self._servicer.draining = True
         await self._health.drain()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
@@ -192,11 +234,7 @@ class Sidecar:
             await asyncio.gather(self._loading, return_exceptions=True)
         if self._scheduler is not None:
             await self._scheduler.aclose()
-
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
-        assert self._health is not None  # set in start()
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, status)
+        self.metrics.close()
 
 
 async def serve(settings: Settings, scorer_factory: ScorerFactory = load_hf_scorer) -> int:
@@ -231,10 +269,5 @@ async def serve(settings: Settings, scorer_factory: ScorerFactory = load_hf_scor
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rerankd serve`` and ``python -m rerankd_server``."""
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
     return asyncio.run(serve(settings))

@@ -111,7 +111,8 @@ def start_server(
 
     Args:
         model_path: Model folder (or hub id) for ``--model``.
-        extra_args: Further CLI arguments, e.g. ``"--max-batch-tokens", "256"``.
+        extra_args: Further CLI arguments, e.g. ``"--max-batch-tokens", "256"``. Metrics are
+            off (``--metrics-port 0``) unless these name a ``--metrics-port``.
         env: Variables added to (and overriding) this process's environment for the child.
         ready_timeout: Seconds to wait for health SERVING on ``RERANK_SERVICE``.
 
@@ -135,6 +136,8 @@ def start_server(
         str(port),
         *extra_args,
     ]
+    if "--metrics-port" not in extra_args:
+        argv += ["--metrics-port", "0"]  # several servers may run at once; opt in to metrics
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     # A file, not a pipe: a chatty server can never block on a full pipe nobody reads. The
     # ServerProcess owns and closes it.

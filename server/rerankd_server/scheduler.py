@@ -25,7 +25,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -85,7 +85,8 @@ class SchedulerStats:
     pairs_shed: int = 0
     pairs_cancelled: int = 0
     pairs_expired: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    cancelled_compute_tokens: int = 0
+    on_batch: Callable[[int, int, int], None] | None = None  # (pairs, real, computed tokens)
 
 
 class _Job:
@@ -383,6 +384,10 @@ class BatchScheduler:
         stats.pairs_scored += len(batch.entries)
         stats.real_tokens += batch.real_tokens
         stats.computed_tokens += batch.computed_tokens
+        dead = sum(job.lengths[i] for job, i in batch.entries if job.dead)
+        stats.cancelled_compute_tokens += dead  # callers left while their pairs were computed
+        if stats.on_batch is not None:
+            stats.on_batch(len(batch.entries), batch.real_tokens, batch.computed_tokens)
         now = asyncio.get_running_loop().time()
         jobs: dict[int, _Job] = {}
         for (job, i), value in zip(batch.entries, logits.tolist(), strict=True):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -74,6 +76,7 @@ class RerankServicer:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._models: dict[str, ServedModel] = {}
+        self.draining = False
 
     def add_model(self, name: str, model: ServedModel) -> None:
         """Start routing requests for ``name`` (the first model added is the default)."""
@@ -144,6 +147,8 @@ class RerankServicer:
         )
 
     def _model(self, requested: str) -> tuple[str, ServedModel]:
+        if self.draining:
+            raise NotReady("the server is shutting down; use another replica")
         if not self._models:
             raise NotReady("the model is still loading; retry shortly")
         if not requested:
@@ -206,25 +211,66 @@ def _usage_pb(usage: Usage) -> pb.Usage:
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+Observer = Callable[[str, str, float], None]  # (method, status code name, seconds)
+
+
+def _request_id(context: Any) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and value:
+            return str(value)[:128]
+    return uuid.uuid4().hex[:16]
+
+
+def _items(request: Any) -> int:
+    return len(getattr(request, "documents", None) or getattr(request, "pairs", None) or ())
 
 
 def _guarded(
+    name: str,
     method: Callable[[Request, Any], Awaitable[Response]],
+    observe: Observer | None,
 ) -> Callable[[Request, Any], Awaitable[Response]]:
-    """Map domain errors to status codes; INTERNAL (logged once) for anything unexpected."""
+    """Run one RPC: map domain errors to status codes (INTERNAL, logged once, for anything
+    unexpected), tag it with a request id, and record its status and latency."""
 
     async def handler(request: Any, context: Any) -> Response:
-        if isinstance(request, _Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+        started = time.perf_counter()
+        request_id = _request_id(context)
+        await context.send_initial_metadata((("x-request-id", request_id),))
+        code, message = grpc.StatusCode.OK, ""
         try:
-            return await method(request, context)
+            if isinstance(request, _Malformed):
+                code, message = grpc.StatusCode.INVALID_ARGUMENT, request.error
+            else:
+                return await method(request, context)
         except RerankdServerError as exc:
-            await context.abort(_STATUS[type(exc)], str(exc))
+            code, message = _STATUS[type(exc)], str(exc)
         except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
             raise
         except Exception:
-            log.exception("unexpected error in %s", getattr(method, "__name__", method))
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            log.exception("unexpected error in %s (request %s)", name, request_id)
+            code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
+        finally:
+            seconds = time.perf_counter() - started
+            if observe is not None:
+                observe(name, code.name, seconds)
+            log.log(
+                logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.INFO,
+                "%s %s %.1fms %s",
+                name,
+                code.name,
+                seconds * 1000,
+                message,
+                extra={
+                    "request_id": request_id,
+                    "method": name,
+                    "code": code.name,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "items": _items(request),
+                },
+            )
+        await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
     return handler
@@ -240,7 +286,7 @@ def _parser(message: type[Any]) -> Callable[[bytes], Any]:
     return parse
 
 
-def handlers(servicer: RerankServicer) -> grpc.GenericRpcHandler:
+def handlers(servicer: RerankServicer, observe: Observer | None = None) -> grpc.GenericRpcHandler:
     """The service's method handlers, with parse errors reported as INVALID_ARGUMENT."""
     methods = {
         "Rerank": (servicer.Rerank, pb.RerankRequest),
@@ -251,7 +297,7 @@ def handlers(servicer: RerankServicer) -> grpc.GenericRpcHandler:
         SERVICE_NAME,
         {
             name: grpc.unary_unary_rpc_method_handler(
-                _guarded(method),
+                _guarded(name, method, observe),
                 request_deserializer=_parser(message),
                 response_serializer=lambda response: response.SerializeToString(),
             )

@@ -38,7 +38,14 @@ class Settings:
     grace_period: float = 30.0
     warmup: bool = True
     cross_request_batching: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    auth_token_file: str = ""
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090
     log_level: str = "INFO"
+    log_format: str = "text"
 
     @property
     def served_name(self) -> str:
@@ -109,13 +116,31 @@ _OPTIONS: list[tuple[str, type, str]] = [
         "Let one batch carry pairs of several calls; off only to "
         "measure what batching across calls buys.",
     ),
+    (
+        "tls-cert",
+        str,
+        "PEM certificate chain: serve TLS (with --tls-key). Re-read when the file "
+        "changes, so rotated secrets need no restart.",
+    ),
+    ("tls-key", str, "PEM private key for --tls-cert."),
+    ("tls-client-ca", str, "PEM CA bundle: require client certificates it signed (mutual TLS)."),
+    (
+        "auth-token-file",
+        str,
+        "File of accepted bearer tokens, one per line; every RPC but health "
+        "and reflection then needs 'authorization: Bearer <token>'. Re-read on change.",
+    ),
+    ("metrics-host", str, "Address of the Prometheus /metrics endpoint."),
+    ("metrics-port", int, "Port of the Prometheus /metrics endpoint; 0 turns it off."),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR."),
+    ("log-format", str, "text for people, json for log pipelines (one object per line)."),
 ]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "attention": ("auto", "flash_attention_2", "sdpa", "eager"),
     "log-level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "log-format": ("text", "json"),
 }
 
 
@@ -197,6 +222,16 @@ def validate(settings: Settings) -> list[str]:
         problems.append("--port must be 0..65535")
     if settings.grace_period < 0:
         problems.append("--grace-period must not be negative")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        problems.append("--tls-cert and --tls-key go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        problems.append("--tls-client-ca needs --tls-cert and --tls-key")
+    for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
+        path = getattr(settings, name)
+        if path and not os.path.isfile(path):
+            problems.append(f"--{name.replace('_', '-')} {path}: no such file")
+    if not 0 <= settings.metrics_port < 65536:
+        problems.append("--metrics-port must be 0..65535")
     if settings.max_documents > settings.max_queue_pairs:
         problems.append("--max-documents must not exceed --max-queue-pairs")
     return problems

@@ -7,12 +7,14 @@ server, servicer, scheduler and scorer as production.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from rerankd_server.app import ScorerFactory, Sidecar, load_hf_scorer
+from rerankd_server.process import free_port
 from rerankd_server.settings import Settings
 
 
@@ -28,10 +30,18 @@ class RunningSidecar:
 
 @contextmanager
 def run_sidecar(
-    settings: Settings, scorer_factory: ScorerFactory = load_hf_scorer, *, wait_ready: bool = True
+    settings: Settings,
+    scorer_factory: ScorerFactory = load_hf_scorer,
+    *,
+    wait_ready: bool = True,
+    metrics: bool = False,
 ) -> Iterator[RunningSidecar]:
-    """Start a Sidecar on 127.0.0.1 (free port) in a thread; stop it (grace 5 s) on exit."""
-    settings = Settings(**{**settings.__dict__, "host": "127.0.0.1", "port": 0})
+    """Start a Sidecar on 127.0.0.1 (free port) in a thread; stop it (grace 5 s) on exit.
+
+    Metrics are served on a free port only when ``metrics`` is true (tests run several servers).
+    """
+    metrics_port = free_port() if metrics else 0
+    settings = dataclasses.replace(settings, host="127.0.0.1", port=0, metrics_port=metrics_port)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="sidecar-loop", daemon=True)
     thread.start()

@@ -1,0 +1,48 @@
+"""Logging set-up: plain text for people, JSON lines for log pipelines.
+
+Per-request records carry ``request_id`` (from the caller's ``x-request-id`` metadata, else
+generated and sent back in the response's initial metadata), ``method``, ``code``,
+``duration_ms`` and ``items``; the JSON format emits them as fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+REQUEST_FIELDS = ("request_id", "method", "code", "duration_ms", "items")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for field in REQUEST_FIELDS:
+            if hasattr(record, field):
+                entry[field] = getattr(record, field)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str, fmt: str) -> None:
+    """Send logs to stderr as ``text`` or ``json``; quiet chatty libraries."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "huggingface_hub", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
