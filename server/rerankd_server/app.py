@@ -178,12 +178,18 @@ class Sidecar:
             raise OSError(f"cannot listen on {address}")
         await self._server.start()
         if settings.metrics_port:
+            self.metrics.loop = asyncio.get_running_loop()
             self.metrics_port = self.metrics.serve(settings.metrics_host, settings.metrics_port)
             log.info("metrics on http://%s:%d/metrics", settings.metrics_host, self.metrics_port)
         log.info(
             "listening on %s:%d; loading %s", self.settings.host, self.port, self.settings.model
         )
         self._loading = asyncio.create_task(self._load(), name="rerankd-load")
+
+    @property
+    def scheduler(self) -> BatchScheduler | None:
+        """The model's scheduler once loaded (its ``stats`` and queue depth), else None."""
+        return self._scheduler
 
     async def ready(self) -> None:
         """Wait until the model serves. Raises ModelLoadError when it cannot be loaded."""
@@ -229,7 +235,10 @@ class Sidecar:
         await self._health.drain()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
-        await self._server.stop(self.settings.grace_period if grace is None else grace)
+        grace = self.settings.grace_period if grace is None else grace
+        if not await self._servicer.drain(grace):
+            log.warning("grace period of %.0fs over; cancelling the calls still running", grace)
+        await self._server.stop(0.5)
         if self._loading is not None:
             await asyncio.gather(self._loading, return_exceptions=True)
         if self._scheduler is not None:

@@ -7,6 +7,7 @@ except the per-batch histograms, observed through the scheduler's ``on_batch`` h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -61,7 +62,8 @@ class Metrics:
             registry=self.registry,
         )
         self._schedulers: list[BatchScheduler] = []
-        self.registry.register(_SchedulerCollector(self._schedulers))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.registry.register(_SchedulerCollector(self._schedulers, self))
         self._server: Any = None
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
@@ -93,8 +95,9 @@ class Metrics:
 class _SchedulerCollector(Collector):
     """Reads scheduler counters at scrape time."""
 
-    def __init__(self, schedulers: list[BatchScheduler]) -> None:
+    def __init__(self, schedulers: list[BatchScheduler], metrics: Metrics) -> None:
         self._schedulers = schedulers
+        self._metrics = metrics
 
     def collect(self) -> Iterator[Any]:
         def total(read: Callable[[BatchScheduler], float]) -> float:
@@ -139,6 +142,12 @@ class _SchedulerCollector(Collector):
         }
         for name, (doc, read) in counters.items():
             yield CounterMetricFamily(name, doc, value=total(read))
+        if self._metrics.loop is not None:
+            yield GaugeMetricFamily(
+                "rerankd_event_loop_tasks",
+                "asyncio tasks alive on the server's event loop (flat when nothing leaks).",
+                value=len(asyncio.all_tasks(self._metrics.loop)),
+            )
         real = total(lambda s: s.stats.real_tokens)
         computed = total(lambda s: s.stats.computed_tokens)
         yield GaugeMetricFamily(

@@ -106,6 +106,7 @@ def start_server(
     *extra_args: str,
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 120.0,
+    port: int | None = None,
 ) -> ServerProcess:
     """Start ``python -m rerankd_server --model MODEL --host 127.0.0.1 --port PORT *extra_args``.
 
@@ -115,6 +116,7 @@ def start_server(
             off (``--metrics-port 0``) unless these name a ``--metrics-port``.
         env: Variables added to (and overriding) this process's environment for the child.
         ready_timeout: Seconds to wait for health SERVING on ``RERANK_SERVICE``.
+        port: The port to listen on (default: a free one), e.g. to restart on the same port.
 
     Returns:
         The running server, ready for requests. Stop it with ``stop()`` or a ``with`` block.
@@ -123,7 +125,7 @@ def start_server(
         ServerStartError: the process exited before it was ready, or was not ready in time (it is
             then killed); the message carries its exit code and output.
     """
-    port = free_port()
+    port = port or free_port()
     argv = [
         sys.executable,
         "-m",

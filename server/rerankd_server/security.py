@@ -68,7 +68,7 @@ class ReloadingCertificates:
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(
-            self._initial, self._fetch, require_client_authentication=self._client_ca is not None
+            self._initial, self._fetch, require_client_authentication=bool(self._client_ca)
         )
 
 

@@ -77,6 +77,32 @@ class RerankServicer:
         self._settings = settings
         self._models: dict[str, ServedModel] = {}
         self.draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def call_started(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def call_ended(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Refuse new calls (UNAVAILABLE) and wait up to ``grace`` seconds for accepted ones.
+
+        Returns whether every accepted call finished. Refusing in the servicer while the port
+        stays open gives new calls a clean UNAVAILABLE, which clients retry elsewhere, rather
+        than a reset stream from a server that is closing.
+        """
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            return False
+        return True
 
     def add_model(self, name: str, model: ServedModel) -> None:
         """Start routing requests for ``name`` (the first model added is the default)."""
@@ -229,6 +255,7 @@ def _guarded(
     name: str,
     method: Callable[[Request, Any], Awaitable[Response]],
     observe: Observer | None,
+    servicer: RerankServicer,
 ) -> Callable[[Request, Any], Awaitable[Response]]:
     """Run one RPC: map domain errors to status codes (INTERNAL, logged once, for anything
     unexpected), tag it with a request id, and record its status and latency."""
@@ -238,6 +265,7 @@ def _guarded(
         request_id = _request_id(context)
         await context.send_initial_metadata((("x-request-id", request_id),))
         code, message = grpc.StatusCode.OK, ""
+        servicer.call_started()
         try:
             if isinstance(request, _Malformed):
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, request.error
@@ -252,15 +280,17 @@ def _guarded(
             log.exception("unexpected error in %s (request %s)", name, request_id)
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
         finally:
+            servicer.call_ended()
             seconds = time.perf_counter() - started
             if observe is not None:
                 observe(name, code.name, seconds)
             log.log(
                 logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.INFO,
-                "%s %s %.1fms %s",
+                "%s %s %.1fms id=%s %s",
                 name,
                 code.name,
                 seconds * 1000,
+                request_id,
                 message,
                 extra={
                     "request_id": request_id,
@@ -297,7 +327,7 @@ def handlers(servicer: RerankServicer, observe: Observer | None = None) -> grpc.
         SERVICE_NAME,
         {
             name: grpc.unary_unary_rpc_method_handler(
-                _guarded(name, method, observe),
+                _guarded(name, method, observe, servicer),
                 request_deserializer=_parser(message),
                 response_serializer=lambda response: response.SerializeToString(),
             )

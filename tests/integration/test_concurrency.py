@@ -42,7 +42,7 @@ def test_concurrent_requests_equal_sequential_ones(tiny_models: dict[str, Path])
                 return await asyncio.gather(*(aclient.rerank(q, d) for q, d in work))
 
         concurrent = asyncio.run(together())
-        stats = running.sidecar._scheduler.stats if running.sidecar._scheduler else None
+        stats = running.sidecar.scheduler.stats if running.sidecar.scheduler else None
     for one, many in zip(sequential, concurrent, strict=True):
         alone = {r.index: r.score for r in one.results}
         mixed = {r.index: r.score for r in many.results}

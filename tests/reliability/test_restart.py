@@ -1,0 +1,150 @@
+"""Process faults under load: SIGTERM fails no accepted call; after SIGKILL and a restart on the
+same port, clients recover through their retries."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+
+from rerankd.v1 import rerank_pb2 as pb
+from rerankd.v1 import rerank_pb2_grpc
+from rerankd_server.process import start_server
+
+# Retries of UNAVAILABLE as rerankd.Client configures them.
+SERVICE_CONFIG = [
+    ("grpc.enable_retries", 1),
+    (
+        "grpc.service_config",
+        json.dumps(
+            {
+                "methodConfig": [
+                    {
+                        "name": [{"service": "rerankd.v1.RerankService"}],
+                        "retryPolicy": {
+                            "maxAttempts": 4,
+                            "initialBackoff": "0.1s",
+                            "maxBackoff": "2s",
+                            "backoffMultiplier": 2,
+                            "retryableStatusCodes": ["UNAVAILABLE"],
+                        },
+                    }
+                ]
+            }
+        ),
+    ),
+]
+
+DOCS = ["ls - list directory contents", "cp - copy files", "word " * 60, ""]
+
+
+class Load:
+    """Threads calling Rerank in a loop, recording every outcome with its time and request id."""
+
+    def __init__(self, target: str, threads: int = 4) -> None:
+        self.outcomes: list[tuple[float, str, str, str]] = []  # (time, code, details, id)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(target, i), daemon=True)
+            for i in range(threads)
+        ]
+
+    def _run(self, target: str, worker: int) -> None:
+        request = pb.RerankRequest(query="query", documents=[pb.Document(text=d) for d in DOCS])
+        with grpc.insecure_channel(target, options=SERVICE_CONFIG) as channel:
+            rerank = rerank_pb2_grpc.RerankServiceStub(channel).Rerank
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                request_id = f"w{worker}-{i}"
+                try:
+                    rerank(request, timeout=10, metadata=(("x-request-id", request_id),))
+                    outcome = ("OK", "")
+                except grpc.RpcError as exc:
+                    outcome = (exc.code().name, exc.details() or "")
+                with self._lock:
+                    self.outcomes.append((time.monotonic(), *outcome, request_id))
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def wait_for_successes(self, count: int, since: float = 0.0, timeout: float = 60) -> None:
+        end = time.monotonic() + timeout
+        while sum(1 for t, code, *_ in self.outcomes if t > since and code == "OK") < count:
+            if time.monotonic() > end:
+                raise AssertionError(f"fewer than {count} successes: {Counter(self.codes())}")
+            time.sleep(0.05)
+
+    def codes(self, since: float = 0.0, until: float = float("inf")) -> list[str]:
+        return [code for t, code, *_ in self.outcomes if since < t <= until]
+
+
+def server_outcomes(output: str) -> dict[str, str]:
+    """request id -> status code, for every call the server's handler accepted and logged."""
+    codes = {}
+    for line in output.splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if "request_id" in entry:
+                codes[entry["request_id"]] = entry["code"]
+    return codes
+
+
+@pytest.mark.slow
+def test_sigterm_under_load_fails_no_accepted_call(tiny_models: dict[str, Path]) -> None:
+    server = start_server(tiny_models["modernbert"], "--log-format", "json")
+    with server, Load(server.target) as load:
+        load.wait_for_successes(20)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0
+    accepted = server_outcomes(server.output())
+    refused = {"UNAVAILABLE"}
+    # Calls the server's handler took in either succeeded or were refused for the drain...
+    assert {code for code in accepted.values()} <= {"OK"} | refused
+    for _, code, details, request_id in load.outcomes:
+        if request_id in accepted:  # ...and the client saw exactly what the server answered.
+            assert code == accepted[request_id], (request_id, code, details)
+        else:  # Calls never handed to a handler: refused while closing, never half-done.
+            assert code in {"UNAVAILABLE", "CANCELLED"}, (request_id, code, details)
+    assert Counter(load.codes())["OK"] >= 20
+    assert any(code == "UNAVAILABLE" for code in accepted.values())  # drain refusals happened
+
+
+@pytest.mark.slow
+def test_sigkill_and_restart_clients_recover(tiny_models: dict[str, Path]) -> None:
+    model = tiny_models["modernbert"]
+    first = start_server(model)
+    port = int(first.target.rsplit(":", 1)[1])
+    with Load(first.target) as load:
+        load.wait_for_successes(20)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(30)
+        killed = time.monotonic()
+        with start_server(model, port=port) as second:
+            restarted = time.monotonic()
+            load.wait_for_successes(40, since=restarted)
+            stopping = time.monotonic()
+            assert second.stop() == 0
+    during = Counter(load.codes(since=killed, until=restarted))
+    assert set(during) <= {"OK", "UNAVAILABLE"}, during
+    # Once a client's channel has reconnected, its calls succeed again: no failure after the
+    # first success of each worker is allowed (channels reconnect with their own backoff).
+    after = load.codes(since=restarted, until=stopping)
+    first_ok = after.index("OK")
+    assert Counter(after[first_ok:])["OK"] >= 40
+    tail = after[first_ok + 8 :]  # every worker (4) has reconnected by then
+    assert tail and set(tail) == {"OK"}, Counter(tail)

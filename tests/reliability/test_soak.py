@@ -1,0 +1,94 @@
+"""A soak: under steady load, memory, file descriptors and asyncio tasks stay flat.
+
+CI runs a short soak; set RERANKD_SOAK_SECONDS (e.g. 300) for a long one. The server is a real
+process: its resident memory and descriptors come from /proc, its task count from /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from rerankd import AsyncClient, RerankdError
+from rerankd_server.process import ServerProcess, free_port, start_server
+
+SOAK_SECONDS = float(os.environ.get("RERANKD_SOAK_SECONDS", "8"))
+
+
+def snapshot(server: ServerProcess, metrics_port: int) -> dict[str, float]:
+    pid = server.proc.pid
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return {
+        "rss_mb": rss_kb / 1024,
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "tasks": values["rerankd_event_loop_tasks"],
+        "queue_pairs": values["rerankd_queue_pairs"],
+        "pairs": values["rerankd_pairs_total"],
+    }
+
+
+async def load(target: str, seconds: float, seed: int) -> dict[str, int]:
+    """Mixed traffic: normal calls, cancelled calls, calls that time out, bad calls."""
+    rng = random.Random(seed)
+    counts = {"ok": 0, "error": 0, "cancelled": 0}
+    end = time.monotonic() + seconds
+
+    async def worker(client: AsyncClient) -> None:
+        while time.monotonic() < end:
+            docs = ["word " * rng.randint(0, 150) for _ in range(rng.randint(1, 40))]
+            kind = rng.random()
+            try:
+                if kind < 0.1:  # the caller goes away mid-call
+                    task = asyncio.ensure_future(client.rerank("q", docs))
+                    await asyncio.sleep(0.002)
+                    task.cancel()
+                    counts["cancelled"] += 1
+                    continue
+                if kind < 0.2:
+                    await client.rerank("q", docs, timeout=0.003)
+                elif kind < 0.25:
+                    await client.rerank("", docs)
+                else:
+                    await client.rerank("query", docs, top_n=5)
+                counts["ok"] += 1
+            except RerankdError:
+                counts["error"] += 1
+
+    async with AsyncClient(target) as client:
+        await asyncio.gather(*(worker(client) for _ in range(6)))
+    return counts
+
+
+@pytest.mark.slow
+def test_soak_keeps_memory_descriptors_and_tasks_flat(tiny_models: dict[str, Path]) -> None:
+    metrics_port = free_port()
+    server = start_server(tiny_models["modernbert"], "--metrics-port", str(metrics_port))
+    with server:
+        asyncio.run(load(server.target, min(3.0, SOAK_SECONDS / 2), seed=1))  # warm everything up
+        before = snapshot(server, metrics_port)
+        counts = asyncio.run(load(server.target, SOAK_SECONDS, seed=2))
+        time.sleep(0.5)  # let cancelled and expired work be dropped
+        after = snapshot(server, metrics_port)
+        assert server.stop() == 0
+    print(f"soak {SOAK_SECONDS}s: {counts}; before {before}; after {after}")
+    assert counts["ok"] > 50 and counts["cancelled"] > 0 and counts["error"] > 0
+    assert after["pairs"] > before["pairs"]
+    assert after["queue_pairs"] == 0
+    assert after["fds"] <= before["fds"] + 4
+    assert after["tasks"] <= before["tasks"] + 4
+    assert after["rss_mb"] <= before["rss_mb"] * 1.15 + 20
