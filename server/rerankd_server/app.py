@@ -10,6 +10,7 @@ process with exit code 2 and a message saying how to point it at a local folder.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -21,13 +22,15 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from rerankd_server.batching import BatchLimits
+from rerankd_server.cache import ScoreCache
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.logs import configure as configure_logging
 from rerankd_server.metrics import Metrics
+from rerankd_server.reranking import Reranker
 from rerankd_server.scheduler import BatchScheduler, SchedulerConfig
 from rerankd_server.scoring.base import Scorer
 from rerankd_server.security import BearerTokenInterceptor, ReloadingCertificates, TokenFile
-from rerankd_server.servicer import SERVICE_NAME, RerankServicer, ServedModel, handlers
+from rerankd_server.servicer import SERVICE_NAME, RerankServicer, handlers
 from rerankd_server.settings import Settings, parse_settings
 
 log = logging.getLogger("rerankd")
@@ -122,7 +125,7 @@ class Sidecar:
         self._servicer = RerankServicer(settings)
         self._server: grpc.aio.Server | None = None
         self._health: _HealthServicer | None = None
-        self._scheduler: BatchScheduler | None = None
+        self._schedulers: list[BatchScheduler] = []
         self._loading: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.port = 0
@@ -188,8 +191,8 @@ class Sidecar:
 
     @property
     def scheduler(self) -> BatchScheduler | None:
-        """The model's scheduler once loaded (its ``stats`` and queue depth), else None."""
-        return self._scheduler
+        """The default model's scheduler once loaded (its ``stats`` and queue depth), else None."""
+        return self._schedulers[0] if self._schedulers else None
 
     async def ready(self) -> None:
         """Wait until the model serves. Raises ModelLoadError when it cannot be loaded."""
@@ -198,34 +201,43 @@ class Sidecar:
         await asyncio.shield(self._loading)
 
     async def _load(self) -> None:
+        """Load every model in turn (the default first), then report SERVING."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        scorer = await loop.run_in_executor(None, self._factory, self.settings)
-        config = scheduler_config(self.settings, scorer)
-        if self.settings.warmup:
-            limits = config.limits
-            await loop.run_in_executor(
-                None, scorer.warmup, limits.max_batch_tokens, limits.max_batch_size
-            )
-        self._scheduler = BatchScheduler(scorer, config)
-        self.metrics.watch(self._scheduler)
-        self.metrics.model_load_seconds.set(loop.time() - started)
-        await self._scheduler.start()
-        self._servicer.add_model(
-            self.settings.served_name, ServedModel(scorer, self._scheduler, config)
+        cache = (
+            ScoreCache(self.settings.score_cache_bytes) if self.settings.score_cache_bytes else None
         )
+        self.metrics.cache = cache
+        for name, source in self.settings.model_specs():
+            settings = dataclasses.replace(
+                self.settings, model=source, model_name=name, extra_models=()
+            )
+            scorer = await loop.run_in_executor(None, self._factory, settings)
+            config = scheduler_config(settings, scorer)
+            if settings.warmup:
+                limits = config.limits
+                await loop.run_in_executor(
+                    None, scorer.warmup, limits.max_batch_tokens, limits.max_batch_size
+                )
+            scheduler = BatchScheduler(scorer, config)
+            self._schedulers.append(scheduler)
+            self.metrics.watch(scheduler)
+            await scheduler.start()
+            self._servicer.add_model(Reranker(name, scorer, scheduler, config, cache))
+            info = scorer.info
+            log.info(
+                "serving %s as %r on %s (%s, %s attention, max %d tokens/pair, %d tokens/batch)",
+                source,
+                name,
+                info.device,
+                info.dtype,
+                info.attention_implementation,
+                info.max_input_tokens,
+                config.limits.max_batch_tokens,
+            )
+        self.metrics.model_load_seconds.set(loop.time() - started)
         assert self._health is not None  # set in start()
         await self._health.set_ready(True)
-        info = scorer.info
-        log.info(
-            "serving %s on %s (%s, %s attention, max %d tokens/pair, %d tokens/batch)",
-            info.name,
-            info.device,
-            info.dtype,
-            info.attention_implementation,
-            info.max_input_tokens,
-            config.limits.max_batch_tokens,
-        )
 
     async def aclose(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, finish accepted ones within ``grace`` seconds."""
@@ -241,8 +253,8 @@ class Sidecar:
         await self._server.stop(0.5)
         if self._loading is not None:
             await asyncio.gather(self._loading, return_exceptions=True)
-        if self._scheduler is not None:
-            await self._scheduler.aclose()
+        for scheduler in self._schedulers:
+            await scheduler.aclose()
         self.metrics.close()
 
 

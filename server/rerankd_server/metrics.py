@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from rerankd_server.cache import ScoreCache
 from rerankd_server.scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Metrics:
         )
         self._schedulers: list[BatchScheduler] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.cache: ScoreCache | None = None
         self.registry.register(_SchedulerCollector(self._schedulers, self))
         self._server: Any = None
 
@@ -142,6 +144,21 @@ class _SchedulerCollector(Collector):
         }
         for name, (doc, read) in counters.items():
             yield CounterMetricFamily(name, doc, value=total(read))
+        cache = self._metrics.cache
+        if cache is not None:
+            yield CounterMetricFamily(
+                "rerankd_cache_hits", "Pairs answered from the score cache.", value=cache.hits
+            )
+            yield CounterMetricFamily(
+                "rerankd_cache_misses",
+                "Pairs looked up in the cache and not found.",
+                value=cache.misses,
+            )
+            yield GaugeMetricFamily(
+                "rerankd_cache_bytes",
+                "Estimated memory held by the score cache.",
+                value=cache.bytes,
+            )
         if self._metrics.loop is not None:
             yield GaugeMetricFamily(
                 "rerankd_event_loop_tasks",

@@ -64,6 +64,8 @@ class Usage:
     queue_time_us: int
     inference_time_us: int
     batches: int
+    cached_pairs: int = 0
+    scored_pairs: int = 0
 
 
 @dataclass(frozen=True)
@@ -421,4 +423,5 @@ def _usage(job: _Job) -> Usage:
         queue_time_us=round((start - job.admitted_at) * 1e6),
         inference_time_us=round((job.last_end - start) * 1e6),
         batches=job.batches,
+        scored_pairs=len(job.lengths),
     )

@@ -1,4 +1,4 @@
-"""RerankService: protobuf in, domain calls to the scheduler, protobuf out.
+"""RerankService: protobuf in, domain calls to the rerankers, protobuf out.
 
 This is the one place where generated types meet the domain and where domain errors become
 gRPC status codes (``_STATUS``). It validates every request against the limits in
@@ -8,10 +8,11 @@ gRPC status codes (``_STATUS``). It validates every request against the limits i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd_server import __version__
+from rerankd_server.chunking import DEFAULT_MAX_CHUNKS, MAX_CHUNKS_LIMIT, Reduce
 from rerankd_server.errors import (
     DeadlineExpired,
     InvalidRequest,
@@ -29,8 +31,9 @@ from rerankd_server.errors import (
     Overloaded,
     RerankdServerError,
 )
-from rerankd_server.scheduler import BatchScheduler, Outcome, SchedulerConfig, Usage
-from rerankd_server.scoring.base import Scorer, Truncation
+from rerankd_server.reranking import ChunkOptions, Normalization, Reranker, RerankOptions
+from rerankd_server.scheduler import Usage
+from rerankd_server.scoring.base import Truncation
 from rerankd_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,19 +58,25 @@ _TRUNCATION: dict[int, Truncation] = {
 
 
 @dataclass(frozen=True)
-class ServedModel:
-    """A model ready to serve: its scorer, its scheduler and the scheduler's config."""
-
-    scorer: Scorer
-    scheduler: BatchScheduler
-    config: SchedulerConfig
-
-
-@dataclass(frozen=True)
 class _Malformed:
     """Stands in for a request whose bytes did not parse, so it gets INVALID_ARGUMENT."""
 
     error: str
+
+
+_NORMALIZATION: dict[int, Normalization | None] = {
+    pb.NORMALIZATION_UNSPECIFIED: None,
+    pb.NORMALIZATION_MODEL: Normalization.MODEL,
+    pb.NORMALIZATION_RAW: Normalization.RAW,
+    pb.NORMALIZATION_SIGMOID: Normalization.SIGMOID,
+}
+
+_REDUCE = {
+    pb.CHUNK_REDUCE_UNSPECIFIED: Reduce.MAX,
+    pb.CHUNK_REDUCE_MAX: Reduce.MAX,
+    pb.CHUNK_REDUCE_MEAN: Reduce.MEAN,
+    pb.CHUNK_REDUCE_FIRST: Reduce.FIRST,
+}
 
 
 class RerankServicer:
@@ -75,7 +84,7 @@ class RerankServicer:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._models: dict[str, ServedModel] = {}
+        self._models: dict[str, Reranker] = {}
         self.draining = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -104,86 +113,136 @@ class RerankServicer:
             return False
         return True
 
-    def add_model(self, name: str, model: ServedModel) -> None:
-        """Start routing requests for ``name`` (the first model added is the default)."""
-        self._models[name] = model
+    def add_model(self, model: Reranker) -> None:
+        """Start routing requests for ``model.name`` (the first model added is the default)."""
+        self._models[model.name] = model
 
     async def Rerank(self, request: pb.RerankRequest, context: Any) -> pb.RerankResponse:
-        name, model = self._model(request.model)
+        return await self._rerank(request, _deadline(context))
+
+    async def _rerank(self, request: pb.RerankRequest, deadline: float | None) -> pb.RerankResponse:
+        model = self._model(request.model)
         self._check_query(request.query, "query")
         self._check_count(len(request.documents), "documents")
         for i, doc in enumerate(request.documents):
             self._check_text(doc.text, f"documents[{i}].text")
-        pairs = [(request.query, doc.text) for doc in request.documents]
-        outcome = await self._submit(model, pairs, request.truncation, context)
-        scores = self._scores(model, outcome, request.raw_scores)
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-        if request.top_n:
-            order = order[: request.top_n]
-        results = [
-            pb.RerankResult(
-                index=i,
-                id=request.documents[i].id,
-                score=scores[i],
-                text=request.documents[i].text if request.return_documents else "",
+        options = RerankOptions(
+            truncation=_truncation(request.truncation),
+            normalization=_normalization(request.raw_scores, request.normalization),
+            chunking=_chunking(request.chunking) if request.HasField("chunking") else None,
+            top_n=request.top_n,
+            min_score=request.min_score if request.HasField("min_score") else None,
+        )
+        texts = [doc.text for doc in request.documents]
+        ranked, usage = await model.rerank(request.query, texts, options, deadline)
+        results = []
+        for hit in ranked:
+            doc = request.documents[hit.index]
+            result = pb.RerankResult(
+                index=hit.index,
+                id=doc.id,
+                score=hit.score,
+                text=doc.text if request.return_documents else "",
             )
-            for i in order
-        ]
-        return pb.RerankResponse(results=results, model=name, usage=_usage_pb(outcome.usage))
+            if hit.chunk is not None:
+                result.chunk.CopyFrom(pb.ChunkInfo(**dataclasses.asdict(hit.chunk)))
+            results.append(result)
+        return pb.RerankResponse(results=results, model=model.name, usage=_usage_pb(usage))
 
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
-        name, model = self._model(request.model)
+        model = self._model(request.model)
         self._check_count(len(request.pairs), "pairs")
         for i, pair in enumerate(request.pairs):
             self._check_query(pair.query, f"pairs[{i}].query")
             self._check_text(pair.text, f"pairs[{i}].text")
-        pairs = [(pair.query, pair.text) for pair in request.pairs]
-        outcome = await self._submit(model, pairs, request.truncation, context)
-        scores = self._scores(model, outcome, request.raw_scores)
-        return pb.ScoreResponse(scores=scores, model=name, usage=_usage_pb(outcome.usage))
+        scores, usage = await model.score(
+            [(pair.query, pair.text) for pair in request.pairs],
+            _truncation(request.truncation),
+            _normalization(request.raw_scores, request.normalization),
+            _deadline(context),
+        )
+        return pb.ScoreResponse(scores=scores, model=model.name, usage=_usage_pb(usage))
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: Any
     ) -> pb.GetModelInfoResponse:
-        name, model = self._model(request.model)
-        info, config, s = model.scorer.info, model.config, self._settings
+        model = self._model(request.model)
+        s = self._settings
         return pb.GetModelInfoResponse(
-            model=pb.ModelInfo(
-                name=name,
-                max_input_tokens=info.max_input_tokens,
-                activation=info.activation,
-                dtype=info.dtype,
-                device=info.device,
-                attention_implementation=info.attention_implementation,
-                batching=pb.BatchingLimits(
-                    max_batch_tokens=config.limits.max_batch_tokens,
-                    max_batch_size=config.limits.max_batch_size,
-                    padded_batches=config.limits.padded,
-                    max_queue_pairs=config.max_queue_pairs,
-                    max_queue_tokens=config.max_queue_tokens,
-                ),
-            ),
+            model=_model_info(model),
+            models=[_model_info(m) for m in self._models.values()],
             limits=pb.RequestLimits(
                 max_documents=s.max_documents,
                 max_query_bytes=s.max_query_bytes,
                 max_document_bytes=s.max_document_bytes,
                 max_message_bytes=s.max_message_bytes,
+                max_stream_in_flight=s.stream_max_in_flight,
             ),
             server_version=__version__,
         )
 
-    def _model(self, requested: str) -> tuple[str, ServedModel]:
+    async def RerankStream(self, requests: AsyncIterator[Any], context: Any) -> None:
+        """Answer each request as it finishes, with at most ``stream_max_in_flight`` at once.
+
+        A permit is taken before a request is read and given back only once its response has
+        been written, and writes wait for the client's flow control: a slow reader stops the
+        reading, so the server never buffers more than the permits allow.
+        """
+        permits = asyncio.Semaphore(self._settings.stream_max_in_flight)
+        outbox: asyncio.Queue[pb.RerankStreamResponse | None] = asyncio.Queue()
+        deadline = _deadline(context)
+
+        async def answer(item: Any) -> None:
+            if isinstance(item, _Malformed):
+                reply = pb.RerankStreamResponse(code=_code(InvalidRequest), message=item.error)
+            else:
+                reply = pb.RerankStreamResponse(request_id=item.request_id)
+                try:
+                    reply.response.CopyFrom(await self._rerank(item.request, deadline))
+                except RerankdServerError as exc:
+                    reply.code, reply.message = _code(type(exc)), str(exc)
+                except Exception:
+                    log.exception("unexpected error in RerankStream item %r", reply.request_id)
+                    reply.code = grpc.StatusCode.INTERNAL.value[0]
+                    reply.message = "internal error; see the server log"
+            await outbox.put(reply)
+
+        async def read() -> None:
+            tasks: set[asyncio.Task[None]] = set()
+            try:
+                async for item in requests:
+                    await permits.acquire()
+                    task = asyncio.create_task(answer(item))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await outbox.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await outbox.get()) is not None:
+                await context.write(reply)
+                permits.release()
+            await reader  # surfaces a failed read (e.g. the client cancelled)
+        finally:
+            reader.cancel()
+
+    def _model(self, requested: str) -> Reranker:
         if self.draining:
             raise NotReady("the server is shutting down; use another replica")
         if not self._models:
             raise NotReady("the model is still loading; retry shortly")
         if not requested:
-            return next(iter(self._models.items()))
+            return next(iter(self._models.values()))
         model = self._models.get(requested)
         if model is None:
             served = ", ".join(sorted(self._models))
             raise ModelNotFound(f"model {requested!r} is not served here (served: {served})")
-        return requested, model
+        return model
 
     def _check_query(self, query: str, field: str) -> None:
         if not query.strip():
@@ -209,30 +268,70 @@ class RerankServicer:
                 f"{count} {field} given; the limit is {self._settings.max_documents}"
             )
 
-    async def _submit(
-        self, model: ServedModel, pairs: Sequence[tuple[str, str]], truncation: int, context: Any
-    ) -> Outcome:
-        mode = _TRUNCATION.get(truncation)
-        if mode is None:
-            raise InvalidRequest(f"unknown truncation value {truncation}")
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
-        return await model.scheduler.submit(pairs, mode, deadline)
 
-    @staticmethod
-    def _scores(model: ServedModel, outcome: Outcome, raw: bool) -> list[float]:
-        values = outcome.logits if raw else model.scorer.activate(outcome.logits)
-        return [float(v) for v in values]
+def _deadline(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
+def _code(error: type[RerankdServerError]) -> int:
+    code: int = _STATUS[error].value[0]
+    return code
+
+
+def _truncation(value: int) -> Truncation:
+    mode = _TRUNCATION.get(value)
+    if mode is None:
+        raise InvalidRequest(f"unknown truncation value {value}")
+    return mode
+
+
+def _normalization(raw_scores: bool, value: int) -> Normalization:
+    if value not in _NORMALIZATION:
+        raise InvalidRequest(f"unknown normalization value {value}")
+    chosen = _NORMALIZATION[value]
+    if raw_scores and chosen not in (None, Normalization.RAW):
+        raise InvalidRequest("raw_scores contradicts the normalization asked for")
+    if chosen is None:
+        return Normalization.RAW if raw_scores else Normalization.MODEL
+    return chosen
+
+
+def _chunking(message: pb.Chunking) -> ChunkOptions:
+    if message.max_chunks > MAX_CHUNKS_LIMIT:
+        raise InvalidRequest(
+            f"chunking.max_chunks is {message.max_chunks}; at most {MAX_CHUNKS_LIMIT}"
+        )
+    if message.reduce not in _REDUCE:
+        raise InvalidRequest(f"unknown chunking.reduce value {message.reduce}")
+    return ChunkOptions(
+        max_chunks=message.max_chunks or DEFAULT_MAX_CHUNKS,
+        overlap_tokens=message.overlap_tokens,
+        reduce=_REDUCE[message.reduce],
+    )
+
+
+def _model_info(model: Reranker) -> pb.ModelInfo:
+    info, config = model.scorer.info, model.config
+    return pb.ModelInfo(
+        name=model.name,
+        max_input_tokens=info.max_input_tokens,
+        activation=info.activation,
+        dtype=info.dtype,
+        device=info.device,
+        attention_implementation=info.attention_implementation,
+        batching=pb.BatchingLimits(
+            max_batch_tokens=config.limits.max_batch_tokens,
+            max_batch_size=config.limits.max_batch_size,
+            padded_batches=config.limits.padded,
+            max_queue_pairs=config.max_queue_pairs,
+            max_queue_tokens=config.max_queue_tokens,
+        ),
+    )
 
 
 def _usage_pb(usage: Usage) -> pb.Usage:
-    return pb.Usage(
-        input_tokens=usage.input_tokens,
-        truncated_pairs=usage.truncated_pairs,
-        queue_time_us=usage.queue_time_us,
-        inference_time_us=usage.inference_time_us,
-        batches=usage.batches,
-    )
+    return pb.Usage(**dataclasses.asdict(usage))
 
 
 Request = TypeVar("Request")
@@ -332,5 +431,12 @@ def handlers(servicer: RerankServicer, observe: Observer | None = None) -> grpc.
                 response_serializer=lambda response: response.SerializeToString(),
             )
             for name, (method, message) in methods.items()
+        }
+        | {
+            "RerankStream": grpc.stream_stream_rpc_method_handler(
+                _guarded("RerankStream", servicer.RerankStream, observe, servicer),
+                request_deserializer=_parser(pb.RerankStreamRequest),
+                response_serializer=lambda response: response.SerializeToString(),
+            )
         },
     )

@@ -21,6 +21,7 @@ class Settings:
 
     model: str = DEFAULT_MODEL
     model_name: str = ""
+    extra_models: tuple[str, ...] = ()
     host: str = "0.0.0.0"
     port: int = 50051
     device: str = "auto"
@@ -38,6 +39,8 @@ class Settings:
     grace_period: float = 30.0
     warmup: bool = True
     cross_request_batching: bool = True
+    score_cache_bytes: int = 0
+    stream_max_in_flight: int = 8
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -49,8 +52,24 @@ class Settings:
 
     @property
     def served_name(self) -> str:
-        """The name requests use in their ``model`` field."""
-        return self.model_name or self.model
+        """The name requests use for the default model."""
+        return self.model_specs()[0][0]
+
+    def model_specs(self) -> list[tuple[str, str]]:
+        """(name, source) of every served model, the default first.
+
+        A spec is ``SOURCE`` or ``NAME=SOURCE``; the default model's name may also come from
+        ``--model-name``; otherwise the name is the source itself.
+        """
+        specs = []
+        for i, spec in enumerate((self.model, *self.extra_models)):
+            name, sep, source = spec.partition("=")
+            if not sep or not name or "/" in name:  # a path or hub id holding "=" is a source
+                name, source = "", spec
+            if i == 0 and self.model_name:
+                name = self.model_name
+            specs.append((name or source, source))
+        return specs
 
 
 # (flag, type, help). Defaults come from Settings, so they are stated once.
@@ -60,7 +79,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
         str,
         "Hugging Face model id or local folder of a sequence-classification cross-encoder.",
     ),
-    ("model-name", str, "Name requests use to select the model (default: the --model value)."),
+    ("model-name", str, "Name of the first model in requests (default: its NAME= or source)."),
     ("host", str, "Address to listen on; 127.0.0.1 keeps a sidecar private to its pod."),
     ("port", int, "gRPC port."),
     ("device", str, "auto (CUDA when present), cpu, cuda or cuda:N."),
@@ -132,6 +151,18 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ),
     ("metrics-host", str, "Address of the Prometheus /metrics endpoint."),
     ("metrics-port", int, "Port of the Prometheus /metrics endpoint; 0 turns it off."),
+    (
+        "score-cache-bytes",
+        int,
+        "Memory for a cache of (model, query, text) scores; paging and "
+        "repeated searches skip the model. 0 turns it off.",
+    ),
+    (
+        "stream-max-in-flight",
+        int,
+        "Requests of one RerankStream worked on at once; a slow reader "
+        "holds the stream to this many.",
+    ),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR."),
     ("log-format", str, "text for people, json for log pipelines (one object per line)."),
 ]
@@ -161,6 +192,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     for flag, kind, help_text in _OPTIONS:
         attr = flag.replace("-", "_")
         default = getattr(defaults, attr)
+        if flag == "model":  # repeatable: the first is --model, the others extra_models
+            raw_models = env.get(env_name(flag))
+            models = raw_models.split(",") if raw_models else [default]
+            parser.add_argument(
+                "--model", action="append", default=None, help=f"{help_text} [env {env_name(flag)}]"
+            )
+            parser.set_defaults(env_models=models)
+            continue
         raw = env.get(env_name(flag))
         if raw is not None:
             try:
@@ -184,7 +223,11 @@ def parse_settings(
 ) -> Settings:
     """Parse flags (and the environment) into validated ``Settings``; exits 2 on bad values."""
     parser = build_parser(env)
-    settings = Settings(**vars(parser.parse_args(argv)))
+    values = vars(parser.parse_args(argv))
+    models = values.pop("model") or values.pop("env_models")
+    values.pop("env_models", None)
+    values["model"], values["extra_models"] = models[0], tuple(models[1:])
+    settings = Settings(**values)
     problems = validate(settings)
     if problems:
         parser.error("; ".join(problems))
@@ -204,6 +247,7 @@ def validate(settings: Settings) -> list[str]:
     """Configuration errors, as messages (empty when the settings are usable)."""
     problems = []
     positive = (
+        "stream_max_in_flight",
         "max_batch_size",
         "lookahead_pairs",
         "max_queue_pairs",
@@ -216,6 +260,11 @@ def validate(settings: Settings) -> list[str]:
     for name in positive:
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1")
+    names = [name for name, _ in settings.model_specs()]
+    if len(set(names)) != len(names):
+        problems.append(f"--model names must differ: {', '.join(names)}")
+    if settings.score_cache_bytes < 0:
+        problems.append("--score-cache-bytes must be 0 (off) or positive")
     if settings.max_batch_tokens < 0:
         problems.append("--max-batch-tokens must be 0 (auto) or positive")
     if not 0 < settings.port < 65536 and settings.port != 0:

@@ -21,4 +21,5 @@ def test_reflection_describes_the_rerank_service(tiny_models: dict[str, Path]) -
         assert {"rerankd.v1.RerankService", "grpc.health.v1.Health"} <= services
         file = database.FindFileContainingSymbol("rerankd.v1.RerankService")
         assert file.package == "rerankd.v1"
-        assert {m.name for m in file.service[0].method} == {"Rerank", "Score", "GetModelInfo"}
+        methods = {m.name for m in file.service[0].method}
+        assert methods == {"Rerank", "Score", "GetModelInfo", "RerankStream"}

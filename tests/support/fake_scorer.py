@@ -69,6 +69,21 @@ class FakeScorer:
             truncated.append(cut)
         return TokenizedPairs(ids=ids, type_ids=None, truncated=truncated)
 
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Words and their character spans (the fake's tokens)."""
+        out = []
+        for text in texts:
+            spans, start = [], None
+            for i, ch in enumerate(text + " "):
+                if ch.isspace():
+                    if start is not None:
+                        spans.append((start, i))
+                        start = None
+                elif start is None:
+                    start = i
+            out.append(spans)
+        return out
+
     def collate(self, ids: Sequence[list[int]], type_ids: Sequence[list[int]] | None) -> Any:
         self.events.append(f"collate {len(ids)}")
         return [list(row) for row in ids]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rerankd/v1/rerank.proto\x12\nrerankd.v1\"$\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xbf\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\'\n\tdocuments\x18\x02 \x03(\x0b\x32\x14.rerankd.v1.Document\x12\r\n\x05top_n\x18\x03 \x01(\r\x12\x18\n\x10return_documents\x18\x04 \x01(\x08\x12\x12\n\nraw_scores\x18\x05 \x01(\x08\x12*\n\ntruncation\x18\x06 \x01(\x0e\x32\x16.rerankd.v1.Truncation\x12\r\n\x05model\x18\x07 \x01(\t\"F\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\"y\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x04\x12\x17\n\x0ftruncated_pairs\x18\x02 \x01(\r\x12\x15\n\rqueue_time_us\x18\x03 \x01(\x04\x12\x19\n\x11inference_time_us\x18\x04 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x05 \x01(\r\"l\n\x0eRerankResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.rerankd.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.rerankd.v1.Usage\"#\n\x04Pair\x12\r\n\x05query\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"~\n\x0cScoreRequest\x12\x1f\n\x05pairs\x18\x01 \x03(\x0b\x32\x10.rerankd.v1.Pair\x12\x12\n\nraw_scores\x18\x02 \x01(\x08\x12*\n\ntruncation\x18\x03 \x01(\x0e\x32\x16.rerankd.v1.Truncation\x12\r\n\x05model\x18\x04 \x01(\t\"P\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05model\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.rerankd.v1.Usage\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x8d\x01\n\x0e\x42\x61tchingLimits\x12\x18\n\x10max_batch_tokens\x18\x01 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\r\x12\x16\n\x0epadded_batches\x18\x03 \x01(\x08\x12\x17\n\x0fmax_queue_pairs\x18\x04 \x01(\r\x12\x18\n\x10max_queue_tokens\x18\x05 \x01(\x04\"v\n\rRequestLimits\x12\x15\n\rmax_documents\x18\x01 \x01(\r\x12\x17\n\x0fmax_query_bytes\x18\x02 \x01(\r\x12\x1a\n\x12max_document_bytes\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\"\xb6\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x02 \x01(\r\x12\x12\n\nactivation\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12 \n\x18\x61ttention_implementation\x18\x06 \x01(\t\x12,\n\x08\x62\x61tching\x18\x07 \x01(\x0b\x32\x1a.rerankd.v1.BatchingLimits\"\x7f\n\x14GetModelInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.rerankd.v1.ModelInfo\x12)\n\x06limits\x18\x02 \x01(\x0b\x32\x19.rerankd.v1.RequestLimits\x12\x16\n\x0eserver_version\x18\x03 \x01(\t*g\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x12\n\x0eTRUNCATION_END\x10\x01\x12\x14\n\x10TRUNCATION_START\x10\x02\x12\x13\n\x0fTRUNCATION_NONE\x10\x03\x32\xe1\x01\n\rRerankService\x12?\n\x06Rerank\x12\x19.rerankd.v1.RerankRequest\x1a\x1a.rerankd.v1.RerankResponse\x12<\n\x05Score\x12\x18.rerankd.v1.ScoreRequest\x1a\x19.rerankd.v1.ScoreResponse\x12Q\n\x0cGetModelInfo\x12\x1f.rerankd.v1.GetModelInfoRequest\x1a .rerankd.v1.GetModelInfoResponseBJ\n\x0e\x64\x65v.rerankd.v1P\x01Z6github.com/rerankd/rerankd/gen/go/rerankd/v1;rerankdv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rerankd/v1/rerank.proto\x12\nrerankd.v1\"_\n\x08\x43hunking\x12\x12\n\nmax_chunks\x18\x01 \x01(\r\x12\x16\n\x0eoverlap_tokens\x18\x02 \x01(\r\x12\'\n\x06reduce\x18\x03 \x01(\x0e\x32\x17.rerankd.v1.ChunkReduce\"O\n\tChunkInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x12\n\nstart_byte\x18\x03 \x01(\r\x12\x10\n\x08\x65nd_byte\x18\x04 \x01(\r\"$\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xbf\x02\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\'\n\tdocuments\x18\x02 \x03(\x0b\x32\x14.rerankd.v1.Document\x12\r\n\x05top_n\x18\x03 \x01(\r\x12\x18\n\x10return_documents\x18\x04 \x01(\x08\x12\x12\n\nraw_scores\x18\x05 \x01(\x08\x12*\n\ntruncation\x18\x06 \x01(\x0e\x32\x16.rerankd.v1.Truncation\x12\r\n\x05model\x18\x07 \x01(\t\x12&\n\x08\x63hunking\x18\x08 \x01(\x0b\x32\x14.rerankd.v1.Chunking\x12\x16\n\tmin_score\x18\t \x01(\x02H\x00\x88\x01\x01\x12\x30\n\rnormalization\x18\n \x01(\x0e\x32\x19.rerankd.v1.NormalizationB\x0c\n\n_min_score\"l\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04text\x18\x04 \x01(\t\x12$\n\x05\x63hunk\x18\x05 \x01(\x0b\x32\x15.rerankd.v1.ChunkInfo\"\xa5\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x04\x12\x17\n\x0ftruncated_pairs\x18\x02 \x01(\r\x12\x15\n\rqueue_time_us\x18\x03 \x01(\x04\x12\x19\n\x11inference_time_us\x18\x04 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x05 \x01(\r\x12\x14\n\x0c\x63\x61\x63hed_pairs\x18\x06 \x01(\r\x12\x14\n\x0cscored_pairs\x18\x07 \x01(\r\"l\n\x0eRerankResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.rerankd.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.rerankd.v1.Usage\"#\n\x04Pair\x12\r\n\x05query\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xb0\x01\n\x0cScoreRequest\x12\x1f\n\x05pairs\x18\x01 \x03(\x0b\x32\x10.rerankd.v1.Pair\x12\x12\n\nraw_scores\x18\x02 \x01(\x08\x12*\n\ntruncation\x18\x03 \x01(\x0e\x32\x16.rerankd.v1.Truncation\x12\r\n\x05model\x18\x04 \x01(\t\x12\x30\n\rnormalization\x18\x05 \x01(\x0e\x32\x19.rerankd.v1.Normalization\"P\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05model\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.rerankd.v1.Usage\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x8d\x01\n\x0e\x42\x61tchingLimits\x12\x18\n\x10max_batch_tokens\x18\x01 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\r\x12\x16\n\x0epadded_batches\x18\x03 \x01(\x08\x12\x17\n\x0fmax_queue_pairs\x18\x04 \x01(\r\x12\x18\n\x10max_queue_tokens\x18\x05 \x01(\x04\"\x94\x01\n\rRequestLimits\x12\x15\n\rmax_documents\x18\x01 \x01(\r\x12\x17\n\x0fmax_query_bytes\x18\x02 \x01(\r\x12\x1a\n\x12max_document_bytes\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\x12\x1c\n\x14max_stream_in_flight\x18\x05 \x01(\r\"\xb6\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x02 \x01(\r\x12\x12\n\nactivation\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12 \n\x18\x61ttention_implementation\x18\x06 \x01(\t\x12,\n\x08\x62\x61tching\x18\x07 \x01(\x0b\x32\x1a.rerankd.v1.BatchingLimits\"\xa6\x01\n\x14GetModelInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.rerankd.v1.ModelInfo\x12)\n\x06limits\x18\x02 \x01(\x0b\x32\x19.rerankd.v1.RequestLimits\x12\x16\n\x0eserver_version\x18\x03 \x01(\t\x12%\n\x06models\x18\x04 \x03(\x0b\x32\x15.rerankd.v1.ModelInfo\"U\n\x13RerankStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.rerankd.v1.RerankRequest\"w\n\x14RerankStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12,\n\x08response\x18\x02 \x01(\x0b\x32\x1a.rerankd.v1.RerankResponse\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t*g\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x12\n\x0eTRUNCATION_END\x10\x01\x12\x14\n\x10TRUNCATION_START\x10\x02\x12\x13\n\x0fTRUNCATION_NONE\x10\x03*y\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x17\n\x13NORMALIZATION_MODEL\x10\x01\x12\x15\n\x11NORMALIZATION_RAW\x10\x02\x12\x19\n\x15NORMALIZATION_SIGMOID\x10\x03*p\n\x0b\x43hunkReduce\x12\x1c\n\x18\x43HUNK_REDUCE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HUNK_REDUCE_MAX\x10\x01\x12\x15\n\x11\x43HUNK_REDUCE_MEAN\x10\x02\x12\x16\n\x12\x43HUNK_REDUCE_FIRST\x10\x03\x32\xb8\x02\n\rRerankService\x12?\n\x06Rerank\x12\x19.rerankd.v1.RerankRequest\x1a\x1a.rerankd.v1.RerankResponse\x12<\n\x05Score\x12\x18.rerankd.v1.ScoreRequest\x1a\x19.rerankd.v1.ScoreResponse\x12Q\n\x0cGetModelInfo\x12\x1f.rerankd.v1.GetModelInfoRequest\x1a .rerankd.v1.GetModelInfoResponse\x12U\n\x0cRerankStream\x12\x1f.rerankd.v1.RerankStreamRequest\x1a .rerankd.v1.RerankStreamResponse(\x01\x30\x01\x42J\n\x0e\x64\x65v.rerankd.v1P\x01Z6github.com/rerankd/rerankd/gen/go/rerankd/v1;rerankdv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,34 +32,46 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rerankd.v1.rerank_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.rerankd.v1P\001Z6github.com/rerankd/rerankd/gen/go/rerankd/v1;rerankdv1'
-  _globals['_TRUNCATION']._serialized_start=1439
-  _globals['_TRUNCATION']._serialized_end=1542
-  _globals['_DOCUMENT']._serialized_start=39
-  _globals['_DOCUMENT']._serialized_end=75
-  _globals['_RERANKREQUEST']._serialized_start=78
-  _globals['_RERANKREQUEST']._serialized_end=269
-  _globals['_RERANKRESULT']._serialized_start=271
-  _globals['_RERANKRESULT']._serialized_end=341
-  _globals['_USAGE']._serialized_start=343
-  _globals['_USAGE']._serialized_end=464
-  _globals['_RERANKRESPONSE']._serialized_start=466
-  _globals['_RERANKRESPONSE']._serialized_end=574
-  _globals['_PAIR']._serialized_start=576
-  _globals['_PAIR']._serialized_end=611
-  _globals['_SCOREREQUEST']._serialized_start=613
-  _globals['_SCOREREQUEST']._serialized_end=739
-  _globals['_SCORERESPONSE']._serialized_start=741
-  _globals['_SCORERESPONSE']._serialized_end=821
-  _globals['_GETMODELINFOREQUEST']._serialized_start=823
-  _globals['_GETMODELINFOREQUEST']._serialized_end=859
-  _globals['_BATCHINGLIMITS']._serialized_start=862
-  _globals['_BATCHINGLIMITS']._serialized_end=1003
-  _globals['_REQUESTLIMITS']._serialized_start=1005
-  _globals['_REQUESTLIMITS']._serialized_end=1123
-  _globals['_MODELINFO']._serialized_start=1126
-  _globals['_MODELINFO']._serialized_end=1308
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1310
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1437
-  _globals['_RERANKSERVICE']._serialized_start=1545
-  _globals['_RERANKSERVICE']._serialized_end=1770
+  _globals['_TRUNCATION']._serialized_start=2158
+  _globals['_TRUNCATION']._serialized_end=2261
+  _globals['_NORMALIZATION']._serialized_start=2263
+  _globals['_NORMALIZATION']._serialized_end=2384
+  _globals['_CHUNKREDUCE']._serialized_start=2386
+  _globals['_CHUNKREDUCE']._serialized_end=2498
+  _globals['_CHUNKING']._serialized_start=39
+  _globals['_CHUNKING']._serialized_end=134
+  _globals['_CHUNKINFO']._serialized_start=136
+  _globals['_CHUNKINFO']._serialized_end=215
+  _globals['_DOCUMENT']._serialized_start=217
+  _globals['_DOCUMENT']._serialized_end=253
+  _globals['_RERANKREQUEST']._serialized_start=256
+  _globals['_RERANKREQUEST']._serialized_end=575
+  _globals['_RERANKRESULT']._serialized_start=577
+  _globals['_RERANKRESULT']._serialized_end=685
+  _globals['_USAGE']._serialized_start=688
+  _globals['_USAGE']._serialized_end=853
+  _globals['_RERANKRESPONSE']._serialized_start=855
+  _globals['_RERANKRESPONSE']._serialized_end=963
+  _globals['_PAIR']._serialized_start=965
+  _globals['_PAIR']._serialized_end=1000
+  _globals['_SCOREREQUEST']._serialized_start=1003
+  _globals['_SCOREREQUEST']._serialized_end=1179
+  _globals['_SCORERESPONSE']._serialized_start=1181
+  _globals['_SCORERESPONSE']._serialized_end=1261
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1263
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1299
+  _globals['_BATCHINGLIMITS']._serialized_start=1302
+  _globals['_BATCHINGLIMITS']._serialized_end=1443
+  _globals['_REQUESTLIMITS']._serialized_start=1446
+  _globals['_REQUESTLIMITS']._serialized_end=1594
+  _globals['_MODELINFO']._serialized_start=1597
+  _globals['_MODELINFO']._serialized_end=1779
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1782
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1948
+  _globals['_RERANKSTREAMREQUEST']._serialized_start=1950
+  _globals['_RERANKSTREAMREQUEST']._serialized_end=2035
+  _globals['_RERANKSTREAMRESPONSE']._serialized_start=2037
+  _globals['_RERANKSTREAMRESPONSE']._serialized_end=2156
+  _globals['_RERANKSERVICE']._serialized_start=2501
+  _globals['_RERANKSERVICE']._serialized_end=2813
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,11 @@ class RerankServiceStub:
                 request_serializer=rerankd_dot_v1_dot_rerank__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=rerankd_dot_v1_dot_rerank__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.RerankStream = channel.stream_stream(
+                '/rerankd.v1.RerankService/RerankStream',
+                request_serializer=rerankd_dot_v1_dot_rerank__pb2.RerankStreamRequest.SerializeToString,
+                response_deserializer=rerankd_dot_v1_dot_rerank__pb2.RerankStreamResponse.FromString,
+                _registered_method=True)
 
 
 class RerankServiceServicer:
@@ -74,7 +79,21 @@ class RerankServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """GetModelInfo describes the served model and the limits the server enforces.
+        """GetModelInfo describes the served model(s) and the limits the server enforces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RerankStream(self, request_iterator, context):
+        """RerankStream carries many rerank requests over one stream, for bulk and
+        offline work. Each response carries the request_id of its request; responses
+        come as requests finish, not necessarily in request order. The server works
+        on at most RequestLimits.max_stream_in_flight requests of a stream at a time
+        and reads further requests only as responses are taken by the client, so a
+        slow reader slows the stream instead of growing the server's buffers. An
+        error in one request is reported in its response (code, message); the
+        stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +116,11 @@ def add_RerankServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=rerankd_dot_v1_dot_rerank__pb2.GetModelInfoRequest.FromString,
                     response_serializer=rerankd_dot_v1_dot_rerank__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'RerankStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RerankStream,
+                    request_deserializer=rerankd_dot_v1_dot_rerank__pb2.RerankStreamRequest.FromString,
+                    response_serializer=rerankd_dot_v1_dot_rerank__pb2.RerankStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +205,33 @@ class RerankService:
             '/rerankd.v1.RerankService/GetModelInfo',
             rerankd_dot_v1_dot_rerank__pb2.GetModelInfoRequest.SerializeToString,
             rerankd_dot_v1_dot_rerank__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RerankStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rerankd.v1.RerankService/RerankStream',
+            rerankd_dot_v1_dot_rerank__pb2.RerankStreamRequest.SerializeToString,
+            rerankd_dot_v1_dot_rerank__pb2.RerankStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

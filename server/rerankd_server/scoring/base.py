@@ -55,6 +55,7 @@ class ScorerInfo:
     device: str
     attention_implementation: str
     padded: bool
+    pair_special_tokens: int = 3  # tokens a (query, document) pair adds, e.g. [CLS] [SEP] [SEP]
 
 
 class Scorer(Protocol):
@@ -65,6 +66,10 @@ class Scorer(Protocol):
 
     def tokenize(self, pairs: Sequence[tuple[str, str]], truncation: Truncation) -> TokenizedPairs:
         """Tokenize (query, text) pairs; thread-safe, called off the event loop."""
+        ...
+
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Character spans of each text's tokens, without special tokens (for chunking)."""
         ...
 
     def collate(self, ids: Sequence[list[int]], type_ids: Sequence[list[int]] | None) -> Any:

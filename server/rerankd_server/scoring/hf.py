@@ -106,6 +106,9 @@ class HFCrossEncoder:
             Truncation.START: _clone(backend, max_len, "left", st_config.do_lower_case),
         }
         self._tokenizers[Truncation.NONE] = self._tokenizers[Truncation.DEFAULT]
+        self._spans_tokenizer = _clone(backend, None, default_side, st_config.do_lower_case)
+        processor = backend.post_processor
+        special = processor.num_special_tokens_to_add(True) if processor is not None else 0
         self._info = ScorerInfo(
             name=name or source,
             max_input_tokens=max_len,
@@ -116,6 +119,7 @@ class HFCrossEncoder:
                 getattr(self._model.config, "_attn_implementation", placement.attention)
             ),
             padded=True,
+            pair_special_tokens=special,
         )
 
     @staticmethod
@@ -143,6 +147,10 @@ class HFCrossEncoder:
             type_ids=[enc.type_ids for enc in encodings] if self._uses_type_ids else None,
             truncated=[bool(enc.overflowing) for enc in encodings],
         )
+
+    def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        encodings = self._spans_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [list(enc.offsets) for enc in encodings]
 
     def collate(self, ids: Sequence[list[int]], type_ids: Sequence[list[int]] | None) -> Any:
         longest = max(len(row) for row in ids)
@@ -183,11 +191,15 @@ class HFCrossEncoder:
         self.forward(self.collate(ids, ids if self._uses_type_ids else None))
 
 
-def _clone(backend: Tokenizer, max_len: int, side: str, lower: bool) -> Tokenizer:
-    """An independent copy of the tokenizer that truncates pairs as CrossEncoder does."""
+def _clone(backend: Tokenizer, max_len: int | None, side: str, lower: bool) -> Tokenizer:
+    """An independent copy of the tokenizer that truncates pairs as CrossEncoder does
+    (``max_len`` None: no truncation)."""
     clone = Tokenizer.from_str(backend.to_str())
     clone.no_padding()
-    clone.enable_truncation(max_len, stride=0, strategy="longest_first", direction=side)
+    if max_len is None:
+        clone.no_truncation()
+    else:
+        clone.enable_truncation(max_len, stride=0, strategy="longest_first", direction=side)
     if lower:
         current = clone.normalizer
         clone.normalizer = (

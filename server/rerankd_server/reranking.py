@@ -1,0 +1,170 @@
+"""The reranking domain: score pairs (through the cache and the scheduler), normalize, chunk
+long documents, order results. No protobuf here; the servicer converts at the edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rerankd_server.cache import ScoreCache
+from rerankd_server.chunking import Reduce, document_budget, plan_chunks, reduce_scores
+from rerankd_server.scheduler import BatchScheduler, SchedulerConfig, Usage
+from rerankd_server.scoring.base import FloatArray, Scorer, Truncation
+
+
+class Normalization(enum.Enum):
+    """How logits become returned scores."""
+
+    MODEL = "model"  # the model's configured activation, as CrossEncoder.predict
+    RAW = "raw"
+    SIGMOID = "sigmoid"
+
+
+@dataclass(frozen=True)
+class ChunkOptions:
+    max_chunks: int
+    overlap_tokens: int
+    reduce: Reduce
+
+
+@dataclass(frozen=True)
+class ChunkChoice:
+    """Which chunk decided a document's score; offsets are UTF-8 bytes into the document."""
+
+    index: int
+    count: int
+    start_byte: int
+    end_byte: int
+
+
+@dataclass(frozen=True)
+class Ranked:
+    index: int
+    score: float
+    chunk: ChunkChoice | None = None
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    truncation: Truncation = Truncation.DEFAULT
+    normalization: Normalization = Normalization.MODEL
+    chunking: ChunkOptions | None = None
+    top_n: int = 0
+    min_score: float | None = None
+
+
+class Reranker:
+    """One served model: its scorer, its scheduler and, optionally, the shared score cache."""
+
+    def __init__(
+        self,
+        name: str,
+        scorer: Scorer,
+        scheduler: BatchScheduler,
+        config: SchedulerConfig,
+        cache: ScoreCache | None = None,
+    ) -> None:
+        self.name = name
+        self.scorer = scorer
+        self.scheduler = scheduler
+        self.config = config
+        self._cache = cache
+
+    async def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        truncation: Truncation,
+        normalization: Normalization,
+        deadline: float | None,
+    ) -> tuple[list[float], Usage]:
+        """Normalized float32 scores of ``pairs`` in order, and what they cost."""
+        logits, usage = await self._logits(pairs, truncation, deadline)
+        return self.normalize(logits, normalization), usage
+
+    def normalize(self, logits: FloatArray, how: Normalization) -> list[float]:
+        if how is Normalization.RAW:
+            values = logits
+        elif how is Normalization.SIGMOID:
+            values = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+        else:
+            values = self.scorer.activate(logits)
+        return [float(v) for v in values]
+
+    async def rerank(
+        self, query: str, texts: Sequence[str], options: RerankOptions, deadline: float | None
+    ) -> tuple[list[Ranked], Usage]:
+        """Documents best first (ties by index), cut to top_n, then to min_score."""
+        if options.chunking is None:
+            scores, usage = await self.score(
+                [(query, t) for t in texts], options.truncation, options.normalization, deadline
+            )
+            ranked = [Ranked(i, s) for i, s in enumerate(scores)]
+        else:
+            ranked, usage = await self._rerank_chunked(query, texts, options, deadline)
+        ranked.sort(key=lambda r: (-r.score, r.index))
+        if options.top_n:
+            ranked = ranked[: options.top_n]
+        if options.min_score is not None:
+            ranked = [r for r in ranked if r.score >= options.min_score]
+        return ranked, usage
+
+    async def _rerank_chunked(
+        self, query: str, texts: Sequence[str], options: RerankOptions, deadline: float | None
+    ) -> tuple[list[Ranked], Usage]:
+        chunking = options.chunking
+        assert chunking is not None  # checked by the caller
+        loop = asyncio.get_running_loop()
+        spans = await loop.run_in_executor(None, self.scorer.token_spans, [query, *texts])
+        info = self.scorer.info
+        budget = document_budget(info.max_input_tokens, info.pair_special_tokens, len(spans[0]))
+        plans = [
+            plan_chunks(text, doc_spans, budget, chunking.overlap_tokens, chunking.max_chunks)
+            for text, doc_spans in zip(texts, spans[1:], strict=True)
+        ]
+        pairs = [
+            (query, text[a:b])
+            for text, plan in zip(texts, plans, strict=True)
+            for a, b in plan.spans
+        ]
+        scores, usage = await self.score(pairs, options.truncation, options.normalization, deadline)
+        ranked, offset = [], 0
+        for index, (text, plan) in enumerate(zip(texts, plans, strict=True)):
+            chunk_scores = scores[offset : offset + len(plan.spans)]
+            offset += len(plan.spans)
+            score, best = reduce_scores(chunk_scores, chunking.reduce)
+            start, end = plan.spans[best]
+            choice = ChunkChoice(
+                index=best,
+                count=len(plan.spans),
+                start_byte=len(text[:start].encode("utf-8")),
+                end_byte=len(text[:end].encode("utf-8")),
+            )
+            ranked.append(Ranked(index, float(np.float32(score)), choice))
+        return ranked, usage
+
+    async def _logits(
+        self, pairs: Sequence[tuple[str, str]], truncation: Truncation, deadline: float | None
+    ) -> tuple[FloatArray, Usage]:
+        if self._cache is None:
+            outcome = await self.scheduler.submit(pairs, truncation, deadline)
+            return outcome.logits, outcome.usage
+        keys = [(self.name, truncation.value, q, t) for q, t in pairs]
+        cached = self._cache.get_many(keys)
+        missing = [i for i, value in enumerate(cached) if value is None]
+        logits = np.asarray([math.nan if v is None else v for v in cached], dtype=np.float32)
+        usage = Usage(0, 0, 0, 0, 0)
+        if missing:
+            outcome = await self.scheduler.submit([pairs[i] for i in missing], truncation, deadline)
+            logits[missing] = outcome.logits
+            self._cache.put_many([keys[i] for i in missing], outcome.logits.tolist())
+            usage = outcome.usage
+        return logits, dataclasses.replace(
+            usage, cached_pairs=len(pairs) - len(missing), scored_pairs=len(pairs)
+        )
