@@ -5,6 +5,10 @@ typed errors, so callers never handle protobuf or grpc types::
 
     with rerankd.Client("localhost:50051") as client:
         best = client.rerank("query", ["doc one", "doc two"], top_n=1).results[0]
+
+Several replicas are balanced round-robin by gRPC itself: ``Client("dns:///rerankd:50051")``
+or ``Client(["10.0.0.7:50051", "10.0.0.8:50051"])``; TLS, mTLS and bearer tokens are
+arguments of the client (``tls=``, ``root_certificates=``, ``token=``, ...).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from rerankd._types import (
     Truncation,
     Usage,
 )
-from rerankd.client import DEFAULT_TARGET, AsyncClient, Client
+from rerankd.client import DEFAULT_TARGET, AsyncClient, Client, Pem, Targets, channel_target
 from rerankd.errors import (
     DeadlineExceeded,
     Internal,
@@ -56,6 +60,7 @@ __all__ = [
     "InvalidArgument",
     "ModelInfo",
     "NotFound",
+    "Pem",
     "PermissionDenied",
     "RequestLimits",
     "RerankResult",
@@ -63,10 +68,12 @@ __all__ = [
     "Reranked",
     "ResourceExhausted",
     "Scored",
+    "Targets",
     "Truncation",
     "Unauthenticated",
     "Unavailable",
     "Usage",
     "__version__",
+    "channel_target",
     "from_rpc_error",
 ]

@@ -2,17 +2,25 @@
 
 Both clients share one set of module-level functions that build request messages and convert
 responses, so protobuf types never leave this module and the two clients cannot drift apart.
-The channel carries a service config that retries UNAVAILABLE (a server starting or draining)
-with exponential backoff: every RerankService method is idempotent, so a retry is always safe.
+The channel carries a service config that balances calls round-robin over every address the
+target resolves to and retries UNAVAILABLE (a server starting, draining or gone) with exponential
+backoff: every RerankService method is idempotent, so a retry is always safe, and a retry is
+picked onto another replica. Scale-out is gRPC's own load balancing, nothing home-made: give a
+``dns:///name:port`` target (e.g. a Kubernetes headless Service, re-resolved as pods come and go)
+or a list of ``host:port`` targets (a static set, see :func:`channel_target`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import os
+import socket
 import types
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
@@ -36,7 +44,7 @@ from rerankd.v1 import rerank_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["DEFAULT_TARGET", "AsyncClient", "Client"]
+__all__ = ["DEFAULT_TARGET", "AsyncClient", "Client", "Pem", "Targets", "channel_target"]
 
 _D = TypeVar("_D", bound="DataclassInstance")
 
@@ -46,6 +54,9 @@ DEFAULT_TARGET = "localhost:50051"
 _MESSAGE_LIMIT = 64 * 1024 * 1024
 
 _SERVICE_CONFIG = {
+    # Spread calls over every resolved address; the default (pick_first) would send them all to
+    # one replica, and a retry after a replica died would go nowhere else.
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {
             "name": [{"service": pb.DESCRIPTOR.services_by_name["RerankService"].full_name}],
@@ -57,7 +68,7 @@ _SERVICE_CONFIG = {
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },
         }
-    ]
+    ],
 }
 
 _DEFAULT_OPTIONS: dict[str, Any] = {
@@ -66,6 +77,15 @@ _DEFAULT_OPTIONS: dict[str, Any] = {
     "grpc.max_receive_message_length": _MESSAGE_LIMIT,
     "grpc.max_send_message_length": _MESSAGE_LIMIT,
 }
+
+Targets: TypeAlias = str | Sequence[str]
+"""One gRPC target string, or several ``host:port`` targets to balance over."""
+
+Pem: TypeAlias = bytes | os.PathLike[str]
+"""PEM data, or the path of a file holding it (read once, when the client is built)."""
+
+# Target schemes gRPC resolves itself; anything else is taken as host:port.
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:", "google-c2p:")
 
 _TRUNCATION: dict[str, pb.Truncation] = {
     "default": pb.TRUNCATION_UNSPECIFIED,
@@ -167,6 +187,121 @@ def _model_info(msg: pb.GetModelInfoResponse) -> ModelInfo:
     )
 
 
+# --- targets and credentials -------------------------------------------------------------------
+
+
+def channel_target(targets: Targets) -> str:
+    """Turn what a client was given into one gRPC target string.
+
+    A str is used as is: ``"host:port"`` (resolved by DNS, balanced over its addresses),
+    ``"dns:///name:port"`` (the same, spelled out; re-resolved when connections fail, which is
+    what a Kubernetes headless Service needs), or any other gRPC target (``ipv4:``, ``unix:``).
+    A sequence of ``host:port`` strings becomes one static ``ipv4:``/``ipv6:`` target, the form
+    gRPC balances over without a resolver: hosts must be IP literals (IPv6 in brackets,
+    ``[::1]:50051``) or names, which are resolved once, here (``localhost`` becomes
+    ``127.0.0.1``); a name whose addresses change belongs in a ``dns:///`` target instead.
+
+    Raises:
+        ValueError: no target, a comma-separated str (give a list), an entry that is not
+            ``host:port``, a scheme inside a list, a name that does not resolve, or a list
+            that mixes IPv4 and IPv6 (gRPC cannot balance one static target across both).
+    """
+    if isinstance(targets, str):
+        if not targets.strip():
+            raise ValueError("the target is empty")
+        if "," in targets and not targets.startswith(_SCHEMES):
+            raise ValueError(f"{targets!r}: give several targets as a list, not one str")
+        return targets
+    entries = [entry.strip() for entry in targets]
+    if not entries or not all(entries):
+        raise ValueError(f"need at least one non-empty target, not {list(targets)!r}")
+    if len(entries) == 1:
+        return entries[0]
+    v4: list[str] = []
+    v6: list[str] = []
+    for entry in entries:
+        for family, address in _resolve(entry):
+            (v4 if family == 4 else v6).append(address)
+    if v4 and v6:
+        raise ValueError(
+            f"targets {entries} mix IPv4 and IPv6 addresses ({v4[0]}, {v6[0]}); gRPC balances a "
+            "static list within one family: give one family, or one dns:/// target"
+        )
+    return f"ipv4:{','.join(v4)}" if v4 else f"ipv6:{','.join(v6)}"
+
+
+def _resolve(entry: str) -> list[tuple[int, str]]:
+    """``host:port`` -> [(IP version, address as the ipv4:/ipv6: schemes spell it)]."""
+    if entry.startswith(_SCHEMES):
+        raise ValueError(
+            f"{entry!r}: a list takes host:port entries; a scheme target must be the only target"
+        )
+    host, sep, port = entry.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r} is not host:port (IPv6 as [addr]:port)")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return [(4, f"{ip}:{port}")] if ip.version == 4 else [(6, f"[{ip}]:{port}")]
+    if host == "localhost":  # servers listen on 127.0.0.1 far more often than on ::1
+        return [(4, f"127.0.0.1:{port}")]
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ValueError(f"{entry!r}: cannot resolve {host!r} ({err})") from None
+    found: dict[str, int] = {}
+    for family, _, _, _, sockaddr in infos:
+        address = str(sockaddr[0])
+        found.setdefault(address, 4 if family == socket.AF_INET else 6)
+    if any(version == 4 for version in found.values()):  # prefer one family: IPv4 when there
+        return [(4, f"{a}:{port}") for a, v in found.items() if v == 4]
+    return [(6, f"[{a}]:{port}") for a in found]
+
+
+def _pem(value: Pem | None, name: str) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        # A str could be PEM text or a path; refusing it beats guessing wrong.
+        raise TypeError(f"{name} must be bytes (PEM) or a pathlib.Path, not str")
+    return Path(value).read_bytes()
+
+
+def _channel_credentials(
+    *,
+    tls: bool,
+    root_certificates: Pem | None,
+    certificate_chain: Pem | None,
+    private_key: Pem | None,
+    credentials: grpc.ChannelCredentials | None,
+    token: str | None,
+) -> grpc.ChannelCredentials | None:
+    """The channel's credentials, or None for a plaintext channel.
+
+    A token rides on TLS as call credentials (gRPC sends those only over a secure channel);
+    on plaintext the caller adds it as metadata instead.
+    """
+    pems = {
+        "root_certificates": _pem(root_certificates, "root_certificates"),
+        "certificate_chain": _pem(certificate_chain, "certificate_chain"),
+        "private_key": _pem(private_key, "private_key"),
+    }
+    if credentials is not None and (tls or any(v is not None for v in pems.values())):
+        raise ValueError("give either credentials= or the TLS options, not both")
+    if (pems["certificate_chain"] is None) != (pems["private_key"] is None):
+        raise ValueError("a client certificate (mTLS) needs both certificate_chain and private_key")
+    if credentials is None and (tls or any(v is not None for v in pems.values())):
+        credentials = grpc.ssl_channel_credentials(**pems)
+    if credentials is not None and token:
+        return grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return credentials
+
+
 # --- the clients -------------------------------------------------------------------------------
 
 
@@ -177,20 +312,46 @@ class _Base:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: Targets = DEFAULT_TARGET,
         *,
         timeout: float | None = 30.0,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: Pem | None = None,
+        certificate_chain: Pem | None = None,
+        private_key: Pem | None = None,
+        tls_server_name: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        merged = list({**_DEFAULT_OPTIONS, **dict(options)}.items())
-        if credentials is None:
-            self._channel = self._grpc.insecure_channel(target, options=merged)
+        if token is not None and not token.strip():
+            raise ValueError("token is empty")
+        if token and any(key.lower() == "authorization" for key, _ in metadata):
+            raise ValueError("give either token= or an authorization metadata entry, not both")
+        self.target = channel_target(target)
+        secure = _channel_credentials(
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            credentials=credentials,
+            token=token,
+        )
+        extra = dict(options)
+        if tls_server_name:
+            if secure is None:
+                raise ValueError("tls_server_name needs TLS (tls=True or credentials=)")
+            extra.setdefault("grpc.ssl_target_name_override", tls_server_name)
+        merged = list({**_DEFAULT_OPTIONS, **extra}.items())
+        if secure is None:
+            self._channel = self._grpc.insecure_channel(self.target, options=merged)
         else:
-            self._channel = self._grpc.secure_channel(target, credentials, options=merged)
+            self._channel = self._grpc.secure_channel(self.target, secure, options=merged)
         self._stub = pb_grpc.RerankServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
+        if token and secure is None:  # plaintext: no call credentials, so plain metadata
+            metadata = [*metadata, ("authorization", f"Bearer {token}")]
         self._metadata = tuple(metadata)
 
     def _call_args(self, timeout: float | None) -> dict[str, Any]:
@@ -201,19 +362,35 @@ class _Base:
 
 
 class Client(_Base):
-    """Blocking client for one rerankd server (or a load-balanced set behind one target).
+    """Blocking client for one rerankd server or a pool of replicas, balanced round-robin.
 
     Args:
-        target: gRPC target, e.g. ``"localhost:50051"`` or ``"dns:///rerankd:50051"``.
+        target: a gRPC target (``"localhost:50051"``, ``"dns:///rerankd-pool:50051"``) or a
+            list of ``host:port`` replicas; see :func:`channel_target` for what is accepted.
+            The resolved target string is kept in ``self.target``.
         timeout: default deadline of each call in seconds; None means no deadline.
-        metadata: sent with every call, e.g. ``[("authorization", "Bearer TOKEN")]``.
-        credentials: TLS credentials (``grpc.ssl_channel_credentials()``); None for plaintext.
-        options: extra channel options; they override the defaults (retry service config,
-            64 MiB message limits) key by key.
+        metadata: sent with every call, e.g. ``[("x-request-id", "...")]``.
+        token: bearer token, sent as ``authorization: Bearer TOKEN`` (as TLS call credentials
+            when TLS is on, as plain metadata otherwise).
+        tls: use TLS with the system's root certificates (or ``root_certificates``).
+        root_certificates: CA bundle (PEM bytes or a Path) that signed the server's
+            certificate; implies TLS.
+        certificate_chain, private_key: the client's certificate and key for mutual TLS
+            (PEM bytes or Paths); both or neither; imply TLS.
+        tls_server_name: the name to check the server's certificate against, when it differs
+            from the target's host (e.g. replicas dialled by IP).
+        credentials: ready-made ``grpc.ChannelCredentials`` instead of the TLS options above.
+        options: extra channel options; they override the defaults (round-robin and retry
+            service config, 64 MiB message limits) key by key.
 
     Every method raises a :class:`~rerankd.errors.RerankdError` subclass when the call fails,
-    after gRPC has retried UNAVAILABLE up to 3 times. Thread-safe; close it (or use ``with``)
-    to release the channel.
+    after gRPC has retried UNAVAILABLE up to 3 times (each retry may go to another replica).
+    Thread-safe; close it (or use ``with``) to release the channel.
+
+    Raises:
+        ValueError: a target or an option combination that cannot work (see the arguments).
+        TypeError: a PEM given as str (ambiguous between text and path).
+        OSError: a PEM path that cannot be read.
     """
 
     _grpc = grpc

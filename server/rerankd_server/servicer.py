@@ -362,7 +362,9 @@ def _guarded(
     async def handler(request: Any, context: Any) -> Response:
         started = time.perf_counter()
         request_id = _request_id(context)
-        await context.send_initial_metadata((("x-request-id", request_id),))
+        # Trailing, not initial, metadata: headers sent early make a call final for gRPC's
+        # retries, so a call on a replica that dies could no longer move to another one.
+        context.set_trailing_metadata((("x-request-id", request_id),))
         code, message = grpc.StatusCode.OK, ""
         servicer.call_started()
         try:

@@ -6,6 +6,9 @@ deadline, and lets the query (or, for GetModelInfo, the model name) steer failur
 - ``"status:NAME"`` aborts with ``grpc.StatusCode.NAME`` and details ``"fake NAME"``;
 - ``"sleep:SECONDS"`` waits that long (or until the caller gives up) before answering;
 - ``servicer.unavailable_first = N`` fails the next N calls with UNAVAILABLE.
+
+``FakeServer(credentials=...)`` serves TLS (or mTLS); :func:`make_certificates` makes a CA and
+certificates for it (``support.certs``), so the TLS tests need no files from anywhere.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc as pb_grpc
+from support.certs import CertificateAuthority
 
 MODEL = "fake-model"
 USAGE = pb.Usage(queue_time_us=7, inference_time_us=11, batches=1)
@@ -117,14 +122,20 @@ class FakeServer:
     """The fake servicer on a free 127.0.0.1 port; use as a context manager.
 
     ``target`` is what clients connect to; ``servicer`` holds what the calls recorded.
+    ``credentials`` (``grpc.ssl_server_credentials``) makes it a TLS server.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None) -> None:
         self.servicer = FakeServicer()
         self._executor = ThreadPoolExecutor(max_workers=8)
         self._server = grpc.server(self._executor)
         pb_grpc.add_RerankServiceServicer_to_server(self.servicer, self._server)  # type: ignore[no-untyped-call]
-        self.target = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
+        if credentials is None:
+            port = self._server.add_insecure_port("127.0.0.1:0")
+        else:
+            port = self._server.add_secure_port("127.0.0.1:0", credentials)
+        self.port = port
+        self.target = f"127.0.0.1:{port}"
 
     def __enter__(self) -> FakeServer:
         self._server.start()
@@ -133,3 +144,42 @@ class FakeServer:
     def __exit__(self, *exc_info: object) -> None:
         self._server.stop(grace=None).wait()
         self._executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """PEM material for TLS tests: a CA, a server certificate for 127.0.0.1, localhost and
+    rerankd.test, and a client certificate, both signed by the CA."""
+
+    ca: bytes
+    server_cert: bytes
+    server_key: bytes
+    client_cert: bytes
+    client_key: bytes
+
+    def server_credentials(self, *, require_client_auth: bool = False) -> grpc.ServerCredentials:
+        """Server credentials; with ``require_client_auth`` only clients the CA signed get in."""
+        return grpc.ssl_server_credentials(
+            [(self.server_key, self.server_cert)],
+            root_certificates=self.ca if require_client_auth else None,
+            require_client_auth=require_client_auth,
+        )
+
+
+def make_certificates(common_name: str = "rerankd test CA") -> Certificates:
+    """A fresh CA (``support.certs``) and certificates it signed, in memory."""
+    authority = CertificateAuthority.create(common_name)
+    server = authority.issue(
+        "localhost",
+        server=True,
+        dns_names=("localhost", "rerankd.test"),  # a second name, for tls_server_name tests
+        ip_addresses=("127.0.0.1",),
+    )
+    client = authority.issue_client()
+    return Certificates(
+        ca=authority.cert_pem(),
+        server_cert=server.cert_pem(),
+        server_key=server.key_pem(),
+        client_cert=client.cert_pem(),
+        client_key=client.key_pem(),
+    )

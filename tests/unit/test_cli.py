@@ -8,10 +8,11 @@ import subprocess
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_server import INFO, MODEL, FakeServer
+from fake_server import INFO, MODEL, Certificates, FakeServer, make_certificates
 from google.protobuf.json_format import MessageToDict
 
 from rerankd import cli
@@ -189,3 +190,115 @@ def test_python_dash_m_rerankd_runs_the_cli() -> None:
     )
     assert "rerank" in done.stdout
     assert "make-tiny-model" in done.stdout
+
+
+def test_comma_separated_targets_become_a_balanced_client(
+    capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeServer() as gone:
+        dead = gone.target
+    built: list[str] = []
+    real_client = cli.Client
+
+    def recording_client(*args: Any, **kwargs: Any) -> Any:
+        client = real_client(*args, **kwargs)
+        built.append(client.target)
+        return client
+
+    monkeypatch.setattr(cli, "Client", recording_client)
+    with FakeServer() as alive:
+        for _ in range(3):
+            assert run(capsys, "info", "--target", f"{dead}, localhost:{alive.port}")[0] == 0
+        assert alive.servicer.calls == 3  # the dead replica is skipped, not an error
+    assert built == [f"ipv4:{dead},127.0.0.1:{alive.port}"] * 3
+
+
+def test_a_scheme_target_is_not_split(server: FakeServer, capsys: Any) -> None:
+    assert run(capsys, "info", "--target", f"ipv4:{server.target},{server.target}")[0] == 0
+    assert server.servicer.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("127.0.0.1:1,[::1]:2", "mix IPv4 and IPv6"), ("127.0.0.1:1,nope", "not host:port")],
+)
+def test_an_unusable_target_list_exits_2(capsys: Any, target: str, message: str) -> None:
+    status, out, err = run(capsys, "info", "--target", target)
+    assert (status, out) == (2, None)
+    assert message in err
+
+
+@pytest.fixture(scope="module")
+def pem_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    certs = make_certificates()
+    folder = tmp_path_factory.mktemp("pem")
+    files = {}
+    for name in ("ca", "server_cert", "server_key", "client_cert", "client_key"):
+        files[name] = folder / f"{name}.pem"
+        files[name].write_bytes(getattr(certs, name))
+    return files
+
+
+@pytest.fixture
+def mtls_server(pem_files: dict[str, Path]) -> Iterator[FakeServer]:
+    certs = Certificates(**{name: path.read_bytes() for name, path in pem_files.items()})
+    with FakeServer(certs.server_credentials(require_client_auth=True)) as fake:
+        yield fake
+
+
+def test_mtls_and_a_token_file_from_flags(
+    mtls_server: FakeServer, pem_files: dict[str, Path], capsys: Any, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token\nignored\n")
+    argv = ["info", "--target", f"localhost:{mtls_server.port}", "--tls-ca", str(pem_files["ca"])]
+    argv += ["--tls-cert", str(pem_files["client_cert"]), "--tls-key", str(pem_files["client_key"])]
+    status, out, _ = run(capsys, *argv, "--token-file", str(token_file))
+    assert (status, out["name"]) == (0, MODEL)
+    assert mtls_server.servicer.metadata[0]["authorization"] == "Bearer file-token"
+
+
+def test_tls_options_come_from_the_environment(
+    mtls_server: FakeServer,
+    pem_files: dict[str, Path],
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RERANKD_TARGET", mtls_server.target)
+    monkeypatch.setenv("RERANKD_TLS_CA", str(pem_files["ca"]))
+    monkeypatch.setenv("RERANKD_TLS_SERVER_NAME", "rerankd.test")
+    status, _, err = run(capsys, "info", "--timeout", "5")
+    assert status == 1 and err.startswith("error: UNAVAILABLE: ")  # no client certificate yet
+    monkeypatch.setenv("RERANKD_TLS_CERT", str(pem_files["client_cert"]))
+    monkeypatch.setenv("RERANKD_TLS_KEY", str(pem_files["client_key"]))
+    assert run(capsys, "info")[0] == 0
+    assert mtls_server.servicer.calls == 1
+
+
+def test_plaintext_to_a_tls_server_fails_and_tls_flag_needs_a_trusted_ca(
+    mtls_server: FakeServer, capsys: Any
+) -> None:
+    for extra in ([], ["--tls"]):  # no TLS; TLS trusting only the system CAs
+        status, _, err = run(
+            capsys, "info", "--target", mtls_server.target, "--timeout", "5", *extra
+        )
+        assert status == 1 and err.startswith("error: UNAVAILABLE: ")
+    assert mtls_server.servicer.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tls-ca", "/nonexistent/ca.pem"], "cannot read /nonexistent/ca.pem"),
+        (["--tls-cert", "/dev/null"], "both certificate_chain and private_key"),
+        (["--token-file", "/dev/null"], "the first line is empty"),
+        (["--tls-server-name", "x"], "needs TLS"),
+    ],
+)
+def test_unusable_security_flags_exit_2(
+    server: FakeServer, capsys: Any, flags: list[str], message: str
+) -> None:
+    status, out, err = run(capsys, "info", "--target", server.target, *flags)
+    assert (status, out) == (2, None)
+    assert message in err
+    assert server.servicer.calls == 0

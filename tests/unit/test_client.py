@@ -11,11 +11,13 @@ import json
 import pickle
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from fake_server import INFO, MODEL, FakeServer
+from fake_server import INFO, MODEL, Certificates, FakeServer, make_certificates
 
 import rerankd
 from rerankd import (
@@ -319,3 +321,246 @@ def test_the_package_exports_the_public_api() -> None:
     assert rerankd.__version__
     for name in rerankd.__all__:
         assert hasattr(rerankd, name), name
+
+
+# --- several targets, round-robin ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "target"),
+    [
+        ("localhost:50051", "localhost:50051"),
+        ("dns:///rerankd-pool.search.svc:50051", "dns:///rerankd-pool.search.svc:50051"),
+        (["10.0.0.7:50051"], "10.0.0.7:50051"),
+        (["10.0.0.7:50051", " 10.0.0.8:50052 "], "ipv4:10.0.0.7:50051,10.0.0.8:50052"),
+        (["localhost:1", "127.0.0.2:2"], "ipv4:127.0.0.1:1,127.0.0.2:2"),
+        (["[::1]:1", "[fd00::2]:2"], "ipv6:[::1]:1,[fd00::2]:2"),
+        (("127.0.0.1:1", "127.0.0.1:2"), "ipv4:127.0.0.1:1,127.0.0.1:2"),
+    ],
+)
+def test_targets_become_one_grpc_target(given: rerankd.Targets, target: str) -> None:
+    assert rerankd.channel_target(given) == target
+    with Client(given) as client:
+        assert client.target == target
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ([], "at least one"),
+        ("  ", "empty"),
+        ("127.0.0.1:1,127.0.0.1:2", "as a list"),
+        (["127.0.0.1:1", ""], "at least one"),
+        (["127.0.0.1:1", "[::1]:2"], "mix IPv4 and IPv6"),
+        (["127.0.0.1:1", "dns:///x:2"], "scheme"),
+        (["127.0.0.1:1", "127.0.0.1"], "not host:port"),
+        (["127.0.0.1:1", "127.0.0.1:http"], "not host:port"),
+        (["127.0.0.1:1", "127.0.0.1:70000"], "not host:port"),
+        (["127.0.0.1:1", "no-such-host.invalid:2"], "cannot resolve"),
+    ],
+)
+def test_unusable_targets_fail_before_any_call(given: rerankd.Targets, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Client(given)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[FakeServer]]:
+    with FakeServer() as one, FakeServer() as two, FakeServer() as three:
+        yield [one, two, three]
+
+
+def _calls_until_all_connected(client: Client, servers: list[FakeServer]) -> None:
+    """Round-robin picks only connected replicas: call until each has answered once."""
+    deadline = time.monotonic() + 10
+    while not all(s.servicer.calls for s in servers):
+        assert time.monotonic() < deadline, [s.servicer.calls for s in servers]
+        client.rerank("q", ["a"])
+    for fake in servers:
+        fake.servicer.requests.clear()
+
+
+def test_calls_are_balanced_round_robin_over_a_list(servers: list[FakeServer]) -> None:
+    with Client([s.target for s in servers]) as client:
+        _calls_until_all_connected(client, servers)
+        for _ in range(30):
+            client.rerank("q", ["a"])
+    counts = [s.servicer.calls for s in servers]
+    assert sum(counts) == 30
+    assert all(8 <= count <= 12 for count in counts), counts  # 10 each, give or take a re-pick
+
+
+async def test_the_async_client_balances_too(servers: list[FakeServer]) -> None:
+    ports = ",".join(f"127.0.0.1:{s.port}" for s in servers)
+    async with AsyncClient(f"ipv4:{ports}") as client:
+        deadline = time.monotonic() + 10
+        while not all(s.servicer.calls for s in servers):
+            assert time.monotonic() < deadline
+            await client.score([("q", "a")])
+        await asyncio.gather(*(client.score([("q", "a")]) for _ in range(30)))
+    assert all(s.servicer.calls > 1 for s in servers), [s.servicer.calls for s in servers]
+
+
+def test_a_dns_target_reaches_the_server(server: FakeServer) -> None:
+    with Client(f"dns:///localhost:{server.port}") as client:
+        assert client.rerank("q", ["a"]).model == MODEL
+
+
+def test_a_stopped_replica_is_skipped_without_failed_calls(servers: list[FakeServer]) -> None:
+    with Client([s.target for s in servers]) as client:
+        _calls_until_all_connected(client, servers)
+        servers[1].__exit__(None, None, None)  # stopping twice (at fixture teardown) is harmless
+        for _ in range(20):
+            client.rerank("q", ["a"], timeout=5)
+    assert servers[0].servicer.calls + servers[2].servicer.calls == 20
+    assert servers[0].servicer.calls >= 5 and servers[2].servicer.calls >= 5
+
+
+def test_calls_in_flight_on_a_replica_that_dies_are_retried_on_another(
+    servers: list[FakeServer],
+) -> None:
+    """The retry covers calls already sent, as long as the dying replica sent no response
+    headers yet (gRPC commits a call once headers arrive; a server must not send them early)."""
+    with Client([s.target for s in servers[:2]]) as client:
+        _calls_until_all_connected(client, servers[:2])
+        with ThreadPoolExecutor(4) as pool:
+            calls = [pool.submit(client.rerank, "sleep:0.5", ["a"]) for _ in range(4)]
+            deadline = time.monotonic() + 5
+            while servers[0].servicer.calls < 2:  # round-robin put two of them there
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            servers[0].__exit__(None, None, None)  # drops its connections, calls and all
+            results = [call.result(timeout=10) for call in calls]
+    assert [r.model for r in results] == [MODEL] * 4
+    assert servers[1].servicer.calls == 4  # two of its own, two retried from the dead one
+
+
+def test_unavailable_is_retried_on_another_replica(servers: list[FakeServer]) -> None:
+    with Client([s.target for s in servers]) as client:
+        _calls_until_all_connected(client, servers)
+        for fake in servers:
+            fake.servicer.unavailable_first = 1  # each replica fails its next call once
+        for _ in range(6):
+            client.rerank("q", ["a"])
+    assert sum(s.servicer.calls for s in servers) == 6 + 3
+
+
+# --- TLS, mTLS and tokens ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs() -> Certificates:
+    return make_certificates()
+
+
+@pytest.fixture
+def tls_server(certs: Certificates) -> Iterator[FakeServer]:
+    with FakeServer(certs.server_credentials()) as fake:
+        yield fake
+
+
+@pytest.fixture
+def mtls_server(certs: Certificates) -> Iterator[FakeServer]:
+    with FakeServer(certs.server_credentials(require_client_auth=True)) as fake:
+        yield fake
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tls_with_a_ca_and_a_token(tls_server: FakeServer, certs: Certificates, kind: str) -> None:
+    client = {"root_certificates": certs.ca, "token": "s3cret"}
+    reranked = call(kind, tls_server.target, "rerank", "q", ["a"], client=client)
+    assert reranked.model == MODEL
+    assert tls_server.servicer.metadata[0]["authorization"] == "Bearer s3cret"
+
+
+def test_tls_reads_pem_files_and_checks_the_server_name(
+    tls_server: FakeServer, certs: Certificates, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(certs.ca)
+    with Client(tls_server.target, root_certificates=ca, tls_server_name="rerankd.test") as client:
+        client.rerank("q", ["a"])
+    wrong_name = {**NO_RETRY, "root_certificates": ca, "tls_server_name": "other.test"}
+    with Client(tls_server.target, **wrong_name) as client, pytest.raises(rerankd.Unavailable):
+        client.rerank("q", ["a"], timeout=5)
+    assert tls_server.servicer.calls == 1
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        pytest.param({}, id="plaintext-to-tls"),
+        pytest.param({"root_certificates": make_certificates("other CA").ca}, id="wrong-ca"),
+    ],
+)
+def test_tls_fails_without_the_right_ca(tls_server: FakeServer, client: dict[str, Any]) -> None:
+    with Client(tls_server.target, **client, **NO_RETRY) as c, pytest.raises(rerankd.Unavailable):
+        c.rerank("q", ["a"], timeout=5)
+    assert tls_server.servicer.calls == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mtls_needs_the_client_certificate(
+    mtls_server: FakeServer, certs: Certificates, kind: str
+) -> None:
+    server_only = {"root_certificates": certs.ca, **NO_RETRY}
+    with pytest.raises(rerankd.Unavailable):
+        call(kind, mtls_server.target, "rerank", "q", ["a"], client=server_only)
+    mutual = {
+        "root_certificates": certs.ca,
+        "certificate_chain": certs.client_cert,
+        "private_key": certs.client_key,
+    }
+    assert call(kind, mtls_server.target, "rerank", "q", ["a"], client=mutual).model == MODEL
+    assert mtls_server.servicer.calls == 1
+
+
+def test_ready_made_credentials_carry_the_token(
+    tls_server: FakeServer, certs: Certificates
+) -> None:
+    credentials = grpc.ssl_channel_credentials(root_certificates=certs.ca)
+    with Client(tls_server.target, credentials=credentials, token="t") as client:
+        client.rerank("q", ["a"])
+    assert tls_server.servicer.metadata[0]["authorization"] == "Bearer t"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_token_on_plaintext_is_plain_metadata(server: FakeServer, kind: str) -> None:
+    call(
+        kind,
+        server.target,
+        "rerank",
+        "q",
+        ["a"],
+        client={"token": "plain", "metadata": [("x", "y")]},
+    )
+    assert server.servicer.metadata[0]["authorization"] == "Bearer plain"
+    assert server.servicer.metadata[0]["x"] == "y"
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"token": " "}, ValueError, "token is empty"),
+        ({"token": "t", "metadata": [("Authorization", "Bearer u")]}, ValueError, "not both"),
+        (
+            {"credentials": grpc.ssl_channel_credentials(), "tls": True},
+            ValueError,
+            "credentials= or the TLS options",
+        ),
+        ({"certificate_chain": b"PEM"}, ValueError, "both certificate_chain and private_key"),
+        ({"private_key": b"PEM"}, ValueError, "both certificate_chain and private_key"),
+        ({"tls_server_name": "x"}, ValueError, "needs TLS"),
+        ({"root_certificates": "-----BEGIN CERTIFICATE-----"}, TypeError, "not str"),
+    ],
+)
+def test_unusable_security_options_fail_at_construction(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        Client("127.0.0.1:1", **options)
+
+
+def test_an_unreadable_pem_file_fails_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Client("127.0.0.1:1", root_certificates=tmp_path / "missing.pem")
