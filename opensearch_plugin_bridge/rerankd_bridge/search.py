@@ -1,0 +1,302 @@
+"""Run a search, rerank it with rerankd, return a response shaped like the engine's.
+
+:class:`SearchJob` holds the whole procedure without I/O (what to ask the engine, what to
+send the reranker, how to rewrite the answer, what a failure turns into), so the sync and
+async library calls and the HTTP proxy share it and differ only in how they wait.
+
+Failure policy: when the reranker is unreachable, past its deadline, overloaded, or refuses
+the request, the caller gets the first-stage order, a ``"rerank": {"status": "skipped",
+"reason": ...}`` block and a count in :data:`~rerankd_bridge.stats.STATS`; the delay is
+bounded by the options' timeout (the gRPC deadline). With ``strict`` the same cases raise
+:class:`RerankFailed`. Errors of the engine itself are never caught here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rerankd import AsyncClient, Client, RerankdError, Reranked
+from rerankd_bridge.ranking import (
+    Candidate,
+    FetchPlan,
+    Page,
+    RerankOptions,
+    apply_ranking,
+    candidates,
+    first_stage,
+    plan_fetch,
+    rerank_block,
+    to_score,
+)
+from rerankd_bridge.spec import QuerySource, RerankSpec, parse_spec
+from rerankd_bridge.stats import STATS, RerankStats
+from rerankd_bridge.text import as_mapping
+
+if TYPE_CHECKING:
+    from elasticsearch import AsyncElasticsearch, Elasticsearch
+    from opensearchpy import AsyncOpenSearch, OpenSearch
+
+__all__ = [
+    "RerankCall",
+    "RerankFailed",
+    "SearchJob",
+    "async_rerank_search",
+    "rerank_async",
+    "rerank_search",
+    "rerank_sync",
+]
+
+# HTTP status the proxy gives a strict-mode failure, by skip reason.
+_HTTP_STATUS = {"deadline_exceeded": 504, "resource_exhausted": 429, "no_query_text": 400}
+
+
+class RerankFailed(Exception):
+    """Reranking could not be done and the options were strict.
+
+    Attributes:
+        reason: the skip reason (``"unavailable"``, ``"deadline_exceeded"``,
+            ``"resource_exhausted"``, ``"no_query_text"``, or another gRPC code, lower case).
+        detail: a human-readable explanation.
+        http_status: the status the proxy answers with (503 unless the reason says otherwise).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"reranking failed ({reason}): {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.http_status = _HTTP_STATUS.get(reason, 503)
+
+
+@dataclass(frozen=True)
+class RerankCall:
+    """One call the reranker must answer: the query and the window texts, by hit position."""
+
+    query: str
+    documents: tuple[Candidate, ...]
+
+    def texts(self) -> list[str]:
+        """The documents' texts in first-stage order (result indexes refer to this order)."""
+        return [c.text or "" for c in self.documents]
+
+
+@dataclass
+class SearchJob:
+    """One reranked search, from the caller's body to the rewritten response.
+
+    Use: ``engine_body()`` -> the engine; ``call(response)`` -> the reranker (None: no call
+    needed); ``finish(response, call, reranked or error)`` -> the caller.
+    """
+
+    spec: RerankSpec
+    body: dict[str, Any]
+    page: Page
+    plan: FetchPlan
+    query: str | None
+    stats: RerankStats = field(default=STATS, repr=False)
+
+    @classmethod
+    def prepare(
+        cls, body: Mapping[str, Any], spec: RerankSpec, stats: RerankStats = STATS
+    ) -> SearchJob:
+        """Plan the search of ``body`` (its ``ext.rerank`` block already read into ``spec``).
+
+        Raises ValueError for a body the bridge cannot page (non-integer from/size).
+        """
+        clean = strip_rerank_ext(body)
+        page = Page.of(clean)
+        return cls(
+            spec, clean, page, plan_fetch(page, spec.options), spec.query.resolve(clean), stats
+        )
+
+    @property
+    def options(self) -> RerankOptions:
+        return self.spec.options
+
+    def engine_body(self) -> dict[str, Any]:
+        """The body to send the engine: the caller's, with from/size widened to the window."""
+        return {**self.body, "from": self.plan.from_, "size": self.plan.size}
+
+    def call(self, response: Mapping[str, Any]) -> RerankCall | None:
+        """What to ask the reranker about ``response``; None when no call is needed."""
+        if not self.plan.rerank or self.query is None:
+            return None
+        docs = to_score(candidates(response, self.options), self.options)
+        return RerankCall(self.query, tuple(docs)) if docs else None
+
+    def finish(
+        self,
+        response: Mapping[str, Any],
+        call: RerankCall | None,
+        outcome: Reranked | RerankdError | None,
+        took_ms: float = 0.0,
+    ) -> dict[str, Any]:
+        """The response for the caller, counted in the stats.
+
+        Raises RerankFailed in strict mode when reranking was wanted but could not be done.
+        """
+        if not self.plan.rerank:
+            reason = "size_0" if self.page.size == 0 else "below_window"
+            self.stats.count("not_needed", reason)
+            block = rerank_block("not_needed", reason=reason, window=self.options.window)
+            return first_stage(response, self.options, block)
+        if self.query is None:
+            return self._skip(response, "no_query_text", "no query text in the request or body")
+        if isinstance(outcome, RerankdError):
+            return self._skip(response, outcome.code.name.lower(), outcome.details)
+        found = candidates(response, self.options)
+        scores: dict[int, float] = {}
+        model = ""
+        if call is not None and isinstance(outcome, Reranked):
+            scores = {call.documents[r.index].position: r.score for r in outcome.results}
+            model = outcome.model
+        self.stats.count("reranked")
+        block = rerank_block(
+            "reranked",
+            window=len(found),
+            scored=len(scores),
+            missing_text=sum(c.text is None for c in found),
+            model=model,
+            took_ms=round(took_ms, 3),
+        )
+        return apply_ranking(response, self.page, self.options, scores, block)
+
+    def _skip(self, response: Mapping[str, Any], reason: str, detail: str) -> dict[str, Any]:
+        self.stats.count("skipped", reason)
+        if self.options.strict:
+            raise RerankFailed(reason, detail)
+        block = rerank_block("skipped", reason=reason, detail=detail)
+        return apply_ranking(response, self.page, self.options, None, block)
+
+
+def strip_rerank_ext(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` without ``ext.rerank`` (and without ``ext`` when that was all it held)."""
+    clean = dict(body)
+    ext = as_mapping(clean.get("ext"))
+    if "rerank" in ext:
+        rest = {k: v for k, v in ext.items() if k != "rerank"}
+        if rest:
+            clean["ext"] = rest
+        else:
+            del clean["ext"]
+    return clean
+
+
+def job_for(
+    body: Mapping[str, Any],
+    options: RerankOptions | None,
+    query: str | None,
+    query_path: str | None,
+    stats: RerankStats,
+) -> SearchJob:
+    """The job of a library call: the arguments, overridden by the body's ``ext.rerank``."""
+    base = RerankSpec(options or RerankOptions(), QuerySource(query, query_path))
+    ext = as_mapping(body.get("ext")).get("rerank")
+    spec = base if ext is None else parse_spec(ext, base)
+    return SearchJob.prepare(body, spec, stats)
+
+
+def rerank_sync(job: SearchJob, response: dict[str, Any], reranker: Client) -> dict[str, Any]:
+    """Finish ``job`` on the engine's ``response``, calling the reranker when needed."""
+    call = job.call(response)
+    if call is None:
+        return job.finish(response, None, None)
+    started = time.perf_counter()
+    outcome: Reranked | RerankdError
+    try:
+        outcome = reranker.rerank(call.query, call.texts(), **_rerank_kwargs(job.options))
+    except RerankdError as err:
+        outcome = err
+    return job.finish(response, call, outcome, (time.perf_counter() - started) * 1000)
+
+
+async def rerank_async(
+    job: SearchJob, response: dict[str, Any], reranker: AsyncClient
+) -> dict[str, Any]:
+    """The asyncio twin of :func:`rerank_sync`."""
+    call = job.call(response)
+    if call is None:
+        return job.finish(response, None, None)
+    started = time.perf_counter()
+    outcome: Reranked | RerankdError
+    try:
+        outcome = await reranker.rerank(call.query, call.texts(), **_rerank_kwargs(job.options))
+    except RerankdError as err:
+        outcome = err
+    return job.finish(response, call, outcome, (time.perf_counter() - started) * 1000)
+
+
+def rerank_search(
+    client: OpenSearch | Elasticsearch,
+    reranker: Client,
+    *,
+    body: Mapping[str, Any],
+    index: str | None = None,
+    query: str | None = None,
+    query_path: str | None = None,
+    options: RerankOptions | None = None,
+    stats: RerankStats = STATS,
+    **search_kwargs: Any,
+) -> dict[str, Any]:
+    """Search with an opensearch-py or elasticsearch client and rerank the result.
+
+    Args:
+        client: ``opensearchpy.OpenSearch`` or ``elasticsearch.Elasticsearch``.
+        reranker: a :class:`rerankd.Client`.
+        body: the search body as for ``client.search`` (``from``/``size`` give the page; an
+            ``ext.rerank`` block, see :mod:`rerankd_bridge.spec`, overrides the arguments).
+        index: the index expression to search.
+        query: the query text; or ``query_path``, a dotted path into ``body``; with neither,
+            the text of a simple ``match``/``multi_match``/``query_string`` query.
+        options: window, fields and policies (default :class:`RerankOptions`).
+        stats: the counters to update.
+        search_kwargs: passed on to ``client.search`` (not ``from_``/``size``: use the body).
+
+    Returns:
+        The engine's response as a dict with the page reranked and a ``"rerank"`` block.
+
+    Raises:
+        RerankFailed: strict options and the reranking could not be done.
+        ValueError: bad ``ext.rerank`` or from/size.
+        Whatever ``client.search`` raises for engine errors, unchanged.
+    """
+    job = job_for(body, options, query, query_path, stats)
+    raw = client.search(index=index, body=job.engine_body(), **_checked(search_kwargs))
+    return rerank_sync(job, _as_dict(raw), reranker)
+
+
+async def async_rerank_search(
+    client: AsyncOpenSearch | AsyncElasticsearch,
+    reranker: AsyncClient,
+    *,
+    body: Mapping[str, Any],
+    index: str | None = None,
+    query: str | None = None,
+    query_path: str | None = None,
+    options: RerankOptions | None = None,
+    stats: RerankStats = STATS,
+    **search_kwargs: Any,
+) -> dict[str, Any]:
+    """The asyncio twin of :func:`rerank_search` (``AsyncOpenSearch``/``AsyncElasticsearch``
+    and :class:`rerankd.AsyncClient`); same arguments, result and errors."""
+    job = job_for(body, options, query, query_path, stats)
+    raw = await client.search(index=index, body=job.engine_body(), **_checked(search_kwargs))
+    return await rerank_async(job, _as_dict(raw), reranker)
+
+
+def _rerank_kwargs(options: RerankOptions) -> dict[str, Any]:
+    return {"raw_scores": options.raw_scores, "model": options.model, "timeout": options.timeout}
+
+
+def _checked(search_kwargs: dict[str, Any]) -> dict[str, Any]:
+    clash = {"from_", "size", "body", "from"} & set(search_kwargs)
+    if clash:
+        raise ValueError(f"put from/size in the body, not as arguments: {sorted(clash)}")
+    return search_kwargs
+
+
+def _as_dict(response: Any) -> dict[str, Any]:
+    """The JSON body of a client's answer (elasticsearch wraps it in ObjectApiResponse)."""
+    return dict(getattr(response, "body", response))

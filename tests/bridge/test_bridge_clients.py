@@ -1,0 +1,156 @@
+"""The library adapters against real engines (osmem-server, noida-db) and real rerankd servers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import elasticsearch
+import opensearchpy
+import pytest
+from conftest import Engine, FakeSidecar, dead_target
+
+from rerankd import AsyncClient, Client
+from rerankd_bridge import (
+    RerankFailed,
+    RerankOptions,
+    RerankStats,
+    async_rerank_search,
+    rerank_search,
+)
+from support.sidecar import RunningSidecar
+
+QUERY = "list files in a directory"
+BODY: dict[str, Any] = {"query": {"match": {"text": QUERY}}, "size": 5}
+
+
+def sync_client(engine: Engine) -> Any:
+    if engine.flavour == "opensearch":
+        return opensearchpy.OpenSearch(engine.url)
+    return elasticsearch.Elasticsearch(engine.url)
+
+
+def async_client(engine: Engine) -> Any:
+    if engine.flavour == "opensearch":
+        return opensearchpy.AsyncOpenSearch(engine.url)
+    return elasticsearch.AsyncElasticsearch(engine.url)
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(tiny_models: dict[str, Path]) -> Iterator[Any]:
+    """Sentence Transformers' CrossEncoder on the tiny model: the reference scores."""
+    from sentence_transformers import CrossEncoder
+
+    yield CrossEncoder(str(tiny_models["modernbert"]), device="cpu")
+
+
+def first_stage(engine: Engine, body: dict[str, Any]) -> list[dict[str, Any]]:
+    hits: list[dict[str, Any]] = engine.request("POST", "/small/_search", body)["hits"]["hits"]
+    return hits
+
+
+@pytest.mark.slow
+def test_order_equals_cross_encoder_order(
+    engine: Engine, tiny_sidecar: RunningSidecar, cross_encoder: Any
+) -> None:
+    options = RerankOptions(window=12)
+    with Client(tiny_sidecar.target) as reranker:
+        out = rerank_search(
+            sync_client(engine), reranker, index="small", body=BODY, options=options
+        )
+    assert out["rerank"]["status"] == "reranked"
+    window = first_stage(engine, {**BODY, "size": 12})
+    expected = cross_encoder.predict([(QUERY, h["_source"]["text"]) for h in window])
+    by_id = {h["_id"]: float(s) for h, s in zip(window, expected, strict=True)}
+    want = sorted(by_id, key=lambda i: -by_id[i])[:5]
+    got = out["hits"]["hits"]
+    assert [h["_score"] for h in got] == pytest.approx([by_id[i] for i in want], abs=1e-4)
+    assert [h["_score"] for h in got] == sorted((h["_score"] for h in got), reverse=True)
+    engine_scores = {h["_id"]: h["_score"] for h in window}
+    for h in got:
+        assert h["fields"]["_first_stage_score"] == [pytest.approx(engine_scores[h["_id"]])]
+    assert out["hits"]["total"]["value"] >= len(window)
+
+
+async def test_async_clients_match_sync(engine: Engine, tiny_sidecar: RunningSidecar) -> None:
+    options = RerankOptions(window=8)
+    with Client(tiny_sidecar.target) as reranker:
+        sync_out = rerank_search(
+            sync_client(engine), reranker, index="small", body=BODY, options=options
+        )
+    client = async_client(engine)
+    try:
+        async with AsyncClient(tiny_sidecar.target) as reranker:
+            async_out = await async_rerank_search(
+                client, reranker, index="small", body=BODY, query=QUERY, options=options
+            )
+    finally:
+        await client.close()
+    assert [h["_id"] for h in async_out["hits"]["hits"]] == [
+        h["_id"] for h in sync_out["hits"]["hits"]
+    ]
+    assert async_out["rerank"]["status"] == "reranked"
+
+
+def test_hits_missing_the_field_go_last(opensearch: Engine, tiny_sidecar: RunningSidecar) -> None:
+    # "summary" exists on no document: "title" is the only text, and only some titles match.
+    body = {"query": {"match": {"text": "files"}}, "size": 20, "_source": ["title"]}
+    options = RerankOptions(fields=("summary", "title"), window=20, missing_text="last")
+    with Client(tiny_sidecar.target) as reranker:
+        out = rerank_search(
+            sync_client(opensearch), reranker, index="small", body=body, options=options
+        )
+    assert out["rerank"]["missing_text"] == 0
+    options = RerankOptions(fields=("summary",), window=20, missing_text="last")
+    with Client(tiny_sidecar.target) as reranker:
+        out = rerank_search(
+            sync_client(opensearch), reranker, index="small", body=body, options=options
+        )
+    plain = [h["_id"] for h in first_stage(opensearch, body)]
+    assert [h["_id"] for h in out["hits"]["hits"]] == plain
+    assert out["rerank"]["scored"] == 0 and out["rerank"]["missing_text"] == len(plain)
+
+
+def test_reranker_down_falls_back_fast(engine: Engine) -> None:
+    stats = RerankStats()
+    options = RerankOptions(window=10, timeout=1.0)
+    started = time.monotonic()
+    with Client(dead_target()) as reranker:
+        out = rerank_search(
+            sync_client(engine), reranker, index="small", body=BODY, options=options, stats=stats
+        )
+    assert time.monotonic() - started < 2.5  # the deadline plus overhead
+    assert out["rerank"]["status"] == "skipped" and out["rerank"]["reason"] in (
+        "unavailable",
+        "deadline_exceeded",
+    )
+    assert [h["_id"] for h in out["hits"]["hits"]] == [h["_id"] for h in first_stage(engine, BODY)]
+    assert stats.get("skipped", out["rerank"]["reason"]) == 1
+
+
+def test_slow_reranker_past_deadline(opensearch: Engine, fake_sidecar: FakeSidecar) -> None:
+    fake_sidecar.scorer.gate.clear()
+    options = RerankOptions(window=10, timeout=0.3)
+    started = time.monotonic()
+    with Client(fake_sidecar.target) as reranker:
+        out = rerank_search(
+            sync_client(opensearch), reranker, index="small", body=BODY, options=options
+        )
+        assert time.monotonic() - started < 2.5  # the deadline plus overhead
+        assert out["rerank"]["reason"] == "deadline_exceeded"
+        with pytest.raises(RerankFailed) as raised:
+            strict = RerankOptions(window=10, timeout=0.3, strict=True)
+            rerank_search(
+                sync_client(opensearch), reranker, index="small", body=BODY, options=strict
+            )
+    assert raised.value.http_status == 504
+
+
+@pytest.mark.parametrize("flavour", ["opensearch", "elasticsearch"])
+def test_engine_errors_pass_through(flavour: str, request: pytest.FixtureRequest) -> None:
+    engine: Engine = request.getfixturevalue(flavour)
+    error = opensearchpy.NotFoundError if flavour == "opensearch" else elasticsearch.NotFoundError
+    with Client(dead_target()) as reranker, pytest.raises(error):
+        rerank_search(sync_client(engine), reranker, index="no-such-index", body=BODY)
