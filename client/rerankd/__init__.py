@@ -16,15 +16,20 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from rerankd._types import (
+    NORMALIZATIONS,
     TRUNCATIONS,
     BatchingLimits,
+    ChunkInfo,
+    Chunking,
     Document,
     DocumentLike,
     ModelInfo,
+    Normalization,
     RequestLimits,
     Reranked,
     RerankResult,
     Scored,
+    StreamResult,
     Truncation,
     Usage,
 )
@@ -49,9 +54,12 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "DEFAULT_TARGET",
+    "NORMALIZATIONS",
     "TRUNCATIONS",
     "AsyncClient",
     "BatchingLimits",
+    "ChunkInfo",
+    "Chunking",
     "Client",
     "DeadlineExceeded",
     "Document",
@@ -59,6 +67,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "ModelInfo",
+    "Normalization",
     "NotFound",
     "Pem",
     "PermissionDenied",
@@ -68,6 +77,7 @@ __all__ = [
     "Reranked",
     "ResourceExhausted",
     "Scored",
+    "StreamResult",
     "Targets",
     "Truncation",
     "Unauthenticated",

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 Truncation: TypeAlias = Literal["default", "end", "start", "none"]
+#: How logits become scores: "default" (the model's activation, or raw with raw_scores),
+#: "model", "raw" or "sigmoid".
+Normalization: TypeAlias = Literal["default", "model", "raw", "sigmoid"]
+NORMALIZATIONS: tuple[Normalization, ...] = ("default", "model", "raw", "sigmoid")
 """What the server does with a (query, document) pair longer than the model's maximum.
 
 ``"default"``: the model's own truncation (the longer side is cut, normally at its end);
@@ -36,17 +40,41 @@ DocumentLike: TypeAlias = str | Document | tuple[str, str]
 
 
 @dataclass(frozen=True)
+class Chunking:
+    """Score over-long documents in chunks instead of truncating them.
+
+    ``max_chunks`` 0 means the server's default (16); ``reduce`` is "max", "mean" or "first".
+    """
+
+    max_chunks: int = 0
+    overlap_tokens: int = 0
+    reduce: Literal["max", "mean", "first"] = "max"
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """Which chunk gave a document its score: UTF-8 byte offsets into the document text."""
+
+    index: int
+    count: int
+    start_byte: int
+    end_byte: int
+
+
+@dataclass(frozen=True)
 class RerankResult:
     """One scored document.
 
     ``index`` is the document's position in the request; ``text`` is empty unless the call
-    asked for ``return_documents``. Higher ``score`` is more relevant.
+    asked for ``return_documents``. Higher ``score`` is more relevant. ``chunk`` is set when
+    the call asked for chunking.
     """
 
     index: int
     id: str
     score: float
     text: str
+    chunk: ChunkInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,8 @@ class Usage:
     queue_time_us: int
     inference_time_us: int
     batches: int
+    cached_pairs: int = 0
+    scored_pairs: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +129,7 @@ class RequestLimits:
     max_query_bytes: int
     max_document_bytes: int
     max_message_bytes: int
+    max_stream_in_flight: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,3 +146,13 @@ class ModelInfo:
     batching: BatchingLimits
     limits: RequestLimits
     server_version: str
+    served_models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One answer of a rerank stream: ``reranked`` when ``error`` is None."""
+
+    request_id: str
+    reranked: Reranked | None
+    error: Exception | None

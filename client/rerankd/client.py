@@ -18,7 +18,7 @@ import json
 import os
 import socket
 import types
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
@@ -27,17 +27,21 @@ import grpc.aio
 
 from rerankd._types import (
     BatchingLimits,
+    ChunkInfo,
+    Chunking,
     Document,
     DocumentLike,
     ModelInfo,
+    Normalization,
     RequestLimits,
     Reranked,
     RerankResult,
     Scored,
+    StreamResult,
     Truncation,
     Usage,
 )
-from rerankd.errors import from_rpc_error
+from rerankd.errors import from_rpc_error, from_status
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc as pb_grpc
 
@@ -124,19 +128,37 @@ def _not_a_str(items: Sequence[Any], name: str) -> Sequence[Any]:
     return items
 
 
+_NORMALIZATION: dict[str, pb.Normalization] = {
+    "default": pb.NORMALIZATION_UNSPECIFIED,
+    "model": pb.NORMALIZATION_MODEL,
+    "raw": pb.NORMALIZATION_RAW,
+    "sigmoid": pb.NORMALIZATION_SIGMOID,
+}
+_REDUCE = {"max": pb.CHUNK_REDUCE_MAX, "mean": pb.CHUNK_REDUCE_MEAN, "first": pb.CHUNK_REDUCE_FIRST}
+
+
+def _normalization(value: Normalization) -> pb.Normalization:
+    if value not in _NORMALIZATION:
+        raise ValueError(f"normalization must be one of {sorted(_NORMALIZATION)}, not {value!r}")
+    return _NORMALIZATION[value]
+
+
 def _rerank_request(
     query: str,
     documents: Sequence[DocumentLike],
     *,
-    top_n: int,
-    return_documents: bool,
-    raw_scores: bool,
-    truncation: Truncation,
-    model: str,
+    top_n: int = 0,
+    return_documents: bool = False,
+    raw_scores: bool = False,
+    truncation: Truncation = "default",
+    model: str = "",
+    normalization: Normalization = "default",
+    chunking: Chunking | None = None,
+    min_score: float | None = None,
 ) -> pb.RerankRequest:
     if top_n < 0:
         raise ValueError(f"top_n must be >= 0 (0 returns all), not {top_n}")
-    return pb.RerankRequest(
+    request = pb.RerankRequest(
         query=query,
         documents=[_document(doc) for doc in _not_a_str(documents, "documents")],
         top_n=top_n,
@@ -144,18 +166,52 @@ def _rerank_request(
         raw_scores=raw_scores,
         truncation=_truncation(truncation),
         model=model,
+        normalization=_normalization(normalization),
     )
+    if chunking is not None:
+        if chunking.reduce not in _REDUCE:
+            raise ValueError(f"chunking.reduce must be one of {sorted(_REDUCE)}")
+        request.chunking.CopyFrom(
+            pb.Chunking(
+                max_chunks=chunking.max_chunks,
+                overlap_tokens=chunking.overlap_tokens,
+                reduce=_REDUCE[chunking.reduce],
+            )
+        )
+    if min_score is not None:
+        request.min_score = min_score
+    return request
 
 
 def _score_request(
-    pairs: Sequence[tuple[str, str]], *, raw_scores: bool, truncation: Truncation, model: str
+    pairs: Sequence[tuple[str, str]],
+    *,
+    raw_scores: bool,
+    truncation: Truncation,
+    model: str,
+    normalization: Normalization = "default",
 ) -> pb.ScoreRequest:
     return pb.ScoreRequest(
         pairs=[pb.Pair(query=query, text=text) for query, text in _not_a_str(pairs, "pairs")],
         raw_scores=raw_scores,
         truncation=_truncation(truncation),
         model=model,
+        normalization=_normalization(normalization),
     )
+
+
+def _stream_requests(
+    items: Iterable[tuple[str, str, Sequence[DocumentLike]]], options: dict[str, Any]
+) -> Iterator[pb.RerankStreamRequest]:
+    for request_id, query, documents in items:
+        request = _rerank_request(query, documents, **options)
+        yield pb.RerankStreamRequest(request_id=request_id, request=request)
+
+
+def _stream_result(msg: pb.RerankStreamResponse) -> StreamResult:
+    if msg.code:
+        return StreamResult(msg.request_id, None, from_status(msg.code, msg.message))
+    return StreamResult(msg.request_id, _reranked(msg.response), None)
 
 
 def _from_pb(cls: type[_D], msg: Any, **given: Any) -> _D:
@@ -168,8 +224,13 @@ def _from_pb(cls: type[_D], msg: Any, **given: Any) -> _D:
     return cls(**copied, **given)
 
 
+def _result(msg: pb.RerankResult) -> RerankResult:
+    chunk = _from_pb(ChunkInfo, msg.chunk) if msg.HasField("chunk") else None
+    return _from_pb(RerankResult, msg, chunk=chunk)
+
+
 def _reranked(msg: pb.RerankResponse) -> Reranked:
-    results = [_from_pb(RerankResult, result) for result in msg.results]
+    results = [_result(result) for result in msg.results]
     return Reranked(results=results, model=msg.model, usage=_from_pb(Usage, msg.usage))
 
 
@@ -184,6 +245,7 @@ def _model_info(msg: pb.GetModelInfoResponse) -> ModelInfo:
         batching=_from_pb(BatchingLimits, msg.model.batching),
         limits=_from_pb(RequestLimits, msg.limits),
         server_version=msg.server_version,
+        served_models=tuple(m.name for m in msg.models),
     )
 
 
@@ -421,6 +483,9 @@ class Client(_Base):
         raw_scores: bool = False,
         truncation: Truncation = "default",
         model: str = "",
+        normalization: Normalization = "default",
+        chunking: Chunking | None = None,
+        min_score: float | None = None,
         timeout: float | None = None,
     ) -> Reranked:
         """Score ``documents`` against ``query`` and return them best first.
@@ -434,6 +499,10 @@ class Client(_Base):
             raw_scores: return the model's logits instead of activated scores.
             truncation: what to do with over-long pairs (see :data:`~rerankd.Truncation`).
             model: the served model to use; empty means the server's default.
+            normalization: how logits become scores (see :data:`~rerankd.Normalization`).
+            chunking: score over-long documents in chunks (see :class:`~rerankd.Chunking`);
+                each result then says which chunk won.
+            min_score: leave out results scoring below this (after ``top_n``).
             timeout: deadline in seconds for this call; None uses the client's default.
 
         Raises:
@@ -449,6 +518,9 @@ class Client(_Base):
             raw_scores=raw_scores,
             truncation=truncation,
             model=model,
+            normalization=normalization,
+            chunking=chunking,
+            min_score=min_score,
         )
         return _reranked(self._invoke(self._stub.Rerank, request, timeout))
 
@@ -459,13 +531,20 @@ class Client(_Base):
         raw_scores: bool = False,
         truncation: Truncation = "default",
         model: str = "",
+        normalization: Normalization = "default",
         timeout: float | None = None,
     ) -> Scored:
         """Score independent ``(query, text)`` pairs; ``scores[i]`` belongs to ``pairs[i]``.
 
         Arguments and errors as for :meth:`rerank`.
         """
-        request = _score_request(pairs, raw_scores=raw_scores, truncation=truncation, model=model)
+        request = _score_request(
+            pairs,
+            raw_scores=raw_scores,
+            truncation=truncation,
+            model=model,
+            normalization=normalization,
+        )
         return _scored(self._invoke(self._stub.Score, request, timeout))
 
     def model_info(self, model: str = "", *, timeout: float | None = None) -> ModelInfo:
@@ -476,6 +555,32 @@ class Client(_Base):
         """
         request = pb.GetModelInfoRequest(model=model)
         return _model_info(self._invoke(self._stub.GetModelInfo, request, timeout))
+
+    def rerank_stream(
+        self,
+        items: Iterable[tuple[str, str, Sequence[DocumentLike]]],
+        *,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Iterator[StreamResult]:
+        """Rerank many ``(request_id, query, documents)`` items over one stream (bulk work).
+
+        ``options`` are :meth:`rerank`'s keyword arguments, applied to every item. Results
+        come as the server finishes them, tagged with their ``request_id``; an item that fails
+        carries its error instead, and the stream goes on. Items are read lazily, and the
+        server takes new ones only as results are consumed.
+
+        Raises:
+            RerankdError: the stream itself failed (e.g. a deadline for the whole stream).
+        """
+        replies = self._stub.RerankStream(
+            _stream_requests(items, options), **self._call_args(timeout)
+        )
+        try:
+            for reply in replies:
+                yield _stream_result(reply)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
 
 
 class AsyncClient(_Base):
@@ -513,6 +618,9 @@ class AsyncClient(_Base):
         raw_scores: bool = False,
         truncation: Truncation = "default",
         model: str = "",
+        normalization: Normalization = "default",
+        chunking: Chunking | None = None,
+        min_score: float | None = None,
         timeout: float | None = None,
     ) -> Reranked:
         """As :meth:`Client.rerank`."""
@@ -524,6 +632,9 @@ class AsyncClient(_Base):
             raw_scores=raw_scores,
             truncation=truncation,
             model=model,
+            normalization=normalization,
+            chunking=chunking,
+            min_score=min_score,
         )
         return _reranked(await self._invoke(self._stub.Rerank, request, timeout))
 
@@ -534,13 +645,35 @@ class AsyncClient(_Base):
         raw_scores: bool = False,
         truncation: Truncation = "default",
         model: str = "",
+        normalization: Normalization = "default",
         timeout: float | None = None,
     ) -> Scored:
         """As :meth:`Client.score`."""
-        request = _score_request(pairs, raw_scores=raw_scores, truncation=truncation, model=model)
+        request = _score_request(
+            pairs,
+            raw_scores=raw_scores,
+            truncation=truncation,
+            model=model,
+            normalization=normalization,
+        )
         return _scored(await self._invoke(self._stub.Score, request, timeout))
 
     async def model_info(self, model: str = "", *, timeout: float | None = None) -> ModelInfo:
         """As :meth:`Client.model_info`."""
         request = pb.GetModelInfoRequest(model=model)
         return _model_info(await self._invoke(self._stub.GetModelInfo, request, timeout))
+
+    async def rerank_stream(
+        self,
+        items: Iterable[tuple[str, str, Sequence[DocumentLike]]],
+        *,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> AsyncIterator[StreamResult]:
+        """As :meth:`Client.rerank_stream`."""
+        call = self._stub.RerankStream(_stream_requests(items, options), **self._call_args(timeout))
+        try:
+            async for reply in call:
+                yield _stream_result(reply)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err

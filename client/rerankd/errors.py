@@ -81,3 +81,12 @@ def from_rpc_error(err: grpc.RpcError) -> RerankdError:
     code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
     details = err.details() if callable(getattr(err, "details", None)) else str(err)
     return _BY_CODE.get(code, RerankdError)(code, details or "")
+
+
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_status(number: int, details: str) -> RerankdError:
+    """The error for a numeric gRPC status code, as carried inside stream replies."""
+    code = _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+    return _BY_CODE.get(code, RerankdError)(code, details)

@@ -91,7 +91,7 @@ class Reranker:
     def normalize(self, logits: FloatArray, how: Normalization) -> list[float]:
         if how is Normalization.RAW:
             values = logits
-        elif how is Normalization.SIGMOID:
+        elif how is Normalization.SIGMOID and not self.scorer.info.activation.endswith("Sigmoid"):
             values = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
         else:
             values = self.scorer.activate(logits)

@@ -18,7 +18,14 @@ from google.protobuf.json_format import MessageToDict
 from rerankd import cli
 from rerankd.v1 import rerank_pb2 as pb
 
-USAGE = {"queue_time_us": 7, "inference_time_us": 11, "batches": 1, "truncated_pairs": 0}
+USAGE = {
+    "queue_time_us": 7,
+    "inference_time_us": 11,
+    "batches": 1,
+    "truncated_pairs": 0,
+    "cached_pairs": 0,
+    "scored_pairs": 0,
+}
 
 
 @pytest.fixture
@@ -109,8 +116,9 @@ def test_info_prints_the_model_info(server: FakeServer, capsys: Any) -> None:
     assert status == 0
     expected = MessageToDict(INFO.model, preserving_proto_field_name=True)
     expected["batching"]["max_queue_tokens"] = int(expected["batching"]["max_queue_tokens"])
-    expected |= {"limits": MessageToDict(INFO.limits, preserving_proto_field_name=True)}
-    assert out == expected | {"server_version": INFO.server_version}
+    limits = MessageToDict(INFO.limits, preserving_proto_field_name=True)
+    expected |= {"limits": {"max_stream_in_flight": 0, **limits}}
+    assert out == expected | {"server_version": INFO.server_version, "served_models": []}
 
 
 @pytest.mark.parametrize(
