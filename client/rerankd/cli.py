@@ -35,6 +35,10 @@ _PASSTHROUGH = {
         "rerankd_bridge.proxy",
         "run the OpenSearch/Elasticsearch reranking proxy (all arguments go to it)",
     ),
+    "eval": (
+        "rerankd.evaluate",
+        "measure NDCG/MRR/recall before and after reranking a BEIR dataset (all arguments go to it)",
+    ),
     "demo": (
         "rerankd_server.demo",
         "start a sidecar, rerank a sample search and stop (all arguments go to it)",

@@ -143,9 +143,11 @@ class Sidecar:
         """Listen (NOT_SERVING) and begin loading the model in the background."""
         # grpc.aio objects bind to the running loop, so they are made here, not in __init__.
         settings = self.settings
+        observe = self.metrics.observe_request if settings.metrics_port else None
         interceptors = []
         if settings.auth_token_file:
-            interceptors.append(BearerTokenInterceptor(TokenFile(settings.auth_token_file)))
+            tokens = TokenFile(settings.auth_token_file)
+            interceptors.append(BearerTokenInterceptor(tokens, observe))
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -162,7 +164,6 @@ class Sidecar:
         )
         self._health = _HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        observe = self.metrics.observe_request if settings.metrics_port else None
         self._server.add_generic_rpc_handlers((handlers(self._servicer, observe),))
         names = (
             SERVICE_NAME,

@@ -11,8 +11,18 @@ import json
 import logging
 import sys
 import time
+import uuid
+from typing import Any
 
 REQUEST_FIELDS = ("request_id", "method", "code", "duration_ms", "items")
+
+
+def request_id(context: Any) -> str:
+    """The caller's ``x-request-id`` (cut to 128 characters), or a new random one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and value:
+            return str(value)[:128]
+    return uuid.uuid4().hex[:16]
 
 
 class JsonFormatter(logging.Formatter):

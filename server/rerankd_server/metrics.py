@@ -91,7 +91,12 @@ class Metrics:
     def close(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
-            threading.Thread(target=server.shutdown, daemon=True).start()
+
+            def stop() -> None:
+                server.shutdown()
+                server.server_close()  # release the listening socket too
+
+            threading.Thread(target=stop, daemon=True).start()
 
 
 class _SchedulerCollector(Collector):

@@ -16,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from rerankd_server import logs
+
 log = logging.getLogger(__name__)
 
 #: Services reachable without a token: probes and service discovery.
@@ -93,7 +95,7 @@ class TokenFile:
             except OSError as exc:
                 log.warning("cannot re-read the token file (%s); keeping the current tokens", exc)
                 return
-            tokens = tuple(t.strip().encode() for t in lines if t.strip() and not t.startswith("#"))
+            tokens = tuple(t.encode() for t in map(str.strip, lines) if t and not t.startswith("#"))
             if tokens:
                 self._tokens = tokens
 
@@ -104,18 +106,38 @@ class TokenFile:
         return any([hmac.compare_digest(candidate, token) for token in self._tokens])
 
 
-def _deny(message: str) -> grpc.RpcMethodHandler:
+Observer = Callable[[str, str, float], None]  # (method, status code name, seconds)
+
+
+def _deny(full_method: str, message: str, observe: Observer | None) -> grpc.RpcMethodHandler:
+    """A handler that refuses the call, logged, counted and tagged like any other call."""
+    method = full_method.rsplit("/", 1)[-1]
+
     async def abort(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        request_id = logs.request_id(context)
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        if observe is not None:
+            observe(method, "UNAUTHENTICATED", 0.0)
+        log.info(
+            "%s UNAUTHENTICATED id=%s %s",
+            method,
+            request_id,
+            message,
+            extra={"request_id": request_id, "method": method, "code": "UNAUTHENTICATED"},
+        )
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
+    if method.endswith("Stream"):
+        return grpc.stream_stream_rpc_method_handler(abort)
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Requires ``authorization: Bearer <token>`` on every RPC except health and reflection."""
 
-    def __init__(self, tokens: TokenFile) -> None:
+    def __init__(self, tokens: TokenFile, observe: Observer | None = None) -> None:
         self._tokens = tokens
+        self._observe = observe
 
     async def intercept_service(
         self,
@@ -127,7 +149,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         header = dict(details.invocation_metadata or ()).get("authorization", "")
         scheme, _, token = str(header).partition(" ")
         if scheme.lower() != "bearer" or not token:
-            return _deny("missing bearer token (metadata authorization: Bearer <token>)")
+            message = "missing bearer token (metadata authorization: Bearer <token>)"
+            return _deny(details.method, message, self._observe)
         if not self._tokens.accepts(token.strip()):
-            return _deny("invalid bearer token")
+            return _deny(details.method, "invalid bearer token", self._observe)
         return await continuation(details)

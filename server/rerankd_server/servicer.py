@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from rerankd.v1 import rerank_pb2 as pb
-from rerankd_server import __version__
+from rerankd_server import __version__, logs
 from rerankd_server.chunking import DEFAULT_MAX_CHUNKS, MAX_CHUNKS_LIMIT, Reduce
 from rerankd_server.errors import (
     DeadlineExpired,
@@ -339,13 +338,6 @@ Response = TypeVar("Response")
 Observer = Callable[[str, str, float], None]  # (method, status code name, seconds)
 
 
-def _request_id(context: Any) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and value:
-            return str(value)[:128]
-    return uuid.uuid4().hex[:16]
-
-
 def _items(request: Any) -> int:
     return len(getattr(request, "documents", None) or getattr(request, "pairs", None) or ())
 
@@ -361,7 +353,7 @@ def _guarded(
 
     async def handler(request: Any, context: Any) -> Response:
         started = time.perf_counter()
-        request_id = _request_id(context)
+        request_id = logs.request_id(context)
         # Trailing, not initial, metadata: headers sent early make a call final for gRPC's
         # retries, so a call on a replica that dies could no longer move to another one.
         context.set_trailing_metadata((("x-request-id", request_id),))

@@ -13,33 +13,14 @@ from pathlib import Path
 import grpc
 import pytest
 
+from rerankd.client import _DEFAULT_OPTIONS
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.process import start_server
 
-# Retries of UNAVAILABLE as rerankd.Client configures them.
-SERVICE_CONFIG = [
-    ("grpc.enable_retries", 1),
-    (
-        "grpc.service_config",
-        json.dumps(
-            {
-                "methodConfig": [
-                    {
-                        "name": [{"service": "rerankd.v1.RerankService"}],
-                        "retryPolicy": {
-                            "maxAttempts": 4,
-                            "initialBackoff": "0.1s",
-                            "maxBackoff": "2s",
-                            "backoffMultiplier": 2,
-                            "retryableStatusCodes": ["UNAVAILABLE"],
-                        },
-                    }
-                ]
-            }
-        ),
-    ),
-]
+# The channel options rerankd.Client uses (retries of UNAVAILABLE); this test needs a raw stub
+# for per-call request ids.
+SERVICE_CONFIG = list(_DEFAULT_OPTIONS.items())
 
 DOCS = ["ls - list directory contents", "cp - copy files", "word " * 60, ""]
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 from tokenizers.normalizers import Lowercase
 from tokenizers.normalizers import Sequence as NormalizerSequence
 
@@ -29,6 +29,11 @@ from rerankd_server.scoring.base import FloatArray, ScorerInfo, TokenizedPairs, 
 from rerankd_server.scoring.st_config import load_activation, max_input_tokens, resolve_config
 
 log = logging.getLogger(__name__)
+
+#: A document is cut to this many characters per model input token before tokenizing (real
+#: text has 3-6 characters per token); the cut is checked, and undone when it could matter.
+CLIP_CHARS_PER_TOKEN = 32
+_CLIP_MARGIN = 256  # characters between the last kept token and the cut
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -106,6 +111,13 @@ class HFCrossEncoder:
             Truncation.START: _clone(backend, max_len, "left", st_config.do_lower_case),
         }
         self._tokenizers[Truncation.NONE] = self._tokenizers[Truncation.DEFAULT]
+        self._sides = {
+            Truncation.DEFAULT: default_side,
+            Truncation.END: "right",
+            Truncation.START: "left",
+            Truncation.NONE: default_side,
+        }
+        self._clip_chars = max_len * CLIP_CHARS_PER_TOKEN
         self._spans_tokenizer = _clone(backend, None, default_side, st_config.do_lower_case)
         processor = backend.post_processor
         special = processor.num_special_tokens_to_add(True) if processor is not None else 0
@@ -141,12 +153,48 @@ class HFCrossEncoder:
         return self._info
 
     def tokenize(self, pairs: Sequence[tuple[str, str]], truncation: Truncation) -> TokenizedPairs:
-        encodings = self._tokenizers[truncation].encode_batch(list(pairs), add_special_tokens=True)
+        """Tokenize as CrossEncoder does, without reading megabytes that truncation drops.
+
+        A document far longer than the model can read is first cut at a whitespace
+        ``CLIP_CHARS_PER_TOKEN`` characters per input token from the kept side, then
+        tokenized. The cut changes nothing when the pair still overflows, the query kept all
+        its tokens (so truncation took only document tokens, as it would from the whole
+        text) and the kept document tokens end well before the cut (pre-tokenization is
+        local to whitespace-separated words); otherwise the whole text is tokenized.
+        """
+        tokenizer = self._tokenizers[truncation]
+        side = self._sides[truncation]
+        clipped = [(query, _clip(text, self._clip_chars, side)) for query, text in pairs]
+        encodings = tokenizer.encode_batch(clipped, add_special_tokens=True)
+        redo = [
+            i
+            for i, (query, cut) in enumerate(clipped)
+            if cut is not pairs[i][1] and not self._clip_was_exact(query, cut, encodings[i], side)
+        ]
+        if redo:
+            exact = tokenizer.encode_batch([pairs[i] for i in redo], add_special_tokens=True)
+            for i, enc in zip(redo, exact, strict=True):
+                encodings[i] = enc
         return TokenizedPairs(
             ids=[enc.ids for enc in encodings],
             type_ids=[enc.type_ids for enc in encodings] if self._uses_type_ids else None,
             truncated=[bool(enc.overflowing) for enc in encodings],
         )
+
+    def _clip_was_exact(self, query: str, cut: str, enc: Encoding, side: str) -> bool:
+        if not enc.overflowing:
+            return False
+        sequence = enc.sequence_ids
+        query_kept = sum(1 for s in sequence if s == 0)
+        query_len = len(self._spans_tokenizer.encode(query, add_special_tokens=False).ids)
+        if query_kept != query_len:
+            return False
+        doc_offsets = [o for o, s in zip(enc.offsets, sequence, strict=True) if s == 1]
+        if not doc_offsets:
+            return False
+        if side == "right":
+            return doc_offsets[-1][1] < len(cut) - _CLIP_MARGIN
+        return doc_offsets[0][0] > _CLIP_MARGIN
 
     def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
         encodings = self._spans_tokenizer.encode_batch(list(texts), add_special_tokens=False)
@@ -189,6 +237,20 @@ class HFCrossEncoder:
         count = max(1, min(max_batch_size, max_batch_tokens // length))
         ids = [[self._pad_id] * length for _ in range(count)]
         self.forward(self.collate(ids, ids if self._uses_type_ids else None))
+
+
+def _clip(text: str, limit: int, side: str) -> str:
+    """``text`` cut at a whitespace to about ``limit`` characters on the kept ``side``, or
+    ``text`` itself (the same object) when it is short or has no whitespace to cut at."""
+    if len(text) <= limit:
+        return text
+    if side == "right":
+        cut = max(text.rfind(ch, 0, limit) for ch in " \n\t")
+        return text[:cut] if cut > limit // 2 else text
+    start = len(text) - limit
+    found = [i for i in (text.find(ch, start) for ch in " \n\t") if i != -1]
+    first = min(found) if found else -1
+    return text[first + 1 :] if 0 <= first < start + limit // 2 else text
 
 
 def _clone(backend: Tokenizer, max_len: int | None, side: str, lower: bool) -> Tokenizer:
