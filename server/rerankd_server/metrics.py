@@ -22,6 +22,9 @@ from rerankd_server.scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
 
+Observer = Callable[[str, str, float], None]
+"""Records one finished RPC: (method, status code name, seconds)."""
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TOKEN_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)

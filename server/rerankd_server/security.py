@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from rerankd_server import logs
+from rerankd_server.metrics import Observer
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,6 @@ class TokenFile:
         self.refresh()
         candidate = presented.encode()
         return any([hmac.compare_digest(candidate, token) for token in self._tokens])
-
-
-Observer = Callable[[str, str, float], None]  # (method, status code name, seconds)
 
 
 def _deny(full_method: str, message: str, observe: Observer | None) -> grpc.RpcMethodHandler:

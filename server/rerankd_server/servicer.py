@@ -30,6 +30,7 @@ from rerankd_server.errors import (
     Overloaded,
     RerankdServerError,
 )
+from rerankd_server.metrics import Observer
 from rerankd_server.reranking import ChunkOptions, Normalization, Reranker, RerankOptions
 from rerankd_server.scheduler import Usage
 from rerankd_server.scoring.base import Truncation
@@ -335,7 +336,6 @@ def _usage_pb(usage: Usage) -> pb.Usage:
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Observer = Callable[[str, str, float], None]  # (method, status code name, seconds)
 
 
 def _items(request: Any) -> int:
