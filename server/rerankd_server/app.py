@@ -48,17 +48,13 @@ def load_hf_scorer(settings: Settings) -> Scorer:
 
 
 def scheduler_config(settings: Settings, scorer: Scorer) -> SchedulerConfig:
-    """Resolve the token budget (auto: 16384 on CUDA, 4096 on CPU; never below one full pair)."""
+    """Resolve the token budget (auto: 16384 on CUDA, 4096 on CPU).
+
+    A pair longer than the budget (a long-context model on CPU) runs in a batch of its own
+    rather than raising the budget for every batch.
+    """
     info = scorer.info
     budget = settings.max_batch_tokens or (16384 if info.device.startswith("cuda") else 4096)
-    if budget < info.max_input_tokens:
-        log.warning(
-            "max-batch-tokens %d is below the model's %d input tokens; using %d",
-            budget,
-            info.max_input_tokens,
-            info.max_input_tokens,
-        )
-        budget = info.max_input_tokens
     return SchedulerConfig(
         limits=BatchLimits(budget, settings.max_batch_size, padded=info.padded),
         lookahead_pairs=settings.lookahead_pairs,

@@ -4,7 +4,8 @@ No torch, no asyncio: the scheduler hands in the lengths of the first pairs of i
 queue (the look-ahead window, oldest first) and gets back the positions to run. The rules:
 
 * the head of the window (the oldest pair) is always in the batch, so nothing starves;
-* the batch never costs more than ``max_batch_tokens`` as the model pays for it: padded
+* the batch never costs more than ``max_batch_tokens`` as the model pays for it (except a
+  single pair longer than that, which runs alone): padded
   execution costs ``longest x count``, unpadded execution the sum of lengths;
 * within that budget, padded batches take the set with the most real tokens (which groups
   similar lengths and so cuts padding); unpadded batches take pairs in queue order.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class BatchLimits:
-    """Limits of one batch. ``max_batch_tokens`` must be at least the longest possible pair."""
+    """Limits of one batch (a single pair longer than ``max_batch_tokens`` runs alone)."""
 
     max_batch_tokens: int
     max_batch_size: int
@@ -39,16 +40,13 @@ def select_batch(window: Sequence[int], limits: BatchLimits) -> list[int]:
         window: pair lengths in fair-queue order; ``window[0]`` is the head.
         limits: the budget and size limits.
     Returns:
-        Positions including 0 (when the window is not empty), within the limits.
-    Raises:
-        ValueError: when the head alone exceeds the token budget (a configuration bug).
+        Positions including 0 (when the window is not empty), within the limits; a head
+        longer than the whole budget (a model whose inputs outgrow it) runs alone.
     """
     if not window:
         return []
     if window[0] > limits.max_batch_tokens:
-        raise ValueError(
-            f"pair of {window[0]} tokens exceeds max_batch_tokens={limits.max_batch_tokens}"
-        )
+        return [0]
     if limits.padded:
         return _select_padded(window, limits.max_batch_tokens, limits.max_batch_size)
     return _select_unpadded(window, limits.max_batch_tokens, limits.max_batch_size)

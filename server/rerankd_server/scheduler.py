@@ -3,8 +3,10 @@
 Pairs of every admitted request wait in a fair queue ordered by start tags in token units.
 A request's pairs, sorted longest first, get tags s, s + len(pair 0), ...; its start s is
 the later of the queue's virtual time (the tag of the last batch's head) and the previous
-request's start plus min(its tokens, one batch budget). So a large request is split across
-batches and requests arriving after it interleave with it after its first batch's worth,
+request's start plus min(its tokens, a quantum of a few batch budgets). So requests up to a
+quantum run first come, first served (none finishes later than it would alone in a queue),
+a large request is split across batches and requests arriving after it interleave with it
+after its first quantum,
 while a stream of later requests advances through virtual time as fast as the large one
 and can never starve it: each pair waits behind a bounded amount of later work. The first
 ``lookahead_pairs`` of that order form the window from which ``batching.select_batch``
@@ -53,6 +55,7 @@ class SchedulerConfig:
     max_queue_pairs: int = 16384
     max_queue_tokens: int = 8_000_000
     cross_request: bool = True  # False: a batch holds one request's pairs (benchmark ablation)
+    fair_quantum_batches: int = 4  # a request's head start over later ones, in batch budgets
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class _Job:
         self.cursor = 0
         self.logits = np.zeros(len(self.lengths), dtype=np.float32)
         self.remaining = len(self.lengths)
+        self.pending_tokens = sum(self.lengths)
         self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self.deadline = deadline
         self.admitted_at = now
@@ -124,6 +128,7 @@ class _Job:
 
     def mark_dispatched(self, pos: int) -> None:
         self.dispatched[pos] = 1
+        self.pending_tokens -= self.lengths[self.order[pos]]
         while self.cursor < len(self.order) and self.dispatched[self.cursor]:
             self.cursor += 1
 
@@ -159,6 +164,7 @@ class BatchScheduler:
         self._seq = itertools.count()
         self._vtime = 0.0
         self._next_start = 0.0
+        self._seconds_per_token: float | None = None  # model time per computed token (EWMA)
         self._pairs_in_flight = 0
         self._tokens_in_flight = 0
         self._prepared: _Batch | None = None
@@ -246,7 +252,8 @@ class BatchScheduler:
                 )
                 total = self._admit_tokens(tokens, truncation)
                 start = max(self._vtime, self._next_start)
-                self._next_start = start + min(total, self._config.limits.max_batch_tokens)
+                quantum = self._config.fair_quantum_batches * self._config.limits.max_batch_tokens
+                self._next_start = start + min(total, quantum)
                 job = _Job(next(self._seq), tokens, start, deadline, loop.time())
                 self._active.append(job)
                 self._wakeup.set()
@@ -299,8 +306,8 @@ class BatchScheduler:
         now = asyncio.get_running_loop().time()
         live = []
         for job in self._active:
-            if job.deadline is not None and now >= job.deadline:
-                job.dead = True  # its submit() times out and reports DEADLINE_EXCEEDED
+            if job.deadline is not None and not job.dead:
+                self._expire_if_hopeless(job, now)
             if not job.dead and not job.exhausted:
                 live.append(job)
         self._active = live
@@ -310,6 +317,27 @@ class BatchScheduler:
             head_job = window[0][3]
             window = [item for item in window if item[3] is head_job]
         return window
+
+    def _expire_if_hopeless(self, job: _Job, now: float) -> None:
+        """Drop a job whose deadline has passed, or that could not finish in time even with the
+        model to itself (its pending tokens at the recent model speed): computing it would only
+        waste the model on an answer nobody will read."""
+        assert job.deadline is not None
+        needed = (
+            0.0 if self._seconds_per_token is None else job.pending_tokens * self._seconds_per_token
+        )
+        if now + needed < job.deadline:
+            return
+        if now >= job.deadline:
+            job.dead = True  # its submit() times out and reports DEADLINE_EXCEEDED
+            return
+        self.stats.pairs_expired += job.remaining
+        job.fail(
+            DeadlineExpired(
+                f"cannot finish before the deadline: about {needed:.3f}s of model time left "
+                f"and {job.deadline - now:.3f}s to go"
+            )
+        )
 
     def _start_prepare(self) -> None:
         window = self._live_window()
@@ -370,11 +398,15 @@ class BatchScheduler:
                 job.first_start = started
         self._model_busy = True
         future = loop.run_in_executor(self._model_pool, work)
-        future.add_done_callback(lambda done: self._model_done(batch, done))
+        future.add_done_callback(lambda done: self._model_done(batch, done, started))
 
-    def _model_done(self, batch: _Batch, done: asyncio.Future[FloatArray]) -> None:
+    def _model_done(self, batch: _Batch, done: asyncio.Future[FloatArray], started: float) -> None:
         self._model_busy = False
         self._wakeup.set()
+        if batch.computed_tokens:
+            rate = (asyncio.get_running_loop().time() - started) / batch.computed_tokens
+            last = self._seconds_per_token
+            self._seconds_per_token = rate if last is None else 0.8 * last + 0.2 * rate
         error = done.exception()
         if error is not None:
             log.error("model batch of %d pairs failed", len(batch.entries), exc_info=error)

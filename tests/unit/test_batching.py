@@ -66,13 +66,10 @@ def test_unpadded_selection_takes_queue_order_first_fit() -> None:
     assert chosen == [0, 2, 3]
 
 
-def test_head_longer_than_budget_is_a_configuration_error() -> None:
-    try:
-        select_batch([100], BatchLimits(max_batch_tokens=50, max_batch_size=4, padded=True))
-    except ValueError as exc:
-        assert "max_batch_tokens" in str(exc)
-    else:
-        raise AssertionError("expected ValueError")
+def test_a_head_longer_than_the_budget_runs_alone() -> None:
+    for padded in (True, False):
+        limits = BatchLimits(max_batch_tokens=50, max_batch_size=4, padded=padded)
+        assert select_batch([100, 3, 3], limits) == [0]
 
 
 def test_is_full() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -137,9 +139,9 @@ async def test_small_request_interleaves_with_a_large_one() -> None:
     small_word = token_id("small0")
     last = max(i for i, batch in enumerate(scorer.batches) if any(small_word in r for r in batch))
     rows_until_small_done = sum(len(b) for b in scorer.batches[: last + 1])
-    # The small request waits for the batch in the model, the one prepared, and one batch of
-    # the large request's head start; not for the 400 pairs of the large one.
-    assert rows_until_small_done <= 3 * 8
+    # The small request waits for the batch in the model, the one prepared, and the large
+    # request's head start of one quantum (4 budgets); not for its 400 pairs.
+    assert rows_until_small_done <= (2 + 4) * 8 + 3
 
 
 async def test_old_large_request_is_not_starved_by_a_stream_of_small_ones() -> None:
@@ -280,3 +282,44 @@ async def test_without_cross_request_batching_a_batch_holds_one_request() -> Non
     assert [len(batch) for batch in scorer.batches] == [1, 3, 3, 3, 3]
     for batch in scorer.batches[1:]:
         assert len({row[-2] for row in batch}) == 1  # one request's pairs (same last word)
+
+
+async def test_requests_within_a_quantum_run_first_come_first_served() -> None:
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config(budget=160, size=8)) as scheduler:
+        scorer.gate.clear()
+        tasks = []
+        for i in range(6):  # 16 pairs of 19 tokens each: two batches, well within a quantum
+            tasks.append(
+                asyncio.create_task(
+                    scheduler.submit([("q", doc(15, f"r{i}_"))] * 16, Truncation.DEFAULT)
+                )
+            )
+            await wait_until(lambda: scheduler.queue_tokens == 304 * len(tasks))
+        scorer.gate.set()
+        await asyncio.gather(*tasks)
+    # Each request is served whole before the next: none finishes late because all were
+    # interleaved (request i fills batches 2i and 2i + 1, then is done).
+    for i in range(6):
+        word = token_id(f"r{i}_0")
+        last = max(b for b, batch in enumerate(scorer.batches) if any(word in row for row in batch))
+        assert last <= 2 * i + 1, (i, last)
+
+
+class SlowFake(FakeScorer):
+    def forward(self, batch: Any) -> Any:
+        time.sleep(0.0005 * sum(len(row) for row in batch))
+        return super().forward(batch)
+
+
+async def test_work_that_cannot_meet_its_deadline_is_dropped_before_it_runs() -> None:
+    scorer = SlowFake()
+    async with BatchScheduler(scorer, config(budget=200, size=8)) as scheduler:
+        await scheduler.submit([("q", doc(15, "warm"))] * 16, Truncation.DEFAULT)  # learn speed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.5  # 400 pairs x 19 tokens need about 3.8 s of model time
+        with pytest.raises(DeadlineExpired, match="cannot finish"):
+            await scheduler.submit([("q", doc(15, "doomed"))] * 400, Truncation.DEFAULT, deadline)
+        assert loop.time() < deadline  # refused early, not after waiting for the deadline
+    assert token_id("doomed0") not in scored_words(scorer)
+    assert scheduler.stats.pairs_expired == 400

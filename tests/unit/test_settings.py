@@ -46,8 +46,8 @@ def test_bad_values_exit_with_a_message(
     assert message in capsys.readouterr().err
 
 
-def test_token_budget_is_auto_and_never_below_one_full_pair() -> None:
+def test_token_budget_is_auto_or_as_set() -> None:
     scorer = FakeScorer(max_tokens=64)
     assert scheduler_config(Settings(), scorer).limits.max_batch_tokens == 4096
-    assert scheduler_config(Settings(max_batch_tokens=10), scorer).limits.max_batch_tokens == 64
+    assert scheduler_config(Settings(max_batch_tokens=10), scorer).limits.max_batch_tokens == 10
     assert scheduler_config(Settings(max_batch_tokens=999), scorer).limits.max_batch_tokens == 999
