@@ -1,0 +1,335 @@
+"""GPU check: a random Ettin-1B-shaped cross-encoder, padded vs packed, on one CUDA device.
+
+Sized for under 5 minutes on one H200. For each workload (fixed 128/256/512-token pairs and a
+mixed one) it runs the same pairs two ways and prints pairs/s, peak memory and model FLOPs
+utilisation (MFU: useful FLOPs of the real tokens / elapsed time / the device's bf16 peak):
+
+* padded: Hugging Face's ModernBERT forward with SDPA on length-sorted batches padded to their
+  longest pair under a 16,384-token budget (what rerankd does today);
+* packed: the same weights run over the concatenated tokens of a batch (no padding) with
+  PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (Flash Attention varlen, sliding
+  window for the local layers), without the ``flash-attn`` package. Batches are cut by the sum
+  of lengths under the same budget.
+
+Before timing, the packed forward is checked against the padded one on the same pairs.
+``--self-check`` runs that equivalence check on the CPU with a small shape and a reference
+(per-sequence SDPA) attention, so the packed code path is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from bench.models import ETTIN, ETTIN_VOCAB
+
+#: Dense bf16 peak of the devices we expect (FLOP/s); MFU divides by it.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 3090": 71e12}
+BUDGET = 16384
+MAX_BATCH = 256
+
+AttnFn = Callable[..., torch.Tensor]
+
+
+def build_model(shape: str, device: str, dtype: torch.dtype) -> Any:
+    """A random ModernBERT cross-encoder with Ettin ``shape``, built directly on ``device``."""
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    s = ETTIN[shape]
+    config_kwargs: dict[str, Any] = dict(
+        vocab_size=ETTIN_VOCAB,
+        hidden_size=s.hidden,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        intermediate_size=s.intermediate,
+        max_position_embeddings=8000,
+        global_attn_every_n_layers=3,
+        local_attention=128,
+        num_labels=1,
+        pad_token_id=0,
+    )
+    config = ModernBertConfig(**config_kwargs)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model: Any = ModernBertForSequenceClassification(config)
+    return model.to(dtype).eval()
+
+
+def reference_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor,
+    cu_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    *,
+    scale: float | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+) -> torch.Tensor:
+    """``varlen_attn`` semantics with per-sequence SDPA: the CPU stand-in for the self-check."""
+    out = torch.empty_like(q)
+    bounds = cu_q.tolist()
+    for start, end in itertools.pairwise(bounds):
+        qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))
+        mask = None
+        if window_size != (-1, -1):
+            pos = torch.arange(end - start, device=q.device)
+            diff = pos[None, :] - pos[:, None]
+            mask = (diff >= -window_size[0]) & (diff <= window_size[1])
+        att = torch.nn.functional.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=mask, scale=scale
+        )
+        out[start:end] = att.transpose(0, 1)
+    return out
+
+
+@torch.inference_mode()
+def packed_forward(
+    model: Any, ids: Sequence[Sequence[int]], attn: AttnFn, device: str
+) -> torch.Tensor:
+    """Logits of ``ids`` computed without padding: one (total_tokens, hidden) stream."""
+    from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
+    config = model.config
+    lengths = [len(row) for row in ids]
+    flat = torch.tensor([t for row in ids for t in row], device=device)
+    cu = torch.zeros(len(ids) + 1, dtype=torch.int32, device=device)
+    cu[1:] = torch.cumsum(torch.tensor(lengths, device=device), 0)
+    positions = torch.cat([torch.arange(n, device=device) for n in lengths])
+    longest = max(lengths)
+    base = model.model
+    hidden = base.embeddings(input_ids=flat)
+    total = hidden.shape[0]
+    rope = {
+        kind: tuple(t[0] for t in base.rotary_emb(hidden[None], positions[None], layer_type=kind))
+        for kind in set(config.layer_types)
+    }
+    half = config.local_attention // 2
+    for layer in base.layers:
+        block = layer.attn
+        qkv = block.Wqkv(layer.attn_norm(hidden)).view(total, 3, -1, block.head_dim)
+        q, k, v = qkv.unbind(1)
+        v = v.contiguous()  # flash kernels want dense heads; q and k are rebuilt below
+        cos, sin = rope[layer.attention_type]
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+        window = (-1, -1) if block.sliding_window is None else (half, half)
+        out = attn(
+            q, k, v, cu, cu, longest, longest, scale=block.head_dim**-0.5, window_size=window
+        )
+        hidden = hidden + block.Wo(out.reshape(total, -1))
+        hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
+    hidden = base.final_norm(hidden)
+    if config.classifier_pooling == "mean":
+        seg = torch.repeat_interleave(
+            torch.arange(len(ids), device=device), torch.tensor(lengths, device=device)
+        )
+        pooled = torch.zeros(len(ids), hidden.shape[1], device=device, dtype=hidden.dtype)
+        pooled.index_add_(0, seg, hidden)
+        pooled = pooled / torch.tensor(lengths, device=device, dtype=hidden.dtype)[:, None]
+    else:
+        pooled = hidden[cu[:-1].long()]
+    logits: torch.Tensor = model.classifier(model.drop(model.head(pooled)))
+    return logits[:, 0].float()
+
+
+@torch.inference_mode()
+def padded_forward(model: Any, ids: Sequence[Sequence[int]], device: str) -> torch.Tensor:
+    """Logits of ``ids`` padded to the longest (right padding, attention mask), as rerankd does."""
+    longest = max(len(row) for row in ids)
+    input_ids = torch.zeros(len(ids), longest, dtype=torch.long)
+    mask = torch.zeros(len(ids), longest, dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+    scores: torch.Tensor = out[:, 0].float()
+    return scores
+
+
+def batches(lengths: Sequence[int], packed: bool) -> list[list[int]]:
+    """Indices, sorted by length, cut under the budget (padded: longest x count; packed: sum)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out: list[list[int]] = [[]]
+    cost = 0
+    for i in order:
+        n = lengths[i]
+        batch = out[-1]
+        new_cost = cost + n if packed else n * (len(batch) + 1)
+        if batch and (new_cost > BUDGET or len(batch) >= MAX_BATCH):
+            out.append(batch := [])
+            new_cost = n
+        batch.append(i)
+        cost = new_cost
+    return out
+
+
+def flops_per_pair(model: Any, length: int) -> float:
+    """Useful forward FLOPs of one pair: 2 x matmul params per token, plus attention scores."""
+    config = model.config
+    hidden = config.hidden_size
+    per_layer_matmul = hidden * 3 * hidden + hidden * hidden + hidden * config.intermediate_size * 3
+    flops = 2.0 * per_layer_matmul * config.num_hidden_layers * length
+    for kind in config.layer_types:
+        ctx = length if kind == "full_attention" else min(length, config.local_attention + 1)
+        flops += 4.0 * length * ctx * hidden  # QK^T and AV
+    return float(flops)
+
+
+def run_one(
+    model: Any, ids: list[list[int]], packed: bool, attn: AttnFn, device: str
+) -> tuple[float, float, float]:
+    """(pairs/s, peak GiB, achieved FLOP/s) for the whole list, after one warm-up batch."""
+    plan = batches([len(r) for r in ids], packed)
+
+    def step(batch: list[int]) -> None:
+        rows = [ids[i] for i in batch]
+        if packed:
+            packed_forward(model, rows, attn, device)
+        else:
+            padded_forward(model, rows, device)
+
+    step(plan[-1])  # warm-up at the largest shape
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for batch in plan:
+        step(batch)
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    useful = sum(flops_per_pair(model, len(r)) for r in ids)
+    return len(ids) / wall, peak, useful / wall
+
+
+def workload(kind: str, count: int, rng: random.Random) -> list[list[int]]:
+    """Random token ids (the values do not change the compute), CLS first."""
+    if kind == "mixed":
+        lengths = [
+            int(min(2048, max(30, rng.lognormvariate(math.log(200), 0.9)))) for _ in range(count)
+        ]
+    else:
+        lengths = [int(kind)] * count
+    return [[2] + [rng.randrange(5, 1500) for _ in range(n - 1)] for n in lengths]
+
+
+def self_check() -> int:
+    """Packed (reference attention) vs padded on the CPU, fp32, Ettin-17M shape."""
+    model = build_model("ettin-17m", "cpu", torch.float32)
+    rng = random.Random(0)
+    ids = [[2] + [rng.randrange(5, 1500) for _ in range(n - 1)] for n in (7, 150, 300, 40, 129)]
+    padded = torch.cat([padded_forward(model, [row], "cpu") for row in ids])
+    packed = packed_forward(model, ids, reference_varlen, "cpu")
+    diff = (padded - packed).abs().max().item()
+    print(f"self-check (CPU, fp32, ettin-17m shape): max |padded - packed| = {diff:.2e}")
+    return 0 if diff < 1e-4 else 1
+
+
+def cpu_compare(shape: str, pairs: int) -> int:
+    """Padded vs packed on the CPU (fp32), short-workload lengths: what packing would buy there.
+
+    The packed path runs the linear layers on the concatenated tokens (no padding) and the
+    attention per sequence (``reference_varlen``), so only real tokens are computed.
+    """
+    torch.manual_seed(0)
+    model = build_model(shape, "cpu", torch.float32)
+    rng = random.Random(0)
+    lengths = [int(min(200, max(30, rng.lognormvariate(math.log(80), 0.5)))) for _ in range(pairs)]
+    ids = [[2] + [rng.randrange(5, 1500) for _ in range(n - 1)] for n in lengths]
+    global BUDGET
+    print(f"CPU fp32, {shape}, {pairs} pairs of 30-200 tokens (mean {sum(lengths) / pairs:.0f})")
+    print("| mode | budget | pairs/s | padding eff. |\n|---|---|---|---|")
+    for mode, budget in (("padded", 4096), ("padded", 1024), ("packed", 4096), ("packed", 1024)):
+        BUDGET = budget
+        plan = batches(lengths, mode == "packed")
+        computed = sum(
+            sum(lengths[i] for i in b) if mode == "packed" else max(lengths[i] for i in b) * len(b)
+            for b in plan
+        )
+        start = time.perf_counter()
+        for b in plan:
+            rows = [ids[i] for i in b]
+            if mode == "packed":
+                packed_forward(model, rows, reference_varlen, "cpu")
+            else:
+                padded_forward(model, rows, "cpu")
+        rate = pairs / (time.perf_counter() - start)
+        print(f"| {mode} | {budget} | {rate:,.1f} | {sum(lengths) / computed:.2f} |")
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shape", choices=tuple(ETTIN), default="ettin-1b")
+    parser.add_argument("--pairs", type=int, default=2048, help="pairs per fixed-length workload")
+    parser.add_argument("--self-check", action="store_true", help="CPU check of the packed path")
+    parser.add_argument("--cpu-compare", action="store_true", help="padded vs packed on CPU")
+    args = parser.parse_args(argv)
+    if args.cpu_compare:
+        return cpu_compare("ettin-17m" if args.shape == "ettin-1b" else args.shape, args.pairs)
+    if args.self_check:
+        return self_check()
+    if not torch.cuda.is_available():
+        print(
+            "error: no CUDA device is visible (torch.cuda.is_available() is False); "
+            "bench/gpu_check.sh needs one GPU. Use --self-check to test the packed path on CPU.",
+            file=sys.stderr,
+        )
+        return 2
+    device = "cuda"
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), math.nan)
+    varlen_attn: AttnFn | None
+    try:
+        from torch.nn.attention import varlen
+
+        varlen_attn = varlen.varlen_attn  # type: ignore[assignment]
+    except (ImportError, AttributeError) as exc:
+        print(f"packed: not available in torch {torch.__version__} ({exc})")
+        varlen_attn = None
+    print(f"device: {name}, torch {torch.__version__}, bf16, shape {args.shape}, budget {BUDGET}")
+    model = build_model(args.shape, device, torch.bfloat16)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"parameters: {params:.0f}M; bf16 peak assumed {peak / 1e12:.0f} TFLOP/s")
+    rng = random.Random(0)
+    if varlen_attn is not None:
+        ids = workload("mixed", 16, rng)
+        a = padded_forward(model, ids, device)
+        b = packed_forward(model, ids, varlen_attn, device)
+        diff = (a - b).abs().max().item()
+        print(f"packed vs padded logits, 16 mixed pairs: max |diff| = {diff:.3g} (bf16)")
+    print("\n| workload | mode | pairs | pairs/s | tokens/s | peak GiB | TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind in ("128", "256", "512", "mixed"):
+        ids = workload(kind, args.pairs, rng)
+        tokens = sum(len(r) for r in ids)
+        modes = [("padded", False)] + ([("packed", True)] if varlen_attn is not None else [])
+        for mode, packed in modes:
+            try:
+                rate, mem, flops = run_one(model, ids, packed, varlen_attn, device)  # type: ignore[arg-type]
+            except torch.OutOfMemoryError:
+                print(f"| {kind} | {mode} | {len(ids)} | OOM | | | | |")
+                torch.cuda.empty_cache()
+                continue
+            print(
+                f"| {kind} | {mode} | {len(ids)} | {rate:,.0f} | {rate * tokens / len(ids):,.0f} "
+                f"| {mem:.1f} | {flops / 1e12:.0f} | {flops / peak:.1%} |"
+            )
+            sys.stdout.flush()
+        if varlen_attn is None:
+            print(f"| {kind} | packed | - | not run: varlen_attn unavailable | | | | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""``python -m bench run``: run one scenario and print its figures side by side.
+
+Everything in one table was measured in the same run on the same pairs, and the ratio columns
+divide by peers of that run, so a faster or slower machine shifts the absolute columns but not
+the ratios. See docs/benchmarks.md for the scenarios and how to read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.load import LoadResult, closed_loop, open_loop
+from bench.models import ETTIN, MODEL_NAMES, model_path
+from bench.serving import (
+    InfinityProcess,
+    RerankdProcess,
+    ScorerSpec,
+    ServerStats,
+    infinity_problem,
+)
+from bench.workloads import SHAPES, Request, Workload, make
+
+SCENARIOS = (*SHAPES, "manpages", "grpc", "simgpu", "sweep")
+
+
+@dataclass
+class Row:
+    """One line of the printed table."""
+
+    system: str
+    pairs_per_s: float
+    tokens_per_s: float
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
+    padding: float = math.nan
+    busy: float = math.nan
+    note: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def print_table(title: str, rows: Sequence[Row], per_query: float, ceiling: float) -> None:
+    """A Markdown table: absolute figures, then ratios to the same run's peers."""
+    print(f"\n### {title}\n")
+    head = (
+        "| system | pairs/s | tokens/s | x per-query predict | x ceiling | p50 ms | p99 ms "
+        "| padding eff. | model busy | note |"
+    )
+    print(head)
+    print("|" + "---|" * 10)
+    for r in rows:
+        print(
+            f"| {r.system} | {_fmt(r.pairs_per_s, 1)} | {_fmt(r.tokens_per_s)} "
+            f"| {_fmt(r.pairs_per_s / per_query, 2)} | {_fmt(r.pairs_per_s / ceiling, 2)} "
+            f"| {_fmt(r.p50_ms, 1)} | {_fmt(r.p99_ms, 1)} | {_fmt(r.padding, 2)} "
+            f"| {_fmt(r.busy, 2)} | {r.note} |"
+        )
+    sys.stdout.flush()
+
+
+def _row(name: str, res: LoadResult, stats: ServerStats | None = None, note: str = "") -> Row:
+    failed = f"{res.failed} failed; " if res.failed else ""
+    return Row(
+        name,
+        res.pairs_per_s,
+        res.tokens_per_s,
+        res.quantile(0.5) * 1e3,
+        res.quantile(0.99) * 1e3,
+        stats.padding_efficiency if stats else math.nan,
+        stats.busy_s / res.wall_s if stats else math.nan,
+        failed + note,
+    )
+
+
+def _tokens(model: str, workload: Workload) -> list[list[int]]:
+    """Pair lengths in tokens as rerankd's scorer counts them (truncated at max length)."""
+    from rerankd_server.scoring.base import Truncation
+    from rerankd_server.scoring.hf import HFCrossEncoder, Placement
+
+    scorer = HFCrossEncoder(model, Placement("cpu", "float32", "sdpa"))
+    return [
+        scorer.tokenize([(r.query, d) for d in r.documents], Truncation.DEFAULT).lengths()
+        for r in workload.requests
+    ]
+
+
+def _cycle(requests: Sequence[Request], tokens: Sequence[int], count: int) -> tuple[Any, Any]:
+    reqs = [requests[i % len(requests)] for i in range(count)]
+    toks = [tokens[i % len(tokens)] for i in range(count)]
+    return reqs, toks
+
+
+async def _warm(target: Any, requests: Sequence[Request]) -> None:
+    await target.open(1)
+    for req in requests[:2]:
+        await target.send(0, req.query, req.documents, None)
+    await target.close()
+
+
+def _loadavg() -> str:
+    """Other work on the machine blurs absolute figures; the table states how much there was."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def describe_machine() -> str:
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+
+
+def _server_settings(args: argparse.Namespace, model: str, **overrides: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "model": model,
+        "device": "cpu",
+        "dtype": args.dtype,
+        "max_batch_tokens": args.max_batch_tokens,
+        "lookahead_pairs": args.lookahead,
+        "max_batch_size": args.max_batch_size,
+        "warmup": True,
+        "max_documents": 1000,
+    }
+    settings.update(overrides)
+    return settings
+
+
+async def _measure_rerankd(
+    proc: RerankdProcess,
+    requests: Sequence[Request],
+    tokens: Sequence[int],
+    concurrency: int,
+    timeouts: Sequence[float | None] | None = None,
+) -> tuple[LoadResult, ServerStats]:
+    await _warm(proc, requests)
+    before = proc.stats()
+    res = await closed_loop(proc, requests, tokens, concurrency, timeouts)
+    return res, proc.stats().minus(before)
+
+
+def scenario_serving(args: argparse.Namespace) -> None:
+    """Peers and rerankd on one workload: throughput, latency, padding, serving efficiency."""
+    model = str(model_path(args.model, args.max_length))
+    workload = make(args.scenario, args.requests, args.seed)
+    lengths = _tokens(model, workload)
+    flat = [n for lens in lengths for n in lens]
+    per_request_tokens = [sum(lens) for lens in lengths]
+    print(
+        f"\nworkload {workload.name}: {len(workload.requests)} requests, {len(flat)} pairs, "
+        f"{statistics.mean(flat):.0f} tokens/pair on average ({min(flat)}-{max(flat)}); "
+        f"model {args.model} ({model}), {args.dtype}; clients {args.concurrency}"
+    )
+    from bench.peers import direct_batched, load_cross_encoder, predict_per_query, predict_whole
+
+    ce = load_cross_encoder(model, args.dtype)
+    per_query = predict_per_query(ce, workload, lengths)
+    # The ceiling is a best case: take the faster of two tries of each offline peer.
+    whole = max(
+        (predict_whole(ce, workload, lengths) for _ in range(2)), key=lambda r: r.pairs_per_s
+    )
+    del ce
+    budget = max(args.max_batch_tokens or 4096, max(flat))
+    direct = max(
+        (direct_batched(model, args.dtype, workload, budget) for _ in range(2)),
+        key=lambda r: r.pairs_per_s,
+    )
+    ceiling = max(whole.pairs_per_s, direct.pairs_per_s)
+    rows = [
+        Row(
+            "CrossEncoder.predict per query",
+            per_query.pairs_per_s,
+            per_query.tokens_per_s,
+            statistics.median(per_query.latencies) * 1e3,
+            max(per_query.latencies) * 1e3,
+            per_query.padding_efficiency,
+            note="sequential, batch_size 32; latency = service time",
+        ),
+        Row(
+            "CrossEncoder.predict whole workload",
+            whole.pairs_per_s,
+            whole.tokens_per_s,
+            padding=whole.padding_efficiency,
+            note="offline, batch_size 32",
+        ),
+        Row(
+            "direct token-budget batches",
+            direct.pairs_per_s,
+            direct.tokens_per_s,
+            padding=direct.padding_efficiency,
+            note=f"offline, rerankd scorer, sorted, budget {budget}",
+        ),
+    ]
+    on = RerankdProcess(_server_settings(args, model)).start()
+    try:
+        closed, stats = asyncio.run(
+            _measure_rerankd(on, workload.requests, per_request_tokens, args.concurrency)
+        )
+        rows.append(
+            _row(
+                f"rerankd, {args.concurrency} clients",
+                closed,
+                stats,
+                "x ceiling here = serving efficiency",
+            )
+        )
+        capacity_rps = len(closed.latencies) / closed.wall_s
+        open_reqs, open_toks = _cycle(
+            workload.requests, per_request_tokens, args.open_requests or 2 * args.requests
+        )
+        open_results: dict[float, Row] = {}
+        for load in (0.5, 0.8):
+            before = on.stats()
+            res = asyncio.run(
+                open_loop(on, open_reqs, open_toks, load * capacity_rps, seed=args.seed)
+            )
+            open_results[load] = _row(
+                f"rerankd, Poisson {load:.0%} of capacity",
+                res,
+                on.stats().minus(before),
+                f"{res.offered_rps:.2f} req/s offered",
+            )
+            rows.append(open_results[load])
+        # Cancelled work: half the calls get a deadline of half the median closed-loop latency.
+        cut = closed.quantile(0.5) / 2
+        timeouts = [cut if i % 2 else None for i in range(len(workload.requests))]
+        cres, cstats = asyncio.run(
+            _measure_rerankd(on, workload.requests, per_request_tokens, args.concurrency, timeouts)
+        )
+        completed = cres.pairs
+        wasted_pairs = max(0, cstats.pairs_scored - completed)
+        wasted_s = cstats.busy_s * wasted_pairs / max(1, cstats.pairs_scored)
+        rows.append(
+            _row(
+                f"rerankd, half the calls with a {cut * 1e3:.0f} ms deadline",
+                cres,
+                cstats,
+                f"cancelled work: {wasted_pairs} pairs, {wasted_s:.2f} s "
+                f"= {wasted_s / max(cstats.busy_s, 1e-9):.1%} of model time; "
+                f"{cstats.pairs_expired + cstats.pairs_cancelled} pairs skipped",
+            )
+        )
+    finally:
+        on.stop()
+    off = RerankdProcess(_server_settings(args, model, cross_request_batching=False)).start()
+    try:
+        res, stats = asyncio.run(
+            _measure_rerankd(off, workload.requests, per_request_tokens, args.concurrency)
+        )
+        name = f"rerankd, no cross-request batching, {args.concurrency} clients"
+        rows.append(_row(name, res, stats))
+    finally:
+        off.stop()
+    problem = None if args.infinity else "--no-infinity given"
+    problem = problem or infinity_problem()
+    if problem is None:
+        try:
+            inf = InfinityProcess(model, batch_size=32, dtype=args.dtype).start()
+        except RuntimeError as exc:
+            problem = f"infinity-emb failed to start: {str(exc)[-300:]}"
+        else:
+            try:
+                asyncio.run(_warm(inf, workload.requests))
+                res = asyncio.run(
+                    closed_loop(inf, workload.requests, per_request_tokens, args.concurrency)
+                )
+                rows.append(_row(f"infinity-emb /rerank, {args.concurrency} clients", res))
+                for load in (0.5, 0.8):
+                    rate = load * capacity_rps
+                    res = asyncio.run(open_loop(inf, open_reqs, open_toks, rate, seed=args.seed))
+                    rows.append(
+                        _row(
+                            f"infinity-emb, Poisson at rerankd's {load:.0%}",
+                            res,
+                            note=f"{rate:.2f} req/s offered",
+                        )
+                    )
+            finally:
+                inf.stop()
+    if problem is not None:
+        rows.append(Row("infinity-emb /rerank", math.nan, math.nan, note=f"SKIPPED: {problem}"))
+    # Measure the ceiling again at the end: a change in machine load during the run shows here,
+    # and the ratios use the better of the two.
+    again = direct_batched(model, args.dtype, workload, budget)
+    rows.append(
+        Row(
+            "direct token-budget batches, again at the end",
+            again.pairs_per_s,
+            again.tokens_per_s,
+            padding=again.padding_efficiency,
+            note="drift check: differs from the first when the machine's load changed",
+        )
+    )
+    ceiling = max(ceiling, again.pairs_per_s)
+    print_table(
+        f"{workload.name} on {args.model} ({args.dtype})", rows, per_query.pairs_per_s, ceiling
+    )
+    print(
+        f"\nceiling = max(whole-workload predict, direct batches) = {ceiling:.1f} pairs/s; "
+        f"rerankd serving efficiency {closed.pairs_per_s / ceiling:.2f}, "
+        f"{closed.pairs_per_s / whole.pairs_per_s:.2f}x whole-workload predict, "
+        f"{closed.pairs_per_s / per_query.pairs_per_s:.2f}x per-query predict"
+    )
+
+
+def scenario_grpc(args: argparse.Namespace) -> None:
+    """gRPC + servicer + scheduler cost with a no-op scorer: calls/s and microseconds per call."""
+    proc = RerankdProcess(
+        _server_settings(args, "noop", max_batch_tokens=65536, max_batch_size=1024),
+        ScorerSpec("noop"),
+    ).start()
+    rows = []
+    try:
+        for docs, concurrency in ((1, 1), (1, 8), (1, 32), (100, 8)):
+            reqs = [Request("q", ["d"] * docs)] * args.calls
+            res, stats = asyncio.run(_measure_rerankd(proc, reqs, [docs] * len(reqs), concurrency))
+            calls = len(res.latencies) / res.wall_s
+            rows.append(
+                f"| {docs} | {concurrency} | {calls:,.0f} | {1e6 / calls:,.0f} "
+                f"| {res.quantile(0.5) * 1e6:,.0f} | {res.quantile(0.99) * 1e6:,.0f} "
+                f"| {res.pairs_per_s:,.0f} | {stats.batches} |"
+            )
+    finally:
+        proc.stop()
+    print(f"\n### gRPC overhead, no-op scorer ({args.calls} calls per row)\n")
+    print(
+        "| docs/call | clients | calls/s | us per call (1/rate) | p50 us | p99 us "
+        "| pairs/s | batches |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+def scenario_simgpu(args: argparse.Namespace) -> None:
+    """Does the host keep a fast device busy? Busy fraction per simulated device rate."""
+    tok_model = str(model_path("ettin-17m", args.max_length))
+    workload = make(args.sim_workload, args.requests, args.seed)
+    lengths = _tokens(tok_model, workload)
+    per_request_tokens = [sum(lens) for lens in lengths]
+    flat = [n for lens in lengths for n in lens]
+    reqs, toks = _cycle(workload.requests, per_request_tokens, args.requests * args.sim_repeat)
+    print(
+        f"\nsimulated GPU on {workload.name}: {len(reqs)} requests, "
+        f"{sum(len(r.documents) for r in reqs)} pairs, {statistics.mean(flat):.0f} tokens/pair; "
+        f"{args.concurrency} clients; budget {args.sim_budget} tokens, packed (unpadded) cost"
+    )
+    print(
+        "\n| device | device pairs/s at NQ lengths | served pairs/s | device busy "
+        "| p50 ms | p99 ms |"
+    )
+    print("|---|---|---|---|---|---|")
+    devices = [(n, s.h100_pairs_per_s) for n, s in ETTIN.items()] + [("free (host only)", 0.0)]
+    for name, rate in devices:
+        spec = ScorerSpec("sim", rate, args.sim_padded, tok_model)
+        proc = RerankdProcess(
+            _server_settings(args, tok_model, max_batch_tokens=args.sim_budget), spec
+        ).start()
+        try:
+            res, stats = asyncio.run(_measure_rerankd(proc, reqs, toks, args.concurrency))
+        finally:
+            proc.stop()
+        label = f"{name} on H100" if rate else name
+        print(
+            f"| {label} | {_fmt(rate)} | {res.pairs_per_s:,.0f} | {stats.busy_s / res.wall_s:.2f} "
+            f"| {res.quantile(0.5) * 1e3:,.1f} | {res.quantile(0.99) * 1e3:,.1f} |"
+        )
+        sys.stdout.flush()
+
+
+def scenario_sweep(args: argparse.Namespace) -> None:
+    """rerankd alone over a grid of token budgets and look-aheads: how to choose the defaults."""
+    model = str(model_path(args.model, args.max_length))
+    workload = make(args.sweep_workload, args.requests, args.seed)
+    lengths = _tokens(model, workload)
+    per_request_tokens = [sum(lens) for lens in lengths]
+    flat = [n for lens in lengths for n in lens]
+    print(
+        f"\nsweep on {workload.name}: {len(flat)} pairs, {statistics.mean(flat):.0f} tokens/pair "
+        f"({min(flat)}-{max(flat)}); model {args.model}, {args.dtype}; {args.concurrency} clients"
+    )
+    print("\n| budget | look-ahead | pairs/s | p50 ms | p99 ms | padding eff. | model busy |")
+    print("|---|---|---|---|---|---|---|")
+    for budget in args.budgets:
+        for lookahead in args.lookaheads:
+            settings = _server_settings(
+                args, model, max_batch_tokens=max(budget, max(flat)), lookahead_pairs=lookahead
+            )
+            proc = RerankdProcess(settings).start()
+            try:
+                res, stats = asyncio.run(
+                    _measure_rerankd(proc, workload.requests, per_request_tokens, args.concurrency)
+                )
+            finally:
+                proc.stop()
+            print(
+                f"| {budget} | {lookahead} | {res.pairs_per_s:,.1f} "
+                f"| {res.quantile(0.5) * 1e3:,.0f} | {res.quantile(0.99) * 1e3:,.0f} "
+                f"| {stats.padding_efficiency:.2f} | {stats.busy_s / res.wall_s:.2f} |"
+            )
+            sys.stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one scenario and print its table")
+    run.add_argument("--scenario", choices=SCENARIOS, required=True)
+    run.add_argument("--model", choices=MODEL_NAMES, default="tiny")
+    run.add_argument("--requests", type=int, default=16, help="requests in the workload")
+    run.add_argument(
+        "--max-length",
+        type=int,
+        default=1024,
+        help="max tokens per pair of the Ettin-shaped models (pairs longer than the token "
+        "budget run in batches of their own)",
+    )
+    run.add_argument("--open-requests", type=int, default=0, help="open-loop requests (0: 2x)")
+    run.add_argument("--concurrency", type=int, default=8, help="closed-loop clients")
+    run.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    run.add_argument("--max-batch-tokens", type=int, default=0, help="rerankd budget (0: auto)")
+    run.add_argument("--max-batch-size", type=int, default=128)
+    run.add_argument("--lookahead", type=int, default=512)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--no-infinity", dest="infinity", action="store_false")
+    run.add_argument("--calls", type=int, default=2000, help="grpc: calls per row")
+    run.add_argument("--sim-workload", choices=tuple(SHAPES), default="short")
+    run.add_argument("--sim-repeat", type=int, default=4, help="simgpu: workload repetitions")
+    run.add_argument("--sim-budget", type=int, default=16384)
+    run.add_argument("--sim-padded", action="store_true", help="simgpu: padded cost model")
+    run.add_argument("--sweep-workload", choices=tuple(SHAPES), default="short")
+    run.add_argument("--budgets", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    run.add_argument("--lookaheads", type=int, nargs="+", default=[64, 512])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.scenario == "manpages":
+        args.model = "manpages"
+    print(f"# rerankd bench: {args.scenario}\n\nmachine: {describe_machine()}")
+    print("command: python -m bench " + " ".join(sys.argv[1:] if argv is None else argv))
+    load_before = _loadavg()
+    print(f"load average (1/5/15 min) at start: {load_before}")
+    started = time.perf_counter()
+    try:
+        if args.scenario == "grpc":
+            scenario_grpc(args)
+        elif args.scenario == "simgpu":
+            scenario_simgpu(args)
+        elif args.scenario == "sweep":
+            scenario_sweep(args)
+        else:
+            scenario_serving(args)
+    except FileNotFoundError as exc:
+        print(f"SKIPPED: {exc}")
+        return 0
+    print(
+        f"\n({time.perf_counter() - started:.0f} s; load average before/after: "
+        f"{load_before} / {_loadavg()})"
+    )
+    return 0
