@@ -221,11 +221,27 @@ class HFCrossEncoder:
         return batch
 
     def forward(self, batch: Any) -> FloatArray:
+        """Raw logits of a collated batch. Out of device memory, the batch is split in halves
+        and each half retried (down to single pairs), so a batch the budget let through still
+        succeeds, only slower, instead of failing every caller in it."""
         with torch.inference_mode():
-            inputs = {k: v.to(self._device, non_blocking=True) for k, v in batch.items()}
-            logits = self._model(**inputs).logits
-            out: FloatArray = logits[:, 0].float().cpu().numpy()
-        return out
+            try:
+                inputs = {k: v.to(self._device, non_blocking=True) for k, v in batch.items()}
+                logits = self._model(**inputs).logits
+                out: FloatArray = logits[:, 0].float().cpu().numpy()
+                return out
+            except torch.OutOfMemoryError:
+                count = int(batch["input_ids"].shape[0])
+                if count == 1:
+                    raise
+            del inputs
+            if self._device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("out of device memory with %d pairs; retrying in halves", count)
+            half = count // 2
+            first = {key: value[:half] for key, value in batch.items()}
+            second = {key: value[half:] for key, value in batch.items()}
+            return np.concatenate([self.forward(first), self.forward(second)])
 
     def activate(self, logits: FloatArray) -> FloatArray:
         with torch.inference_mode():
