@@ -183,7 +183,8 @@ def select_queries(
     """The queries to evaluate (``queries.jsonl`` order) and counts of those skipped, by reason.
 
     Metrics are undefined without a relevant document, so such queries are counted, not
-    averaged in as zeros. ``max_queries`` > 0 keeps only the first ones (a quick look).
+    averaged in as zeros. ``max_queries`` > 0 keeps that many, evenly spaced through the list:
+    datasets are often sorted by id, and the first queries alone can mislead.
     """
     selected: list[EvalQuery] = []
     skipped = {"no_judgements": 0, "no_relevant_judgement": 0, "judged_without_query_text": 0}
@@ -198,7 +199,8 @@ def select_queries(
     skipped["judged_without_query_text"] = sum(1 for q in dataset.qrels if q not in dataset.queries)
     if max_queries > 0:
         skipped["over_max_queries"] = max(len(selected) - max_queries, 0)
-        selected = selected[:max_queries]
+        if max_queries < len(selected):
+            selected = [selected[i * len(selected) // max_queries] for i in range(max_queries)]
     return selected, skipped
 
 
@@ -677,6 +679,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="file whose first line is the bearer token (env RERANKD_TOKEN_FILE)",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=os.environ.get("RERANKD_TLS", "").strip().lower() in {"1", "true", "yes", "on"},
+        help="connect with TLS, trusting the system's CAs unless --tls-ca is given "
+        "(env RERANKD_TLS=1)",
+    )
+    parser.add_argument(
         "--tls-ca",
         default=os.environ.get("RERANKD_TLS_CA", ""),
         metavar="FILE",
@@ -698,7 +707,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="deadline of each rerank or search call (default %(default)s)",
     )
     parser.add_argument(
-        "--max-queries", type=int, default=0, help="evaluate only the first N queries (0: all)"
+        "--max-queries",
+        type=int,
+        default=0,
+        help="evaluate N queries evenly spaced through the set, for a quick look (0: all)",
     )
     parser.add_argument(
         "--top", type=int, default=5, help="largest per-query changes to list (default %(default)s)"
@@ -814,6 +826,7 @@ def _client(args: argparse.Namespace) -> Client:
             target,
             timeout=args.timeout,
             token=token,
+            tls=args.tls,
             root_certificates=Path(args.tls_ca) if args.tls_ca else None,
         )
     except OSError as err:

@@ -9,8 +9,9 @@ a large request is split across batches and requests arriving after it interleav
 after its first quantum,
 while a stream of later requests advances through virtual time as fast as the large one
 and can never starve it: each pair waits behind a bounded amount of later work. The first
-``lookahead_pairs`` of that order form the window from which ``batching.select_batch``
-picks a batch (head always included) under the token budget.
+``lookahead_pairs`` of that order, and no further than a quantum of tokens past the head, form
+the window from which ``batching.select_batch`` picks a batch (head always included) under the
+token budget: lengths are grouped within the window, and requests still finish in order.
 
 Three threads do the blocking work: a tokenizer pool, one preparation thread that collates
 the next batch while the model runs the current one (a channel of capacity one, as in
@@ -165,6 +166,7 @@ class BatchScheduler:
         self._vtime = 0.0
         self._next_start = 0.0
         self._seconds_per_token: float | None = None  # model time per computed token (EWMA)
+        self._quantum = config.fair_quantum_batches * config.limits.max_batch_tokens
         self._pairs_in_flight = 0
         self._tokens_in_flight = 0
         self._prepared: _Batch | None = None
@@ -252,8 +254,7 @@ class BatchScheduler:
                 )
                 total = self._admit_tokens(tokens, truncation)
                 start = max(self._vtime, self._next_start)
-                quantum = self._config.fair_quantum_batches * self._config.limits.max_batch_tokens
-                self._next_start = start + min(total, quantum)
+                self._next_start = start + min(total, self._quantum)
                 job = _Job(next(self._seq), tokens, start, deadline, loop.time())
                 self._active.append(job)
                 self._wakeup.set()
@@ -313,6 +314,9 @@ class BatchScheduler:
         self._active = live
         merged = heapq.merge(*(job.pending() for job in live), key=lambda item: item[:3])
         window = list(itertools.islice(merged, self._config.lookahead_pairs))
+        if window:  # look ahead at most a quantum of work, so requests still finish in order
+            horizon = window[0][0] + self._quantum
+            window = [item for item in window if item[0] < horizon]
         if not self._config.cross_request and window:
             head_job = window[0][3]
             window = [item for item in window if item[3] is head_job]

@@ -323,3 +323,22 @@ async def test_work_that_cannot_meet_its_deadline_is_dropped_before_it_runs() ->
         assert loop.time() < deadline  # refused early, not after waiting for the deadline
     assert token_id("doomed0") not in scored_words(scorer)
     assert scheduler.stats.pairs_expired == 400
+
+
+async def test_length_grouping_does_not_hold_back_the_oldest_request() -> None:
+    rng = random.Random(3)
+    scorer = FakeScorer()
+    requests = [[("q", doc(rng.randint(2, 40), f"r{i}_{j}_")) for j in range(16)] for i in range(6)]
+    async with BatchScheduler(scorer, config(budget=160, size=8, lookahead_pairs=512)) as scheduler:
+        scorer.gate.clear()
+        tasks = []
+        for i, pairs in enumerate(requests):
+            tasks.append(asyncio.create_task(scheduler.submit(pairs, Truncation.DEFAULT)))
+            await wait_until(lambda n=i + 1: len(scheduler._active) == n)  # type: ignore[misc]
+        scorer.gate.set()
+        await asyncio.gather(*tasks)
+    words = {token_id(f"r0_{j}_0") for j in range(16)}
+    last = max(b for b, batch in enumerate(scorer.batches) if any(words & set(r) for r in batch))
+    first_request_tokens = sum(len(q.split()) + len(d.split()) + 3 for q, d in requests[0])
+    # Done within its own work plus one quantum of look-ahead (4 budgets), not at the end.
+    assert last <= (first_request_tokens + 4 * 160) // 160 + 2 < len(scorer.batches) - 4
