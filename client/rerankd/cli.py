@@ -37,7 +37,7 @@ _PASSTHROUGH = {
     ),
     "eval": (
         "rerankd.evaluate",
-        "measure NDCG/MRR/recall before and after reranking a BEIR dataset (all arguments go to it)",
+        "NDCG/MRR/recall before and after reranking a BEIR dataset (all arguments go to it)",
     ),
     "demo": (
         "rerankd_server.demo",
