@@ -296,11 +296,18 @@ class BatchScheduler:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self._prepared is not None and not self._model_busy:
-                self._start_model(self._prepared)
+            try:
+                if self._prepared is not None and not self._model_busy:
+                    self._start_model(self._prepared)
+                    self._prepared = None
+                if self._prepared is None and not self._preparing:
+                    self._start_prepare()
+            except Exception as exc:  # a bug here must fail the callers, never hang them
+                log.exception("scheduler step failed; failing the queued requests")
+                for job in self._active:
+                    job.fail(ModelFailure(f"scheduler error: {exc}"))
+                self._active.clear()
                 self._prepared = None
-            if self._prepared is None and not self._preparing:
-                self._start_prepare()
 
     def _live_window(self) -> list[tuple[float, int, int, _Job]]:
         """The first ``lookahead_pairs`` live pairs in tag order; drops dead jobs."""

@@ -342,3 +342,19 @@ async def test_length_grouping_does_not_hold_back_the_oldest_request() -> None:
     first_request_tokens = sum(len(q.split()) + len(d.split()) + 3 for q, d in requests[0])
     # Done within its own work plus one quantum of look-ahead (4 budgets), not at the end.
     assert last <= (first_request_tokens + 4 * 160) // 160 + 2 < len(scorer.batches) - 4
+
+
+async def test_a_scheduler_bug_fails_the_callers_instead_of_hanging_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config()) as scheduler:
+
+        def broken(*args: object) -> list[int]:
+            raise RuntimeError("policy bug")
+
+        monkeypatch.setattr("rerankd_server.scheduler.select_batch", broken)
+        with pytest.raises(ModelFailure, match="policy bug"):
+            await asyncio.wait_for(scheduler.submit([("q", "d")], Truncation.DEFAULT), 5)
+        monkeypatch.undo()
+        assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1
