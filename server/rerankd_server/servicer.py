@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from rerankd.v1 import rerank_pb2 as pb
-from rerankd_server import __version__, logs
+from rerankd_server import __version__, logs, tracing
 from rerankd_server.chunking import DEFAULT_MAX_CHUNKS, MAX_CHUNKS_LIMIT, Reduce
 from rerankd_server.errors import (
     DeadlineExpired,
@@ -352,6 +352,10 @@ def _guarded(
     unexpected), tag it with a request id, and record its status and latency."""
 
     async def handler(request: Any, context: Any) -> Response:
+        with tracing.server_span(name, context.invocation_metadata()) as span:
+            return await run(request, context, span)
+
+    async def run(request: Any, context: Any, span: Any) -> Response:
         started = time.perf_counter()
         request_id = logs.request_id(context)
         # Trailing, not initial, metadata: headers sent early make a call final for gRPC's
@@ -377,6 +381,16 @@ def _guarded(
             seconds = time.perf_counter() - started
             if observe is not None:
                 observe(name, code.name, seconds)
+            fields = {
+                "request_id": request_id,
+                "method": name,
+                "code": code.name,
+                "duration_ms": round(seconds * 1000, 3),
+                "items": _items(request),
+            }
+            if span is not None:
+                span.set_attributes({f"rerankd.{key}": value for key, value in fields.items()})
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
             log.log(
                 logging.WARNING if code == grpc.StatusCode.INTERNAL else logging.INFO,
                 "%s %s %.1fms id=%s %s",
@@ -385,13 +399,7 @@ def _guarded(
                 seconds * 1000,
                 request_id,
                 message,
-                extra={
-                    "request_id": request_id,
-                    "method": name,
-                    "code": code.name,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "items": _items(request),
-                },
+                extra=fields,
             )
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")

@@ -1,0 +1,40 @@
+"""Optional OpenTelemetry tracing: one server span per RPC when ``opentelemetry-api`` is installed.
+
+rerankd only creates spans, through the global tracer provider; where they go is configured the
+standard way (``opentelemetry-instrument rerankd serve ...`` or the ``OTEL_*`` variables with the
+SDK installed). Without the package, or with the API's default no-op provider, this costs
+nothing. The caller's ``traceparent`` metadata makes the span a child of its trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+try:
+    from opentelemetry import propagate, trace
+except ImportError:  # pragma: no cover - exercised where the package is absent
+    trace = None  # type: ignore[assignment]
+    propagate = None  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def server_span(method: str, metadata: Sequence[tuple[str, Any]] | None) -> Iterator[Any]:
+    """A span for one RPC (None without OpenTelemetry); set attributes on it as you go."""
+    if trace is None or propagate is None:
+        yield None
+        return
+    carrier = {key: str(value) for key, value in metadata or ()}
+    tracer = trace.get_tracer("rerankd")
+    with tracer.start_as_current_span(
+        f"rerankd.v1.RerankService/{method}",
+        context=propagate.extract(carrier),
+        kind=trace.SpanKind.SERVER,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": "rerankd.v1.RerankService",
+            "rpc.method": method,
+        },
+    ) as span:
+        yield span
