@@ -80,6 +80,13 @@ _DEFAULT_OPTIONS: dict[str, Any] = {
     "grpc.enable_retries": 1,
     "grpc.max_receive_message_length": _MESSAGE_LIMIT,
     "grpc.max_send_message_length": _MESSAGE_LIMIT,
+    # Keep idle channels alive through load balancers and NAT (the server allows a ping
+    # every 10 s without calls) and notice a dead peer within about 80 s.
+    "grpc.keepalive_time_ms": 60_000,
+    "grpc.keepalive_timeout_ms": 20_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    # A restarted sidecar is back within seconds: do not back off for minutes meanwhile.
+    "grpc.max_reconnect_backoff_ms": 5_000,
 }
 
 Targets: TypeAlias = str | Sequence[str]
