@@ -166,10 +166,12 @@ class HFCrossEncoder:
         side = self._sides[truncation]
         clipped = [(query, _clip(text, self._clip_chars, side)) for query, text in pairs]
         encodings = tokenizer.encode_batch(clipped, add_special_tokens=True)
+        query_lengths: dict[str, int] = {}  # a Rerank call has one query for all its pairs
         redo = [
             i
             for i, (query, cut) in enumerate(clipped)
-            if cut is not pairs[i][1] and not self._clip_was_exact(query, cut, encodings[i], side)
+            if cut is not pairs[i][1]
+            and not self._clip_was_exact(query_lengths, query, cut, encodings[i], side)
         ]
         if redo:
             exact = tokenizer.encode_batch([pairs[i] for i in redo], add_special_tokens=True)
@@ -181,13 +183,17 @@ class HFCrossEncoder:
             truncated=[bool(enc.overflowing) for enc in encodings],
         )
 
-    def _clip_was_exact(self, query: str, cut: str, enc: Encoding, side: str) -> bool:
+    def _clip_was_exact(
+        self, query_lengths: dict[str, int], query: str, cut: str, enc: Encoding, side: str
+    ) -> bool:
         if not enc.overflowing:
             return False
         sequence = enc.sequence_ids
         query_kept = sum(1 for s in sequence if s == 0)
-        query_len = len(self._spans_tokenizer.encode(query, add_special_tokens=False).ids)
-        if query_kept != query_len:
+        if query not in query_lengths:
+            encoded = self._spans_tokenizer.encode(query, add_special_tokens=False)
+            query_lengths[query] = len(encoded.ids)
+        if query_kept != query_lengths[query]:
             return False
         doc_offsets = [o for o, s in zip(enc.offsets, sequence, strict=True) if s == 1]
         if not doc_offsets:
