@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import math
 import os
 import platform
@@ -139,6 +140,7 @@ def _server_settings(args: argparse.Namespace, model: str, **overrides: Any) -> 
         "dtype": args.dtype,
         "max_batch_tokens": args.max_batch_tokens,
         "lookahead_pairs": args.lookahead,
+        "lookahead_batches": args.reach,
         "max_batch_size": args.max_batch_size,
         "warmup": True,
         "max_documents": 1000,
@@ -399,26 +401,32 @@ def scenario_sweep(args: argparse.Namespace) -> None:
         f"\nsweep on {workload.name}: {len(flat)} pairs, {statistics.mean(flat):.0f} tokens/pair "
         f"({min(flat)}-{max(flat)}); model {args.model}, {args.dtype}; {args.concurrency} clients"
     )
-    print("\n| budget | look-ahead | pairs/s | p50 ms | p99 ms | padding eff. | model busy |")
-    print("|---|---|---|---|---|---|---|")
-    for budget in args.budgets:
-        for lookahead in args.lookaheads:
-            settings = _server_settings(
-                args, model, max_batch_tokens=max(budget, max(flat)), lookahead_pairs=lookahead
+    print(
+        "\n| budget | look-ahead pairs | reach (budgets) | pairs/s | p50 ms | p99 ms "
+        "| padding eff. | model busy |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for budget, lookahead, reach in itertools.product(args.budgets, args.lookaheads, args.reaches):
+        settings = _server_settings(
+            args,
+            model,
+            max_batch_tokens=max(budget, max(flat)),
+            lookahead_pairs=lookahead,
+            lookahead_batches=reach,
+        )
+        proc = RerankdProcess(settings).start()
+        try:
+            res, stats = asyncio.run(
+                _measure_rerankd(proc, workload.requests, per_request_tokens, args.concurrency)
             )
-            proc = RerankdProcess(settings).start()
-            try:
-                res, stats = asyncio.run(
-                    _measure_rerankd(proc, workload.requests, per_request_tokens, args.concurrency)
-                )
-            finally:
-                proc.stop()
-            print(
-                f"| {budget} | {lookahead} | {res.pairs_per_s:,.1f} "
-                f"| {res.quantile(0.5) * 1e3:,.0f} | {res.quantile(0.99) * 1e3:,.0f} "
-                f"| {stats.padding_efficiency:.2f} | {stats.busy_s / res.wall_s:.2f} |"
-            )
-            sys.stdout.flush()
+        finally:
+            proc.stop()
+        print(
+            f"| {budget} | {lookahead} | {reach} | {res.pairs_per_s:,.1f} "
+            f"| {res.quantile(0.5) * 1e3:,.0f} | {res.quantile(0.99) * 1e3:,.0f} "
+            f"| {stats.padding_efficiency:.2f} | {stats.busy_s / res.wall_s:.2f} |"
+        )
+        sys.stdout.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -441,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-batch-tokens", type=int, default=0, help="rerankd budget (0: auto)")
     run.add_argument("--max-batch-size", type=int, default=128)
     run.add_argument("--lookahead", type=int, default=512)
+    run.add_argument("--reach", type=int, default=8, help="rerankd --lookahead-batches")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--no-infinity", dest="infinity", action="store_false")
     run.add_argument("--calls", type=int, default=2000, help="grpc: calls per row")
@@ -450,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sim-padded", action="store_true", help="simgpu: padded cost model")
     run.add_argument("--sweep-workload", choices=tuple(SHAPES), default="short")
     run.add_argument("--budgets", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
-    run.add_argument("--lookaheads", type=int, nargs="+", default=[64, 512])
+    run.add_argument("--lookaheads", type=int, nargs="+", default=[512])
+    run.add_argument("--reaches", type=int, nargs="+", default=[4, 8], help="sweep: reaches")
     return parser
 
 

@@ -58,6 +58,7 @@ def scheduler_config(settings: Settings, scorer: Scorer) -> SchedulerConfig:
     return SchedulerConfig(
         limits=BatchLimits(budget, settings.max_batch_size, padded=info.padded),
         lookahead_pairs=settings.lookahead_pairs,
+        lookahead_batches=settings.lookahead_batches,
         max_queue_pairs=settings.max_queue_pairs,
         max_queue_tokens=settings.max_queue_tokens,
         cross_request=settings.cross_request_batching,

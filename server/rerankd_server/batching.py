@@ -7,14 +7,23 @@ queue (the look-ahead window, oldest first) and gets back the positions to run. 
 * the batch never costs more than ``max_batch_tokens`` as the model pays for it (except a
   single pair longer than that, which runs alone): padded
   execution costs ``longest x count``, unpadded execution the sum of lengths;
-* within that budget, padded batches take the set with the most real tokens (which groups
-  similar lengths and so cuts padding); unpadded batches take pairs in queue order.
+* within that budget, padded batches take the set with the most real tokens per unit of
+  cost, a fixed share of the budget counted as each batch's overhead (which groups similar
+  lengths and so cuts padding, without running tiny batches); unpadded batches take pairs in
+  queue order.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+
+#: A batch's fixed cost (kernel launches, Python, GEMMs too small to run at full speed) as a
+#: share of the token budget. On this CPU an fp32 batch of 180 tokens ran 25% slower per token
+#: than one of 720-1,440 (docs/benchmarks.md), and a GPU needs larger batches still.
+BATCH_OVERHEAD_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -74,40 +83,58 @@ def _select_unpadded(window: Sequence[int], budget: int, max_size: int) -> list[
 
 
 def _select_padded(window: Sequence[int], budget: int, max_size: int) -> list[int]:
-    """Best set containing the head, by real tokens then by less padding.
+    """Best set containing the head, by real tokens per unit of cost, then by real tokens.
 
-    For a batch whose longest pair has length M the best choice is the head plus the
-    ``min(max_size, budget // M) - 1`` longest other pairs no longer than M. In length
-    order those form a contiguous range, so each candidate M costs O(1) with prefix sums.
-    Among equal lengths the older pairs sit at the range's upper end and win.
+    The cost of a batch is ``longest x count`` plus ``BATCH_OVERHEAD_SHARE`` of the budget
+    (its fixed cost), so a nearly full batch with little padding beats both a full batch
+    padded to one long pair and a tiny batch of equal lengths. For a longest length M the
+    candidates are the head plus the k longest other pairs no longer than M (for a given
+    count nothing has more real tokens); in length order they form a range. Adding the next,
+    shorter pair helps exactly while its length / M exceeds the batch's ratio so far, and once
+    it does not, no later pair does (the new ratio lies between the two), so the best k is
+    found by bisection over prefix sums. Among equal lengths the older pairs are taken.
     """
-    head_len = window[0]
-    order = sorted(range(len(window)), key=lambda pos: (window[pos], -pos))
-    lens = [window[pos] for pos in order]
+    head = window[0]
+    overhead = max(1, round(budget * BATCH_OVERHEAD_SHARE))
+    # The other pairs, longest first; among equal lengths the older (smaller position) first.
+    others = sorted(range(1, len(window)), key=lambda pos: (-window[pos], pos))
+    lens = [window[pos] for pos in others]
     prefix = [0]
     for length in lens:
         prefix.append(prefix[-1] + length)
-    head_rank = order.index(0)
 
-    best_key: tuple[int, int] | None = None
-    best_range = (head_rank, head_rank)
-    for top, longest in enumerate(lens):
-        last_of_value = top + 1 == len(lens) or lens[top + 1] != longest
-        if longest < head_len or longest > budget or not last_of_value:
+    # Candidates (first index in ``lens``, longest, fewest others): the head as the longest
+    # pair with any number of shorter ones, or each longer length that fits the budget.
+    candidates = [(bisect_left([-x for x in lens], -head), head, 0)]
+    candidates += [
+        (i, length, 1)
+        for i, length in enumerate(lens)
+        if head < length <= budget and (i == 0 or lens[i - 1] != length)
+    ]
+    best: tuple[Fraction, int] | None = None
+    best_range = (0, 0)
+    for start, longest, fewest in candidates:
+        most = min(max_size - 1, budget // longest - 1, len(lens) - start)
+        if most < fewest:
             continue
-        count = min(max_size, budget // longest, top + 1)
-        low = top - count + 1
-        tokens = prefix[top + 1] - prefix[low]
-        if head_rank < low:
-            tokens += head_len - lens[low]
-        key = (tokens, -longest * count)
-        if best_key is None or key > best_key:
-            best_key = key
-            best_range = (low, top)
 
-    low, top = best_range
-    chosen = set(order[low : top + 1])
-    if 0 not in chosen:
-        chosen.discard(order[low])
-        chosen.add(0)
-    return sorted(chosen)
+        def tokens(k: int, start: int = start) -> int:
+            return head + prefix[start + k] - prefix[start]
+
+        def grows(k: int, start: int = start, longest: int = longest) -> bool:
+            """Whether adding the next other pair to head + k others keeps or raises the
+            ratio (at an equal ratio more real tokens win)."""
+            return lens[start + k] * (longest * (k + 1) + overhead) >= longest * tokens(k)
+
+        low, high = fewest, most  # the largest k whose every addition kept the ratio up
+        while low < high:
+            mid = (low + high + 1) // 2
+            if grows(mid - 1):
+                low = mid
+            else:
+                high = mid - 1
+        key = (Fraction(tokens(low), longest * (low + 1) + overhead), tokens(low))
+        if best is None or key > best:
+            best, best_range = key, (start, start + low)
+    low, high = best_range
+    return sorted([0, *others[low:high]])

@@ -9,9 +9,10 @@ a large request is split across batches and requests arriving after it interleav
 after its first quantum,
 while a stream of later requests advances through virtual time as fast as the large one
 and can never starve it: each pair waits behind a bounded amount of later work. The first
-``lookahead_pairs`` of that order, and no further than a quantum of tokens past the head, form
-the window from which ``batching.select_batch`` picks a batch (head always included) under the
-token budget: lengths are grouped within the window, and requests still finish in order.
+``lookahead_pairs`` of that order, and no further than ``lookahead_batches`` budgets of tokens
+past the head, form the window from which ``batching.select_batch`` picks a batch (head always
+included) under the token budget: lengths are grouped within the window, and requests still
+finish nearly in order.
 
 Three threads do the blocking work: a tokenizer pool, one preparation thread that collates
 the next batch while the model runs the current one (a channel of capacity one, as in
@@ -57,6 +58,7 @@ class SchedulerConfig:
     max_queue_tokens: int = 8_000_000
     cross_request: bool = True  # False: a batch holds one request's pairs (benchmark ablation)
     fair_quantum_batches: int = 4  # a request's head start over later ones, in batch budgets
+    lookahead_batches: int = 8  # how far past the head the window reaches, in batch budgets
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ class BatchScheduler:
         self._next_start = 0.0
         self._seconds_per_token: float | None = None  # model time per computed token (EWMA)
         self._quantum = config.fair_quantum_batches * config.limits.max_batch_tokens
+        self._horizon = config.lookahead_batches * config.limits.max_batch_tokens
         self._pairs_in_flight = 0
         self._tokens_in_flight = 0
         self._prepared: _Batch | None = None
@@ -321,8 +324,8 @@ class BatchScheduler:
         self._active = live
         merged = heapq.merge(*(job.pending() for job in live), key=lambda item: item[:3])
         window = list(itertools.islice(merged, self._config.lookahead_pairs))
-        if window:  # look ahead at most a quantum of work, so requests still finish in order
-            horizon = window[0][0] + self._quantum
+        if window:  # look ahead a bounded amount of work, so requests still finish nearly in order
+            horizon = window[0][0] + self._horizon
             window = [item for item in window if item[0] < horizon]
         if not self._config.cross_request and window:
             head_job = window[0][3]

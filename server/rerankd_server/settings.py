@@ -30,6 +30,7 @@ class Settings:
     max_batch_tokens: int = 0
     max_batch_size: int = 128
     lookahead_pairs: int = 512
+    lookahead_batches: int = 8
     max_queue_pairs: int = 16384
     max_queue_tokens: int = 8_000_000
     max_documents: int = 1000
@@ -108,6 +109,12 @@ _OPTIONS: list[tuple[str, type, str]] = [
         int,
         "Queued pairs the scheduler looks at to group similar lengths; "
         "more means less padding but more reordering between callers.",
+    ),
+    (
+        "lookahead-batches",
+        int,
+        "How far past the oldest queued pair the scheduler may reach for similar lengths, in "
+        "token budgets; bounds how much later work can finish before an earlier call.",
     ),
     (
         "max-queue-pairs",
@@ -250,6 +257,7 @@ def validate(settings: Settings) -> list[str]:
         "stream_max_in_flight",
         "max_batch_size",
         "lookahead_pairs",
+        "lookahead_batches",
         "max_queue_pairs",
         "max_queue_tokens",
         "max_documents",

@@ -340,8 +340,10 @@ async def test_length_grouping_does_not_hold_back_the_oldest_request() -> None:
     words = {token_id(f"r0_{j}_0") for j in range(16)}
     last = max(b for b, batch in enumerate(scorer.batches) if any(words & set(r) for r in batch))
     first_request_tokens = sum(len(q.split()) + len(d.split()) + 3 for q, d in requests[0])
-    # Done within its own work plus one quantum of look-ahead (4 budgets), not at the end.
-    assert last <= (first_request_tokens + 4 * 160) // 160 + 2 < len(scorer.batches) - 4
+    # Done within its own work plus the look-ahead reach (lookahead_batches budgets), plus a
+    # batch for rounding, not at the end.
+    reach = SchedulerConfig(BatchLimits(160, 8, True)).lookahead_batches * 160
+    assert last <= (first_request_tokens + reach) // 160 + 2 < len(scorer.batches) - 4
 
 
 async def test_a_scheduler_bug_fails_the_callers_instead_of_hanging_them(
