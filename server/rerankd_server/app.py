@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,7 +27,7 @@ from rerankd_server.errors import ModelLoadError
 from rerankd_server.logs import configure as configure_logging
 from rerankd_server.metrics import Metrics
 from rerankd_server.reranking import Reranker
-from rerankd_server.scheduler import BatchScheduler, SchedulerConfig
+from rerankd_server.scheduler import BatchScheduler, SchedulerConfig, model_executor
 from rerankd_server.scoring.base import Scorer
 from rerankd_server.security import BearerTokenInterceptor, ReloadingCertificates, TokenFile
 from rerankd_server.servicer import SERVICE_NAME, RerankServicer, handlers
@@ -211,14 +210,19 @@ class Sidecar:
             settings = dataclasses.replace(
                 self.settings, model=source, model_name=name, extra_models=()
             )
-            scorer = await loop.run_in_executor(None, self._factory, settings)
-            config = scheduler_config(settings, scorer)
-            if settings.warmup:
-                limits = config.limits
-                await loop.run_in_executor(
-                    None, scorer.warmup, limits.max_batch_tokens, limits.max_batch_size
-                )
-            scheduler = BatchScheduler(scorer, config)
+            model_thread = model_executor()
+            try:
+                scorer = await loop.run_in_executor(model_thread, self._factory, settings)
+                config = scheduler_config(settings, scorer)
+                if settings.warmup:
+                    limits = config.limits
+                    await loop.run_in_executor(
+                        model_thread, scorer.warmup, limits.max_batch_tokens, limits.max_batch_size
+                    )
+            except BaseException:
+                model_thread.shutdown(wait=False)
+                raise
+            scheduler = BatchScheduler(scorer, config, model_thread)
             self._schedulers.append(scheduler)
             self.metrics.watch(scheduler)
             await scheduler.start()
@@ -288,10 +292,6 @@ async def serve(settings: Settings, scorer_factory: ScorerFactory = load_hf_scor
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rerankd serve`` and ``python -m rerankd_server``."""
-    # Idle OpenMP workers spin by default and starve the event loop and tokenizer threads on
-    # small CPUs (a small call took 188 ms instead of 3 ms on 2 cores); torch reads this at
-    # import, which happens later, when the model loads. An explicit setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     settings = parse_settings(argv)
     configure_logging(settings.log_level, settings.log_format)
     return asyncio.run(serve(settings))

@@ -153,13 +153,32 @@ class _Batch:
     computed_tokens: int
 
 
+def model_executor() -> ThreadPoolExecutor:
+    """The one thread a model runs on: load, warm-up and every batch.
+
+    CPU PyTorch parallelises each operator with OpenMP, and OpenMP gives every thread that
+    starts parallel work a team of workers of its own. Loading or warming up on another
+    thread left a second team behind, and the model thread's operators then ran about 9%
+    slower (measured: 141 against 154 pairs/s on the same batches, docs/benchmarks.md).
+    """
+    return ThreadPoolExecutor(1, thread_name_prefix="rerankd-model")
+
+
 class BatchScheduler:
     """Forms cross-request batches under a token budget and runs them on one model thread.
 
     Use as ``async with BatchScheduler(scorer, config) as scheduler: await scheduler.submit(...)``.
     """
 
-    def __init__(self, scorer: Scorer, config: SchedulerConfig) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        config: SchedulerConfig,
+        model_thread: ThreadPoolExecutor | None = None,
+    ) -> None:
+        """``model_thread``: the single-thread executor that loaded and warmed up the model,
+        so every torch computation of the model runs on one thread (see ``model_executor``);
+        the scheduler owns it from here on and shuts it down."""
         self._scorer = scorer
         self._config = config
         self.stats = SchedulerStats()
@@ -180,7 +199,7 @@ class BatchScheduler:
         self._task: asyncio.Task[None] | None = None
         self._tokenize_pool = ThreadPoolExecutor(2, thread_name_prefix="rerankd-tokenize")
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="rerankd-prepare")
-        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="rerankd-model")
+        self._model_pool = model_thread or model_executor()
 
     async def __aenter__(self) -> BatchScheduler:
         await self.start()
