@@ -6,10 +6,11 @@ utilisation (MFU: useful FLOPs of the real tokens / elapsed time / the device's 
 
 * padded: Hugging Face's ModernBERT forward with SDPA on length-sorted batches padded to their
   longest pair under a 16,384-token budget (what rerankd does today);
-* packed: the same weights run over the concatenated tokens of a batch (no padding) with
-  PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (Flash Attention varlen, sliding
-  window for the local layers), without the ``flash-attn`` package. Batches are cut by the sum
-  of lengths under the same budget.
+* packed: the server's packed path (``rerankd_server.scoring.packed``, what ``--attention
+  packed`` and ``auto`` on CUDA without ``flash-attn`` run): the same weights over the
+  concatenated tokens of a batch (no padding) with PyTorch's own
+  ``torch.nn.attention.varlen.varlen_attn`` (Flash Attention varlen, sliding window for the
+  local layers). Batches are cut by the sum of lengths under the same budget.
 
 Before timing, the packed forward is checked against the padded one on the same pairs.
 ``--self-check`` runs that equivalence check on the CPU with a small shape and a reference
@@ -19,7 +20,6 @@ Before timing, the packed forward is checked against the padded one on the same 
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import random
 import sys
@@ -30,13 +30,19 @@ from typing import Any
 import torch
 
 from bench.models import ETTIN, ETTIN_VOCAB
+from rerankd_server.scoring.packed import (
+    PackedModernBert,
+    pack,
+    reference_attention,
+    varlen_attention,
+)
 
 #: Dense bf16 peak of the devices we expect (FLOP/s); MFU divides by it.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 3090": 71e12}
 BUDGET = 16384
 MAX_BATCH = 256
 
-AttnFn = Callable[..., torch.Tensor]
+AttnFn = Callable[..., Any]
 
 
 def build_model(shape: str, device: str, dtype: torch.dtype) -> Any:
@@ -64,82 +70,12 @@ def build_model(shape: str, device: str, dtype: torch.dtype) -> Any:
     return model.to(dtype).eval()
 
 
-def reference_varlen(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_q: torch.Tensor,
-    cu_k: torch.Tensor,
-    max_q: int,
-    max_k: int,
-    *,
-    scale: float | None = None,
-    window_size: tuple[int, int] = (-1, -1),
-) -> torch.Tensor:
-    """``varlen_attn`` semantics with per-sequence SDPA: the CPU stand-in for the self-check."""
-    out = torch.empty_like(q)
-    bounds = cu_q.tolist()
-    for start, end in itertools.pairwise(bounds):
-        qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))
-        mask = None
-        if window_size != (-1, -1):
-            pos = torch.arange(end - start, device=q.device)
-            diff = pos[None, :] - pos[:, None]
-            mask = (diff >= -window_size[0]) & (diff <= window_size[1])
-        att = torch.nn.functional.scaled_dot_product_attention(
-            qs, ks, vs, attn_mask=mask, scale=scale
-        )
-        out[start:end] = att.transpose(0, 1)
-    return out
-
-
-@torch.inference_mode()
 def packed_forward(
     model: Any, ids: Sequence[Sequence[int]], attn: AttnFn, device: str
 ) -> torch.Tensor:
-    """Logits of ``ids`` computed without padding: one (total_tokens, hidden) stream."""
-    from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
-
-    config = model.config
-    lengths = [len(row) for row in ids]
-    flat = torch.tensor([t for row in ids for t in row], device=device)
-    cu = torch.zeros(len(ids) + 1, dtype=torch.int32, device=device)
-    cu[1:] = torch.cumsum(torch.tensor(lengths, device=device), 0)
-    positions = torch.cat([torch.arange(n, device=device) for n in lengths])
-    longest = max(lengths)
-    base = model.model
-    hidden = base.embeddings(input_ids=flat)
-    total = hidden.shape[0]
-    rope = {
-        kind: tuple(t[0] for t in base.rotary_emb(hidden[None], positions[None], layer_type=kind))
-        for kind in set(config.layer_types)
-    }
-    half = config.local_attention // 2
-    for layer in base.layers:
-        block = layer.attn
-        qkv = block.Wqkv(layer.attn_norm(hidden)).view(total, 3, -1, block.head_dim)
-        q, k, v = qkv.unbind(1)
-        v = v.contiguous()  # flash kernels want dense heads; q and k are rebuilt below
-        cos, sin = rope[layer.attention_type]
-        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
-        window = (-1, -1) if block.sliding_window is None else (half, half)
-        out = attn(
-            q, k, v, cu, cu, longest, longest, scale=block.head_dim**-0.5, window_size=window
-        )
-        hidden = hidden + block.Wo(out.reshape(total, -1))
-        hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
-    hidden = base.final_norm(hidden)
-    if config.classifier_pooling == "mean":
-        seg = torch.repeat_interleave(
-            torch.arange(len(ids), device=device), torch.tensor(lengths, device=device)
-        )
-        pooled = torch.zeros(len(ids), hidden.shape[1], device=device, dtype=hidden.dtype)
-        pooled.index_add_(0, seg, hidden)
-        pooled = pooled / torch.tensor(lengths, device=device, dtype=hidden.dtype)[:, None]
-    else:
-        pooled = hidden[cu[:-1].long()]
-    logits: torch.Tensor = model.classifier(model.drop(model.head(pooled)))
-    return logits[:, 0].float()
+    """Logits of ``ids`` computed without padding by the server's own packed path."""
+    batch = pack(ids, pin=False).to(torch.device(device))
+    return PackedModernBert(model, attn).logits(batch).float()
 
 
 @torch.inference_mode()
@@ -228,7 +164,7 @@ def self_check() -> int:
     rng = random.Random(0)
     ids = [[2] + [rng.randrange(5, 1500) for _ in range(n - 1)] for n in (7, 150, 300, 40, 129)]
     padded = torch.cat([padded_forward(model, [row], "cpu") for row in ids])
-    packed = packed_forward(model, ids, reference_varlen, "cpu")
+    packed = packed_forward(model, ids, reference_attention, "cpu")
     diff = (padded - packed).abs().max().item()
     print(f"self-check (CPU, fp32, ettin-17m shape): max |padded - packed| = {diff:.2e}")
     return 0 if diff < 1e-4 else 1
@@ -238,7 +174,7 @@ def cpu_compare(shape: str, pairs: int) -> int:
     """Padded vs packed on the CPU (fp32), short-workload lengths: what packing would buy there.
 
     The packed path runs the linear layers on the concatenated tokens (no padding) and the
-    attention per sequence (``reference_varlen``), so only real tokens are computed.
+    attention per sequence (``reference_attention``), so only real tokens are computed.
     """
     torch.manual_seed(0)
     model = build_model(shape, "cpu", torch.float32)
@@ -259,7 +195,7 @@ def cpu_compare(shape: str, pairs: int) -> int:
         for b in plan:
             rows = [ids[i] for i in b]
             if mode == "packed":
-                packed_forward(model, rows, reference_varlen, "cpu")
+                packed_forward(model, rows, reference_attention, "cpu")
             else:
                 padded_forward(model, rows, "cpu")
         rate = pairs / (time.perf_counter() - start)
@@ -289,14 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = "cuda"
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), math.nan)
-    varlen_attn: AttnFn | None
-    try:
-        from torch.nn.attention import varlen
-
-        varlen_attn = varlen.varlen_attn  # type: ignore[assignment]
-    except (ImportError, AttributeError) as exc:
-        print(f"packed: not available in torch {torch.__version__} ({exc})")
-        varlen_attn = None
+    varlen_attn = varlen_attention()
+    if varlen_attn is None:
+        print(f"packed: torch {torch.__version__} has no torch.nn.attention.varlen")
     print(f"device: {name}, torch {torch.__version__}, bf16, shape {args.shape}, budget {BUDGET}")
     model = build_model(args.shape, device, torch.bfloat16)
     params = sum(p.numel() for p in model.parameters()) / 1e6

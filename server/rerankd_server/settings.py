@@ -93,8 +93,9 @@ _OPTIONS: list[tuple[str, type, str]] = [
     (
         "attention",
         str,
-        "auto (flash_attention_2 when installed on CUDA, else sdpa), "
-        "flash_attention_2, sdpa or eager.",
+        "auto (on CUDA: flash_attention_2 when installed, else packed where PyTorch has "
+        "varlen attention, else sdpa; on CPU: sdpa), flash_attention_2, packed (ModernBERT "
+        "without padding, checked against sdpa at load), sdpa or eager.",
     ),
     (
         "max-batch-tokens",
@@ -176,7 +177,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "attention": ("auto", "flash_attention_2", "sdpa", "eager"),
+    "attention": ("auto", "flash_attention_2", "packed", "sdpa", "eager"),
     "log-level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "log-format": ("text", "json"),
 }

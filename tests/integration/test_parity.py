@@ -1,9 +1,9 @@
 """Scores through a real server equal sentence_transformers.CrossEncoder.predict (fp32, 1e-5).
 
 For every tiny model (ModernBERT without token_type_ids, BERT with them; configured activation
-or none), for short, long and over-long documents, with and without raw_scores, both
-truncation sides, through Rerank and Score. Where ../shared holds the trained man-page model,
-the same holds for it.
+or none; ModernBERT also packed, without padding), for short, long and over-long documents,
+with and without raw_scores, both truncation sides, through Rerank and Score. Where ../shared
+holds the trained man-page model, the same holds for it.
 """
 
 from __future__ import annotations
@@ -45,13 +45,21 @@ DOCS = [
 
 
 @pytest.fixture(
-    scope="module", params=["modernbert", "modernbert_identity", "bert", "bert_identity"]
+    scope="module",
+    params=["modernbert", "modernbert_identity", "bert", "bert_identity", "modernbert packed"],
 )
 def served(
     request: pytest.FixtureRequest, tiny_models: dict[str, Path]
 ) -> Iterator[tuple[Path, rerank_pb2_grpc.RerankServiceStub]]:
-    path = tiny_models[request.param]
-    settings = Settings(model=str(path), device="cpu", dtype="float32", max_batch_tokens=512)
+    name, _, attention = request.param.partition(" ")
+    path = tiny_models[name]
+    settings = Settings(
+        model=str(path),
+        device="cpu",
+        dtype="float32",
+        max_batch_tokens=512,
+        attention=attention or "auto",
+    )
     with run_sidecar(settings) as running, grpc.insecure_channel(running.target) as channel:
         yield path, rerank_pb2_grpc.RerankServiceStub(channel)
 

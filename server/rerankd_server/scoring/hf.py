@@ -26,6 +26,14 @@ from tokenizers.normalizers import Sequence as NormalizerSequence
 
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.scoring.base import FloatArray, ScorerInfo, TokenizedPairs, Truncation
+from rerankd_server.scoring.packed import (
+    PackedBatch,
+    PackedModernBert,
+    PackingUnsupported,
+    pack,
+    reference_attention,
+    varlen_attention,
+)
 from rerankd_server.scoring.st_config import load_activation, max_input_tokens, resolve_config
 
 log = logging.getLogger(__name__)
@@ -48,7 +56,9 @@ class Placement:
 
 
 def resolve_placement(device: str, dtype: str, attention: str) -> Placement:
-    """Resolve ``auto``: CUDA + bf16 + Flash Attention 2 when available, else CPU fp32 SDPA."""
+    """Resolve ``auto``: on CUDA bf16 with Flash Attention 2 when the package is installed, else
+    packed execution on PyTorch's own varlen attention where it exists, else SDPA; on the CPU
+    fp32 with SDPA (packing does not pay there)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -57,8 +67,12 @@ def resolve_placement(device: str, dtype: str, attention: str) -> Placement:
     if dtype == "auto":
         dtype = "bfloat16" if on_cuda else "float32"
     if attention == "auto":
-        has_flash = importlib.util.find_spec("flash_attn") is not None
-        attention = "flash_attention_2" if on_cuda and has_flash else "sdpa"
+        if not on_cuda:
+            attention = "sdpa"
+        elif importlib.util.find_spec("flash_attn") is not None:
+            attention = "flash_attention_2"
+        else:
+            attention = "packed" if varlen_attention() is not None else "sdpa"
     return Placement(device, dtype, attention)
 
 
@@ -121,32 +135,65 @@ class HFCrossEncoder:
         self._spans_tokenizer = _clone(backend, None, default_side, st_config.do_lower_case)
         processor = backend.post_processor
         special = processor.num_special_tokens_to_add(True) if processor is not None else 0
+        self._packed = self._packed_runner(placement) if placement.attention == "packed" else None
+        attention = str(getattr(self._model.config, "_attn_implementation", placement.attention))
+        if self._packed is not None:
+            attention = "packed (varlen_attn)" if self._device.type == "cuda" else "packed (sdpa)"
         self._info = ScorerInfo(
             name=name or source,
             max_input_tokens=max_len,
             activation=st_config.activation,
             dtype=placement.dtype,
             device=str(self._device),
-            attention_implementation=str(
-                getattr(self._model.config, "_attn_implementation", placement.attention)
-            ),
-            padded=True,
+            attention_implementation=attention,
+            padded=self._packed is None,
             pair_special_tokens=special,
         )
 
     @staticmethod
     def _load_model(auto: Any, source: str, placement: Placement) -> Any:
         kwargs = {"dtype": _DTYPES[placement.dtype], "trust_remote_code": False}
+        # Packed execution keeps the padded SDPA model for its check and as the fallback.
+        attention = "sdpa" if placement.attention == "packed" else placement.attention
         try:
-            model = auto.from_pretrained(source, attn_implementation=placement.attention, **kwargs)
+            model = auto.from_pretrained(source, attn_implementation=attention, **kwargs)
         except (ImportError, ValueError) as exc:
-            if placement.attention == "eager":
+            if attention == "eager":
                 raise ModelLoadError(f"cannot load {source}: {exc}") from exc
-            log.warning("attention %s unavailable (%s); using eager", placement.attention, exc)
+            log.warning("attention %s unavailable (%s); using eager", attention, exc)
             model = auto.from_pretrained(source, attn_implementation="eager", **kwargs)
         except OSError as exc:
             raise ModelLoadError(_load_advice(source, exc)) from exc
         return model.to(placement.device).eval()
+
+    def _packed_runner(self, placement: Placement) -> PackedModernBert | None:
+        """The packed forward, once its logits matched the padded model's on sample pairs;
+        None (padded execution, with a warning saying why) when the model, this PyTorch or
+        the device cannot run it or it disagrees."""
+        on_cuda = self._device.type == "cuda"
+        attention = varlen_attention() if on_cuda else reference_attention
+        try:
+            if attention is None:
+                raise PackingUnsupported("this PyTorch has no torch.nn.attention.varlen")
+            runner = PackedModernBert(self._model, attention)
+            generator = torch.Generator().manual_seed(0)
+            vocab = int(self._model.config.vocab_size)
+            ids = [
+                torch.randint(5, vocab, (n,), generator=generator).tolist()
+                for n in sorted({2, min(37, self._max_len), min(300, self._max_len)})
+            ]
+            with torch.inference_mode():
+                packed = runner.logits(pack(ids, pin=False).to(self._device)).float().cpu()
+                padded = torch.from_numpy(self._padded_forward(self._collate_padded(ids, None)))
+            tolerance = 1e-4 if placement.dtype == "float32" else 5e-2
+            worst = float((packed - padded).abs().max() / (1.0 + padded.abs().max()))
+            if not worst <= tolerance:
+                raise PackingUnsupported(f"packed logits differ from padded ones by {worst:.2e}")
+        except Exception as exc:  # any failure here means: run padded, as before
+            log.warning("packed execution unavailable (%s); running padded batches", exc)
+            return None
+        log.info("packed execution checked against padded (relative difference %.1e)", worst)
+        return runner
 
     @property
     def info(self) -> ScorerInfo:
@@ -207,6 +254,13 @@ class HFCrossEncoder:
         return [list(enc.offsets) for enc in encodings]
 
     def collate(self, ids: Sequence[list[int]], type_ids: Sequence[list[int]] | None) -> Any:
+        if self._packed is not None:
+            return pack(ids, pin=self._device.type == "cuda")
+        return self._collate_padded(ids, type_ids)
+
+    def _collate_padded(
+        self, ids: Sequence[list[int]], type_ids: Sequence[list[int]] | None
+    ) -> dict[str, torch.Tensor]:
         longest = max(len(row) for row in ids)
         input_ids = np.full((len(ids), longest), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), longest), dtype=np.int64)
@@ -230,24 +284,37 @@ class HFCrossEncoder:
         """Raw logits of a collated batch. Out of device memory, the batch is split in halves
         and each half retried (down to single pairs), so a batch the budget let through still
         succeeds, only slower, instead of failing every caller in it."""
-        with torch.inference_mode():
-            try:
-                inputs = {k: v.to(self._device, non_blocking=True) for k, v in batch.items()}
-                logits = self._model(**inputs).logits
-                out: FloatArray = logits[:, 0].float().cpu().numpy()
-                return out
-            except torch.OutOfMemoryError:
-                count = int(batch["input_ids"].shape[0])
-                if count == 1:
-                    raise
-            del inputs
-            if self._device.type == "cuda":
-                torch.cuda.empty_cache()
-            log.warning("out of device memory with %d pairs; retrying in halves", count)
+        run = self._packed_forward if isinstance(batch, PackedBatch) else self._padded_forward
+        try:
+            return run(batch)
+        except torch.OutOfMemoryError:
+            count = len(batch) if isinstance(batch, PackedBatch) else len(batch["input_ids"])
+            if count == 1:
+                raise
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.warning("out of device memory with %d pairs; retrying in halves", count)
+        first: Any
+        second: Any
+        if isinstance(batch, PackedBatch):
+            first, second = batch.halves()
+        else:
             half = count // 2
             first = {key: value[:half] for key, value in batch.items()}
             second = {key: value[half:] for key, value in batch.items()}
-            return np.concatenate([self.forward(first), self.forward(second)])
+        return np.concatenate([self.forward(first), self.forward(second)])
+
+    def _padded_forward(self, batch: dict[str, torch.Tensor]) -> FloatArray:
+        with torch.inference_mode():
+            inputs = {k: v.to(self._device, non_blocking=True) for k, v in batch.items()}
+            logits = self._model(**inputs).logits
+            out: FloatArray = logits[:, 0].float().cpu().numpy()
+            return out
+
+    def _packed_forward(self, batch: PackedBatch) -> FloatArray:
+        assert self._packed is not None
+        out: FloatArray = self._packed.logits(batch.to(self._device)).float().cpu().numpy()
+        return out
 
     def activate(self, logits: FloatArray) -> FloatArray:
         with torch.inference_mode():

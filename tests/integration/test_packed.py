@@ -1,0 +1,91 @@
+"""Packed (unpadded) execution: equal to the padded model, refused or dropped when it cannot be.
+
+On the CPU the packed forward runs its attention per sequence with SDPA; on CUDA the same code
+calls PyTorch's varlen Flash Attention (not available here). Parity with
+``CrossEncoder.predict`` through a server running packed is in test_parity.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from rerankd_server.scoring import hf
+from rerankd_server.scoring.base import Truncation
+from rerankd_server.scoring.hf import HFCrossEncoder, Placement
+from rerankd_server.scoring.packed import PackedBatch
+
+PAIRS = [("query", "word " * n) for n in (0, 1, 5, 14, 15, 16, 17, 40, 90, 300)]
+
+
+def scorer(path: Path, attention: str) -> HFCrossEncoder:
+    return HFCrossEncoder(str(path), Placement("cpu", "float32", attention))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_packed_logits_equal_padded_ones(tiny_models: dict[str, Path], pooling: str) -> None:
+    packed, padded = (scorer(tiny_models["modernbert"], a) for a in ("packed", "sdpa"))
+    assert not packed.info.padded and packed.info.attention_implementation == "packed (sdpa)"
+    assert padded.info.padded
+    for model in (packed._model, padded._model):
+        model.config.classifier_pooling = pooling
+    tokens = packed.tokenize(PAIRS, Truncation.DEFAULT)
+    # Lengths around the tiny model's 16-token local window and up to its max length.
+    assert len({len(ids) for ids in tokens.ids}) == len(PAIRS)
+    batch = packed.collate(tokens.ids, None)
+    assert isinstance(batch, PackedBatch)
+    assert batch.input_ids.numel() == sum(len(ids) for ids in tokens.ids)  # no padding
+    expected = padded.forward(padded.collate(tokens.ids, None))
+    np.testing.assert_allclose(packed.forward(batch), expected, atol=1e-5, rtol=0)
+
+
+def test_a_model_packing_does_not_support_runs_padded(
+    tiny_models: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        bert = scorer(tiny_models["bert"], "packed")
+    assert bert.info.padded and bert.info.attention_implementation == "sdpa"
+    assert "packed execution unavailable" in caplog.text and "ModernBERT" in caplog.text
+
+
+def test_packed_logits_that_disagree_at_load_fall_back_to_padded(
+    tiny_models: dict[str, Path], caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    def wrong_attention(q: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.zeros_like(q)  # as a layout change in transformers might compute
+
+    monkeypatch.setattr(hf, "reference_attention", wrong_attention)
+    with caplog.at_level(logging.WARNING):
+        fallen = scorer(tiny_models["modernbert"], "packed")
+    assert fallen.info.padded
+    assert "differ from padded" in caplog.text
+
+
+def test_out_of_memory_splits_a_packed_batch(tiny_models: dict[str, Path]) -> None:
+    packed = scorer(tiny_models["modernbert"], "packed")
+    tokens = packed.tokenize(PAIRS, Truncation.DEFAULT)
+    batch = packed.collate(tokens.ids, None)
+    expected = packed.forward(batch)
+    runner = packed._packed
+    assert runner is not None
+    ran: list[int] = []
+
+    class SmallDevice:
+        def logits(self, part: PackedBatch) -> torch.Tensor:
+            if len(part) > 3:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            ran.append(len(part))
+            return runner.logits(part)
+
+    packed._packed = SmallDevice()  # type: ignore[assignment]
+    np.testing.assert_allclose(packed.forward(batch), expected, atol=1e-6, rtol=0)
+    assert sum(ran) == len(PAIRS) and max(ran) <= 3
+
+
+def test_auto_attention_on_the_cpu_stays_padded() -> None:
+    assert hf.resolve_placement("cpu", "auto", "auto") == Placement("cpu", "float32", "sdpa")
