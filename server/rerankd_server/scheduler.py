@@ -23,6 +23,7 @@ deadline passed are dropped before they are collated and again before the model 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import logging
@@ -134,6 +135,12 @@ class _Job:
         self.pending_tokens -= self.lengths[self.order[pos]]
         while self.cursor < len(self.order) and self.dispatched[self.cursor]:
             self.cursor += 1
+
+    def tokens_before(self, tag: float) -> int:
+        """Pending tokens whose start tags are below ``tag`` (an estimate: pairs already taken
+        out of order past the cursor are counted too)."""
+        end = bisect.bisect_left(self.tags, tag, self.cursor, len(self.order))
+        return round(self.tags[end] - self.tags[self.cursor])
 
     @property
     def exhausted(self) -> bool:
@@ -334,12 +341,12 @@ class BatchScheduler:
     def _live_window(self) -> list[tuple[float, int, int, _Job]]:
         """The first ``lookahead_pairs`` live pairs in tag order; drops dead jobs."""
         now = asyncio.get_running_loop().time()
-        live = []
-        for job in self._active:
-            if job.deadline is not None and not job.dead:
-                self._expire_if_hopeless(job, now)
-            if not job.dead and not job.exhausted:
-                live.append(job)
+        live = [job for job in self._active if not job.dead and not job.exhausted]
+        queued = sum(job.pending_tokens for job in live)
+        for job in live:
+            if job.deadline is not None:
+                self._expire_if_hopeless(job, live, queued, now)
+        live = [job for job in live if not job.dead]
         self._active = live
         merged = heapq.merge(*(job.pending() for job in live), key=lambda item: item[:3])
         window = list(itertools.islice(merged, self._config.lookahead_pairs))
@@ -351,24 +358,28 @@ class BatchScheduler:
             window = [item for item in window if item[3] is head_job]
         return window
 
-    def _expire_if_hopeless(self, job: _Job, now: float) -> None:
-        """Drop a job whose deadline has passed, or that could not finish in time even with the
-        model to itself (its pending tokens at the recent model speed): computing it would only
-        waste the model on an answer nobody will read."""
+    def _expire_if_hopeless(self, job: _Job, live: list[_Job], queued: int, now: float) -> None:
+        """Drop a job whose deadline has passed, or that cannot finish in time: the work it
+        waits for (its own pending tokens and the other jobs' tokens queued ahead of its last
+        pair) at the recent model speed ends after its deadline. Computing it would only waste
+        the model on an answer nobody will read."""
         assert job.deadline is not None
-        needed = (
-            0.0 if self._seconds_per_token is None else job.pending_tokens * self._seconds_per_token
-        )
-        if now + needed < job.deadline:
-            return
         if now >= job.deadline:
             job.dead = True  # its submit() times out and reports DEADLINE_EXCEEDED
+            return
+        rate = self._seconds_per_token
+        if rate is None or now + queued * rate < job.deadline:
+            return  # even the whole queue fits (the common case, checked without a scan)
+        last_tag = job.tags[len(job.order) - 1]
+        ahead = sum(other.tokens_before(last_tag) for other in live if other is not job)
+        needed = (job.pending_tokens + ahead) * rate
+        if now + needed < job.deadline:
             return
         self.stats.pairs_expired += job.remaining
         job.fail(
             DeadlineExpired(
-                f"cannot finish before the deadline: about {needed:.3f}s of model time left "
-                f"and {job.deadline - now:.3f}s to go"
+                f"cannot finish before the deadline: about {needed:.3f}s of model time for this "
+                f"call and the work queued ahead of it, and {job.deadline - now:.3f}s to go"
             )
         )
 

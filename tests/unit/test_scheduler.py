@@ -325,6 +325,26 @@ async def test_work_that_cannot_meet_its_deadline_is_dropped_before_it_runs() ->
     assert scheduler.stats.pairs_expired == 400
 
 
+async def test_work_stuck_behind_a_queue_it_cannot_outrun_is_dropped_early() -> None:
+    scorer = SlowFake()
+    async with BatchScheduler(scorer, config(budget=200, size=8)) as scheduler:
+        await scheduler.submit([("q", doc(15, "warm"))] * 16, Truncation.DEFAULT)  # learn speed
+        ahead = [  # six calls of 16 x 19 tokens, each within a quantum: served in arrival order
+            asyncio.create_task(
+                scheduler.submit([("q", doc(15, f"a{i}_"))] * 16, Truncation.DEFAULT)
+            )
+            for i in range(6)
+        ]
+        await wait_until(lambda: len(scheduler._active) >= 6)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.6  # its own 16 pairs need ~0.15 s, the queue ahead ~0.9 s
+        with pytest.raises(DeadlineExpired, match="queued ahead"):
+            await scheduler.submit([("q", doc(15, "late"))] * 16, Truncation.DEFAULT, deadline)
+        assert loop.time() < deadline  # refused early, not after waiting for the deadline
+        await asyncio.gather(*ahead)  # the calls ahead are untouched
+    assert token_id("late0") not in scored_words(scorer)
+
+
 async def test_length_grouping_does_not_hold_back_the_oldest_request() -> None:
     rng = random.Random(3)
     scorer = FakeScorer()
