@@ -380,3 +380,27 @@ async def test_a_scheduler_bug_fails_the_callers_instead_of_hanging_them(
             await asyncio.wait_for(scheduler.submit([("q", "d")], Truncation.DEFAULT), 5)
         monkeypatch.undo()
         assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1
+
+
+async def test_a_batch_that_cannot_start_after_the_previous_one_fails_its_callers() -> None:
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config(budget=64, size=4)) as scheduler:
+        scorer.gate.clear()  # hold the first batch so the second is prepared meanwhile
+        first = asyncio.create_task(scheduler.submit([("q", doc(10, "a"))] * 4, Truncation.DEFAULT))
+        await wait_until(lambda: scheduler._model_busy)
+        second = asyncio.create_task(
+            scheduler.submit([("q", doc(10, "b"))] * 4, Truncation.DEFAULT)
+        )
+        await wait_until(lambda: scheduler._prepared is not None)
+        start = scheduler._start_model
+
+        def broken(batch: Any) -> None:
+            raise RuntimeError("start bug")
+
+        scheduler._start_model = broken  # type: ignore[method-assign]
+        scorer.gate.set()
+        assert (await asyncio.wait_for(first, 5)).logits.size == 4
+        with pytest.raises(ModelFailure, match="start bug"):
+            await asyncio.wait_for(second, 5)
+        scheduler._start_model = start  # type: ignore[method-assign]
+        assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1
