@@ -371,7 +371,9 @@ class BatchScheduler:
         if rate is None or now + queued * rate < job.deadline:
             return  # even the whole queue fits (the common case, checked without a scan)
         last_tag = job.tags[len(job.order) - 1]
-        ahead = sum(other.tokens_before(last_tag) for other in live if other is not job)
+        ahead = sum(
+            other.tokens_before(last_tag) for other in live if other is not job and not other.dead
+        )
         needed = (job.pending_tokens + ahead) * rate
         if now + needed < job.deadline:
             return
