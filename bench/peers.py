@@ -86,13 +86,46 @@ def direct_batched(
     model: str, dtype: str, workload: Workload, budget: int, max_batch_size: int = 128
 ) -> PeerResult:
     """rerankd's scorer, all pairs sorted by length, greedy padded token-budget batches."""
-    from rerankd_server.scoring.base import Truncation
+    scorer = _direct_scorer(model, dtype, budget, max_batch_size)
+    start = time.perf_counter()
+    real, computed = _sorted_batches(scorer, workload.pairs, budget, max_batch_size)
+    wall = time.perf_counter() - start
+    return PeerResult(workload.pair_count, real, wall, [], real / computed)
+
+
+def direct_per_request(
+    model: str, dtype: str, workload: Workload, budget: int, max_batch_size: int = 128
+) -> PeerResult:
+    """The same, one request at a time: each latency is what that call alone costs offline
+    (tokenization and its own sorted batches), the floor for a server's low-load latency."""
+    scorer = _direct_scorer(model, dtype, budget, max_batch_size)
+    latencies, real, computed = [], 0, 0
+    start = time.perf_counter()
+    for request in workload.requests:
+        began = time.perf_counter()
+        pairs = [(request.query, doc) for doc in request.documents]
+        r, c = _sorted_batches(scorer, pairs, budget, max_batch_size)
+        latencies.append(time.perf_counter() - began)
+        real, computed = real + r, computed + c
+    wall = time.perf_counter() - start
+    return PeerResult(workload.pair_count, real, wall, latencies, real / computed)
+
+
+def _direct_scorer(model: str, dtype: str, budget: int, max_batch_size: int) -> Any:
     from rerankd_server.scoring.hf import HFCrossEncoder, Placement
 
     scorer = HFCrossEncoder(model, Placement("cpu", dtype, "sdpa"))
     scorer.warmup(min(budget, 2048), max_batch_size)
-    start = time.perf_counter()
-    tokens = scorer.tokenize(workload.pairs, Truncation.DEFAULT)
+    return scorer
+
+
+def _sorted_batches(
+    scorer: Any, pairs: list[tuple[str, str]], budget: int, max_batch_size: int
+) -> tuple[int, int]:
+    """Tokenize, sort by length, run greedy padded batches; (real, computed) tokens."""
+    from rerankd_server.scoring.base import Truncation
+
+    tokens = scorer.tokenize(pairs, Truncation.DEFAULT)
     order = sorted(range(len(tokens.ids)), key=lambda i: len(tokens.ids[i]))
     batches: list[list[int]] = [[]]
     for i in order:  # ascending: the newest pair is the longest of its batch
@@ -108,6 +141,4 @@ def direct_batched(
         types = [tokens.type_ids[i] for i in batch] if tokens.type_ids is not None else None
         scorer.forward(scorer.collate(ids, types))
         computed += max(len(row) for row in ids) * len(ids)
-    wall = time.perf_counter() - start
-    real = sum(len(row) for row in tokens.ids)
-    return PeerResult(len(order), real, wall, [], real / computed)
+    return sum(len(row) for row in tokens.ids), computed

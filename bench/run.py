@@ -174,7 +174,13 @@ def scenario_serving(args: argparse.Namespace) -> None:
         f"{statistics.mean(flat):.0f} tokens/pair on average ({min(flat)}-{max(flat)}); "
         f"model {args.model} ({model}), {args.dtype}; clients {args.concurrency}"
     )
-    from bench.peers import direct_batched, load_cross_encoder, predict_per_query, predict_whole
+    from bench.peers import (
+        direct_batched,
+        direct_per_request,
+        load_cross_encoder,
+        predict_per_query,
+        predict_whole,
+    )
 
     ce = load_cross_encoder(model, args.dtype)
     per_query = predict_per_query(ce, workload, lengths)
@@ -189,6 +195,7 @@ def scenario_serving(args: argparse.Namespace) -> None:
         key=lambda r: r.pairs_per_s,
     )
     ceiling = max(whole.pairs_per_s, direct.pairs_per_s)
+    alone = direct_per_request(model, args.dtype, workload, budget)
     rows = [
         Row(
             "CrossEncoder.predict per query",
@@ -213,6 +220,15 @@ def scenario_serving(args: argparse.Namespace) -> None:
             padding=direct.padding_efficiency,
             note=f"offline, rerankd scorer, sorted, budget {budget}",
         ),
+        Row(
+            "direct token-budget batches, one call at a time",
+            alone.pairs_per_s,
+            alone.tokens_per_s,
+            statistics.median(alone.latencies) * 1e3,
+            max(alone.latencies) * 1e3,
+            alone.padding_efficiency,
+            note="offline; latency = the call's own tokenization and forward",
+        ),
     ]
     on = RerankdProcess(_server_settings(args, model)).start()
     try:
@@ -228,6 +244,19 @@ def scenario_serving(args: argparse.Namespace) -> None:
             )
         )
         capacity_rps = len(closed.latencies) / closed.wall_s
+        # Low load: one call at a time, each against its own offline forward (same order).
+        before = on.stats()
+        single = asyncio.run(closed_loop(on, workload.requests, per_request_tokens, 1))
+        ratios = [got / own for got, own in zip(single.latencies, alone.latencies, strict=True)]
+        rows.append(
+            _row(
+                "rerankd, one call at a time",
+                single,
+                on.stats().minus(before),
+                f"latency / the call's offline forward: p50 {statistics.median(ratios):.2f}, "
+                f"max {max(ratios):.2f}",
+            )
+        )
         open_reqs, open_toks = _cycle(
             workload.requests, per_request_tokens, args.open_requests or 2 * args.requests
         )
