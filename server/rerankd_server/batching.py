@@ -22,7 +22,7 @@ from fractions import Fraction
 
 #: A batch's fixed cost (kernel launches, Python, GEMMs too small to run at full speed) as a
 #: share of the token budget. On this CPU an fp32 batch of 180 tokens ran 25% slower per token
-#: than one of 720-1,440 (docs/benchmarks.md), and a GPU needs larger batches still.
+#: than one of 720-1,440 (Ettin-17M shape, docs/design.md), and a GPU needs larger batches still.
 BATCH_OVERHEAD_SHARE = 0.1
 
 
