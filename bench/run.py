@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-batch-tokens", type=int, default=0, help="rerankd budget (0: auto)")
     run.add_argument("--max-batch-size", type=int, default=128)
     run.add_argument("--lookahead", type=int, default=512)
-    run.add_argument("--reach", type=int, default=8, help="rerankd --lookahead-batches")
+    run.add_argument("--reach", type=int, default=4, help="rerankd --lookahead-batches")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--no-infinity", dest="infinity", action="store_false")
     run.add_argument("--calls", type=int, default=2000, help="grpc: calls per row")

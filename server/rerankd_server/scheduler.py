@@ -59,7 +59,7 @@ class SchedulerConfig:
     max_queue_tokens: int = 8_000_000
     cross_request: bool = True  # False: a batch holds one request's pairs (benchmark ablation)
     fair_quantum_batches: int = 4  # a request's head start over later ones, in batch budgets
-    lookahead_batches: int = 8  # how far past the head the window reaches, in batch budgets
+    lookahead_batches: int = 4  # how far past the head the window reaches, in batch budgets
 
 
 @dataclass(frozen=True)

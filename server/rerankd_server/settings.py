@@ -30,7 +30,7 @@ class Settings:
     max_batch_tokens: int = 0
     max_batch_size: int = 128
     lookahead_pairs: int = 512
-    lookahead_batches: int = 8
+    lookahead_batches: int = 4
     max_queue_pairs: int = 16384
     max_queue_tokens: int = 8_000_000
     max_documents: int = 1000
