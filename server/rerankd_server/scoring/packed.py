@@ -3,7 +3,7 @@
 A padded batch computes ``longest x count`` tokens; a packed one runs the linear layers over the
 concatenated real tokens of all pairs and only the attention per sequence, so it computes the
 sum of the lengths. Hugging Face's ModernBERT unpads by itself only with the ``flash-attn``
-package, which often does not build; PyTorch (2.10 and later) ships variable-length Flash
+package, which often does not build; recent PyTorch (2.13 here) ships variable-length Flash
 Attention of its own (``torch.nn.attention.varlen.varlen_attn``, CUDA only), which this module
 uses. On the CPU the same code runs with a per-sequence SDPA attention (correct but slower than
 padding there, see docs/benchmarks.md), which is how the tests check it without a GPU.
