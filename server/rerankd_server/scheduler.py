@@ -28,6 +28,7 @@ import heapq
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -430,24 +431,32 @@ class BatchScheduler:
         alive = [(job, i) for job, i in batch.entries if not job.dead]
         if not alive:
             return
-        work: Callable[[], FloatArray]
+        forward: Callable[[], FloatArray]
         if len(alive) == len(batch.entries):
             model_input = batch.model_input
-            work = lambda: self._scorer.forward(model_input)  # noqa: E731
+            forward = lambda: self._scorer.forward(model_input)  # noqa: E731
         else:  # some callers left after collation: do not compute their pairs
             batch = self._batch(alive, None)
-            work = lambda: self._scorer.forward(self._collate(alive))  # noqa: E731
+            forward = lambda: self._scorer.forward(self._collate(alive))  # noqa: E731
+
+        def timed() -> tuple[FloatArray, float]:
+            """The logits and the model's own seconds, measured on its thread: timing on the
+            loop would add the loop's delay in noticing, which a busy loop makes many times
+            the forward of a small model, and the deadline estimate would drop live work."""
+            began = time.perf_counter()
+            logits = forward()
+            return logits, time.perf_counter() - began
+
         loop = asyncio.get_running_loop()
         started = loop.time()
         for job in {job.seq: job for job, _ in alive}.values():
             if job.first_start is None:
                 job.first_start = started
         self._model_busy = True
-        future = loop.run_in_executor(self._model_pool, work)
-        future.add_done_callback(lambda done: self._model_done(batch, done, started))
+        future = loop.run_in_executor(self._model_pool, timed)
+        future.add_done_callback(lambda done: self._model_done(batch, done))
 
-    def _model_done(self, batch: _Batch, done: asyncio.Future[FloatArray], started: float) -> None:
-        ended = asyncio.get_running_loop().time()
+    def _model_done(self, batch: _Batch, done: asyncio.Future[tuple[FloatArray, float]]) -> None:
         self._model_busy = False
         if self._prepared is not None and not self._closing:
             # Hand the model its next batch before scattering these results, not a loop turn
@@ -459,16 +468,16 @@ class BatchScheduler:
                 log.exception("starting a batch failed")
                 self._fail_batch(prepared.entries, ModelFailure(f"scheduler error: {exc}"))
         self._wakeup.set()
-        if batch.computed_tokens:
-            rate = (ended - started) / batch.computed_tokens
-            last = self._seconds_per_token
-            self._seconds_per_token = rate if last is None else 0.8 * last + 0.2 * rate
         error = done.exception()
         if error is not None:
             log.error("model batch of %d pairs failed", len(batch.entries), exc_info=error)
             self._fail_batch(batch.entries, ModelFailure(f"model failed: {error}"))
             return
-        logits = done.result()
+        logits, seconds = done.result()
+        if batch.computed_tokens:
+            rate = seconds / batch.computed_tokens
+            last = self._seconds_per_token
+            self._seconds_per_token = rate if last is None else 0.8 * last + 0.2 * rate
         stats = self.stats
         stats.batches += 1
         stats.pairs_scored += len(batch.entries)
