@@ -49,6 +49,21 @@ class Row:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def _peer_row(system: str, peer: Any, note: str) -> Row:
+    """A row for an in-process peer (``bench.peers.PeerResult``); latency columns when it has
+    per-call latencies (the p99 column then holds the slowest call)."""
+    lat = peer.latencies
+    return Row(
+        system,
+        peer.pairs_per_s,
+        peer.tokens_per_s,
+        statistics.median(lat) * 1e3 if lat else math.nan,
+        max(lat) * 1e3 if lat else math.nan,
+        peer.padding_efficiency,
+        note=note,
+    )
+
+
 def _fmt(value: float, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -197,37 +212,21 @@ def scenario_serving(args: argparse.Namespace) -> None:
     ceiling = max(whole.pairs_per_s, direct.pairs_per_s)
     alone = direct_per_request(model, args.dtype, workload, budget)
     rows = [
-        Row(
+        _peer_row(
             "CrossEncoder.predict per query",
-            per_query.pairs_per_s,
-            per_query.tokens_per_s,
-            statistics.median(per_query.latencies) * 1e3,
-            max(per_query.latencies) * 1e3,
-            per_query.padding_efficiency,
-            note="sequential, batch_size 32; latency = service time",
+            per_query,
+            "sequential, batch_size 32; latency = service time",
         ),
-        Row(
-            "CrossEncoder.predict whole workload",
-            whole.pairs_per_s,
-            whole.tokens_per_s,
-            padding=whole.padding_efficiency,
-            note="offline, batch_size 32",
-        ),
-        Row(
+        _peer_row("CrossEncoder.predict whole workload", whole, "offline, batch_size 32"),
+        _peer_row(
             "direct token-budget batches",
-            direct.pairs_per_s,
-            direct.tokens_per_s,
-            padding=direct.padding_efficiency,
-            note=f"offline, rerankd scorer, sorted, budget {budget}",
+            direct,
+            f"offline, rerankd scorer, sorted, budget {budget}",
         ),
-        Row(
+        _peer_row(
             "direct token-budget batches, one call at a time",
-            alone.pairs_per_s,
-            alone.tokens_per_s,
-            statistics.median(alone.latencies) * 1e3,
-            max(alone.latencies) * 1e3,
-            alone.padding_efficiency,
-            note="offline; latency = the call's own tokenization and forward",
+            alone,
+            "offline; latency = the call's own tokenization and forward",
         ),
     ]
     on = RerankdProcess(_server_settings(args, model)).start()
