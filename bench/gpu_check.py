@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from bench.models import ETTIN, ETTIN_VOCAB
+from bench.models import ETTIN, ettin_config
 from rerankd_server.scoring.packed import (
     PackedModernBert,
     pack,
@@ -49,20 +49,7 @@ def build_model(shape: str, device: str, dtype: torch.dtype) -> Any:
     """A random ModernBERT cross-encoder with Ettin ``shape``, built directly on ``device``."""
     from transformers import ModernBertConfig, ModernBertForSequenceClassification
 
-    s = ETTIN[shape]
-    config_kwargs: dict[str, Any] = dict(
-        vocab_size=ETTIN_VOCAB,
-        hidden_size=s.hidden,
-        num_hidden_layers=s.layers,
-        num_attention_heads=s.heads,
-        intermediate_size=s.intermediate,
-        max_position_embeddings=8000,
-        global_attn_every_n_layers=3,
-        local_attention=128,
-        num_labels=1,
-        pad_token_id=0,
-    )
-    config = ModernBertConfig(**config_kwargs)
+    config = ModernBertConfig(**ettin_config(shape, 8000), pad_token_id=0)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device(device):

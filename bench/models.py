@@ -68,6 +68,22 @@ def _tiny(path: Path, max_seq_length: int) -> Path:
     return path
 
 
+def ettin_config(name: str, max_positions: int) -> dict[str, Any]:
+    """ModernBERT config fields of Ettin ``name``'s shape, as a one-score cross-encoder."""
+    shape = ETTIN[name]
+    return dict(
+        vocab_size=ETTIN_VOCAB,
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        intermediate_size=shape.intermediate,
+        max_position_embeddings=max_positions,
+        global_attn_every_n_layers=3,
+        local_attention=128,
+        num_labels=1,
+    )
+
+
 def build_ettin(name: str, path: Path, max_seq_length: int = 8000, dtype: str = "float32") -> Path:
     """Write a random ModernBERT cross-encoder with Ettin ``name``'s shape to ``path``."""
     if (path / "model.safetensors").exists():
@@ -75,7 +91,6 @@ def build_ettin(name: str, path: Path, max_seq_length: int = 8000, dtype: str = 
     import torch
     from transformers import ModernBertConfig, ModernBertForSequenceClassification
 
-    shape = ETTIN[name]
     tiny = _tiny(CACHE / "tiny", 512)
     path.mkdir(parents=True, exist_ok=True)
     for item in tiny.iterdir():  # tokenizer and Sentence Transformers layout
@@ -88,23 +103,14 @@ def build_ettin(name: str, path: Path, max_seq_length: int = 8000, dtype: str = 
     st["max_seq_length"] = max_seq_length
     (path / "sentence_bert_config.json").write_text(json.dumps(st, indent=4))
     ids = json.loads((tiny / "config.json").read_text())
-    config_kwargs: dict[str, Any] = dict(
-        vocab_size=ETTIN_VOCAB,
-        hidden_size=shape.hidden,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        intermediate_size=shape.intermediate,
-        max_position_embeddings=max_seq_length,
-        global_attn_every_n_layers=3,
-        local_attention=128,
-        num_labels=1,
+    config = ModernBertConfig(
+        **ettin_config(name, max_seq_length),
         pad_token_id=ids["pad_token_id"],
         cls_token_id=ids.get("cls_token_id", 2),
         sep_token_id=ids.get("sep_token_id", 3),
         bos_token_id=ids.get("cls_token_id", 2),
         eos_token_id=ids.get("sep_token_id", 3),
     )
-    config = ModernBertConfig(**config_kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model: Any = ModernBertForSequenceClassification(config)

@@ -105,7 +105,7 @@ def _select_padded(window: Sequence[int], budget: int, max_size: int) -> list[in
 
     # Candidates (first index in ``lens``, longest, fewest others): the head as the longest
     # pair with any number of shorter ones, or each longer length that fits the budget.
-    candidates = [(bisect_left([-x for x in lens], -head), head, 0)]
+    candidates = [(bisect_left(lens, -head, key=lambda length: -length), head, 0)]
     candidates += [
         (i, length, 1)
         for i, length in enumerate(lens)
