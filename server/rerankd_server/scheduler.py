@@ -29,6 +29,7 @@ import itertools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ from rerankd_server.errors import (
 from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs, Truncation
 
 log = logging.getLogger(__name__)
+
+SPEED_WINDOW = 32  # batches the model speed estimate looks back over
+SPEED_EVIDENCE = 4  # batches measured before any call is dropped as hopeless
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,7 @@ class BatchScheduler:
         self._seq = itertools.count()
         self._vtime = 0.0
         self._next_start = 0.0
-        self._seconds_per_token: float | None = None  # model time per computed token (EWMA)
+        self._token_times: deque[float] = deque(maxlen=SPEED_WINDOW)  # s per computed token
         self._quantum = config.fair_quantum_batches * config.limits.max_batch_tokens
         self._horizon = config.lookahead_batches * config.limits.max_batch_tokens
         self._pairs_in_flight = 0
@@ -359,16 +363,27 @@ class BatchScheduler:
             window = [item for item in window if item[3] is head_job]
         return window
 
+    def _seconds_per_token(self) -> float | None:
+        """Model seconds per computed token at the fastest of the last ``SPEED_WINDOW``
+        batches, or None before ``SPEED_EVIDENCE`` batches ran. A drop cannot be undone, so the
+        estimate errs towards keeping work: a mean let one slow batch (a first call at a new
+        shape, a CPU shared with tokenization) fail calls that would have finished (CI caught
+        it in the SIGTERM drain test), while the fastest recent batch still follows a device
+        that stays slower."""
+        if len(self._token_times) < SPEED_EVIDENCE:
+            return None
+        return min(self._token_times)
+
     def _expire_if_hopeless(self, job: _Job, live: list[_Job], queued: int, now: float) -> None:
         """Drop a job whose deadline has passed, or that cannot finish in time: the work it
         waits for (its own pending tokens and the other jobs' tokens queued ahead of its last
-        pair) at the recent model speed ends after its deadline. Computing it would only waste
-        the model on an answer nobody will read."""
+        pair) at the fastest recent model speed ends after its deadline. Computing it would only
+        waste the model on an answer nobody will read."""
         assert job.deadline is not None
         if now >= job.deadline:
             job.dead = True  # its submit() times out and reports DEADLINE_EXCEEDED
             return
-        rate = self._seconds_per_token
+        rate = self._seconds_per_token()
         if rate is None or now + queued * rate < job.deadline:
             return  # even the whole queue fits (the common case, checked without a scan)
         last_tag = job.tags[len(job.order) - 1]
@@ -475,9 +490,7 @@ class BatchScheduler:
             return
         logits, seconds = done.result()
         if batch.computed_tokens:
-            rate = seconds / batch.computed_tokens
-            last = self._seconds_per_token
-            self._seconds_per_token = rate if last is None else 0.8 * last + 0.2 * rate
+            self._token_times.append(seconds / batch.computed_tokens)
         stats = self.stats
         stats.batches += 1
         stats.pairs_scored += len(batch.entries)
