@@ -8,11 +8,13 @@ import signal
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 
+from rerankd import Client
 from rerankd.client import _DEFAULT_OPTIONS
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
@@ -88,9 +90,15 @@ def server_outcomes(output: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_sigterm_under_load_fails_no_accepted_call(tiny_models: dict[str, Path]) -> None:
     server = start_server(tiny_models["modernbert"], "--log-format", "json")
-    with server, Load(server.target) as load:
+    with server, Load(server.target) as load, ThreadPoolExecutor(1) as pool:
         load.wait_for_successes(20)
-        server.proc.send_signal(signal.SIGTERM)
+        # A long call in flight holds the drain open (about a second here), so the load's calls
+        # meet a draining handler; without it the drain could end before any of them arrived.
+        with Client(server.target, timeout=60) as client:
+            long_call = pool.submit(client.rerank, "query", ["word " * 120] * 600)
+            time.sleep(0.3)
+            server.proc.send_signal(signal.SIGTERM)
+            assert len(long_call.result(timeout=60).results) == 600
         assert server.proc.wait(timeout=60) == 0
     accepted = server_outcomes(server.output())
     refused = {"UNAVAILABLE"}
