@@ -21,7 +21,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from rerankd_server.batching import BatchLimits
+from rerankd_server.batching import (
+    CPU_BATCH_OVERHEAD_SHARE,
+    CUDA_BATCH_OVERHEAD_SHARE,
+    BatchLimits,
+)
 from rerankd_server.cache import ScoreCache
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.logs import configure as configure_logging
@@ -47,15 +51,17 @@ def load_hf_scorer(settings: Settings) -> Scorer:
 
 
 def scheduler_config(settings: Settings, scorer: Scorer) -> SchedulerConfig:
-    """Resolve the token budget (auto: 16384 on CUDA, 4096 on CPU).
+    """Resolve the token budget (auto: 16384 on CUDA, 4096 on CPU) and a batch's fixed cost.
 
     A pair longer than the budget (a long-context model on CPU) runs in a batch of its own
     rather than raising the budget for every batch.
     """
     info = scorer.info
-    budget = settings.max_batch_tokens or (16384 if info.device.startswith("cuda") else 4096)
+    cuda = info.device.startswith("cuda")
+    budget = settings.max_batch_tokens or (16384 if cuda else 4096)
+    overhead = CUDA_BATCH_OVERHEAD_SHARE if cuda else CPU_BATCH_OVERHEAD_SHARE
     return SchedulerConfig(
-        limits=BatchLimits(budget, settings.max_batch_size, padded=info.padded),
+        limits=BatchLimits(budget, settings.max_batch_size, info.padded, overhead),
         lookahead_pairs=settings.lookahead_pairs,
         lookahead_batches=settings.lookahead_batches,
         max_queue_pairs=settings.max_queue_pairs,

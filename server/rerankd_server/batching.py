@@ -20,10 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-#: A batch's fixed cost (kernel launches, Python, GEMMs too small to run at full speed) as a
-#: share of the token budget. On this CPU an fp32 batch of 180 tokens ran 25% slower per token
-#: than one of 720-1,440 (Ettin-17M shape, docs/design.md), and a GPU needs larger batches still.
-BATCH_OVERHEAD_SHARE = 0.1
+#: A batch's fixed cost (Python, kernel launches, GEMMs too small to run at full speed) as a
+#: share of the token budget, by device. CPU: an fp32 batch of 180 tokens ran 25% slower per
+#: token than one of 720-1,440 (Ettin-17M shape), a fixed cost of about 60 tokens, 1.5% of the
+#: 4,096 default; 0.02 against the earlier 0.1 raised closed-loop padding efficiency from
+#: 0.86-0.89 to 0.92-0.94 and throughput 5-8% (docs/design.md). CUDA: not measured (no GPU
+#: lent yet); a GPU runs small batches far below its peak, so it keeps the larger 0.1.
+CPU_BATCH_OVERHEAD_SHARE = 0.02
+CUDA_BATCH_OVERHEAD_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,12 @@ class BatchLimits:
     max_batch_tokens: int
     max_batch_size: int
     padded: bool
+    overhead_share: float = CPU_BATCH_OVERHEAD_SHARE  # a batch's fixed cost, see above
+
+    @property
+    def batch_overhead(self) -> int:
+        """A batch's fixed cost in tokens."""
+        return max(1, round(self.max_batch_tokens * self.overhead_share))
 
 
 def batch_cost(lengths: Sequence[int], padded: bool) -> int:
@@ -57,7 +67,7 @@ def select_batch(window: Sequence[int], limits: BatchLimits) -> list[int]:
     if window[0] > limits.max_batch_tokens:
         return [0]
     if limits.padded:
-        return _select_padded(window, limits.max_batch_tokens, limits.max_batch_size)
+        return _select_padded(window, limits)
     return _select_unpadded(window, limits.max_batch_tokens, limits.max_batch_size)
 
 
@@ -82,12 +92,12 @@ def _select_unpadded(window: Sequence[int], budget: int, max_size: int) -> list[
     return chosen
 
 
-def _select_padded(window: Sequence[int], budget: int, max_size: int) -> list[int]:
+def _select_padded(window: Sequence[int], limits: BatchLimits) -> list[int]:
     """Best set containing the head, by real tokens per unit of cost, then by real tokens.
 
-    The cost of a batch is ``longest x count`` plus ``BATCH_OVERHEAD_SHARE`` of the budget
-    (its fixed cost), so a nearly full batch with little padding beats both a full batch
-    padded to one long pair and a tiny batch of equal lengths. For a longest length M the
+    The cost of a batch is ``longest x count`` plus its fixed cost (``batch_overhead``), so a
+    nearly full batch with little padding beats both a full batch padded to one long pair and
+    a tiny batch of equal lengths. For a longest length M the
     candidates are the head plus the k longest other pairs no longer than M (for a given
     count nothing has more real tokens); in length order they form a range. Adding the next,
     shorter pair helps exactly while its length / M exceeds the batch's ratio so far, and once
@@ -95,7 +105,8 @@ def _select_padded(window: Sequence[int], budget: int, max_size: int) -> list[in
     found by bisection over prefix sums. Among equal lengths the older pairs are taken.
     """
     head = window[0]
-    overhead = max(1, round(budget * BATCH_OVERHEAD_SHARE))
+    budget, max_size = limits.max_batch_tokens, limits.max_batch_size
+    overhead = limits.batch_overhead
     # The other pairs, longest first; among equal lengths the older (smaller position) first.
     others = sorted(range(1, len(window)), key=lambda pos: (-window[pos], pos))
     lens = [window[pos] for pos in others]

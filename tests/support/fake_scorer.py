@@ -37,6 +37,7 @@ def _logit(ids: Sequence[int]) -> float:
 class FakeScorer:
     max_tokens: int = 64
     padded: bool = True
+    device: str = "cpu"
     gate: threading.Event = field(default_factory=threading.Event)
     batches: list[list[list[int]]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
@@ -49,7 +50,7 @@ class FakeScorer:
     @property
     def info(self) -> ScorerInfo:
         return ScorerInfo(
-            "fake", self.max_tokens, "identity", "float32", "cpu", "none", self.padded
+            "fake", self.max_tokens, "identity", "float32", self.device, "none", self.padded
         )
 
     def tokenize(self, pairs: Sequence[tuple[str, str]], truncation: Truncation) -> TokenizedPairs:

@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rerankd_server.batching import (
-    BATCH_OVERHEAD_SHARE,
     BatchLimits,
     batch_cost,
     is_full,
@@ -38,25 +37,27 @@ def test_selection_respects_limits_and_keeps_the_head(case: tuple[list[int], Bat
     assert batch_cost([window[p] for p in chosen], limits.padded) <= limits.max_batch_tokens
 
 
-def efficiency(lengths: list[int], budget: int) -> tuple[Fraction, int]:
+def efficiency(lengths: list[int], limits: BatchLimits) -> tuple[Fraction, int]:
     """Real tokens per unit of cost (padded cost plus the per-batch overhead), then tokens."""
-    overhead = max(1, round(budget * BATCH_OVERHEAD_SHARE))
-    return Fraction(sum(lengths), batch_cost(lengths, True) + overhead), sum(lengths)
+    cost = batch_cost(lengths, True) + limits.batch_overhead
+    return Fraction(sum(lengths), cost), sum(lengths)
 
 
-@given(windows_and_limits(max_window=9))
-def test_padded_selection_is_the_most_efficient_set(case: tuple[list[int], BatchLimits]) -> None:
+@given(windows_and_limits(max_window=9), st.sampled_from([0.0, 0.02, 0.1, 0.5]))
+def test_padded_selection_is_the_most_efficient_set(
+    case: tuple[list[int], BatchLimits], share: float
+) -> None:
     window, limits = case
-    limits = BatchLimits(limits.max_batch_tokens, limits.max_batch_size, padded=True)
+    limits = BatchLimits(limits.max_batch_tokens, limits.max_batch_size, True, share)
     chosen = select_batch(window, limits)
-    best = efficiency([window[0]], limits.max_batch_tokens)
+    best = efficiency([window[0]], limits)
     others = range(1, len(window))
     for size in range(1, min(limits.max_batch_size, len(window))):
         for rest in itertools.combinations(others, size):
             lengths = [window[0]] + [window[p] for p in rest]
             if batch_cost(lengths, True) <= limits.max_batch_tokens:
-                best = max(best, efficiency(lengths, limits.max_batch_tokens))
-    assert efficiency([window[p] for p in chosen], limits.max_batch_tokens) == best
+                best = max(best, efficiency(lengths, limits))
+    assert efficiency([window[p] for p in chosen], limits) == best
 
 
 def test_a_full_batch_beats_a_tiny_exact_one_and_a_padded_one() -> None:
@@ -69,7 +70,8 @@ def test_a_full_batch_beats_a_tiny_exact_one_and_a_padded_one() -> None:
 
 def test_padded_selection_groups_similar_lengths() -> None:
     window = [10, 60, 11, 59, 12, 61, 10, 9]
-    chosen = select_batch(window, BatchLimits(max_batch_tokens=64, max_batch_size=8, padded=True))
+    limits = BatchLimits(max_batch_tokens=64, max_batch_size=8, padded=True, overhead_share=0.1)
+    chosen = select_batch(window, limits)
     # 64 tokens of padded budget: the head (10) with other short pairs, not a long one.
     assert len(chosen) >= 3
     assert set(chosen) <= {0, 2, 4, 6, 7}

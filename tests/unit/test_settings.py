@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rerankd_server.app import scheduler_config
+from rerankd_server.batching import CPU_BATCH_OVERHEAD_SHARE, CUDA_BATCH_OVERHEAD_SHARE
 from rerankd_server.settings import DEFAULT_MODEL, Settings, env_name, parse_settings
 from support.fake_scorer import FakeScorer
 
@@ -51,3 +52,13 @@ def test_token_budget_is_auto_or_as_set() -> None:
     assert scheduler_config(Settings(), scorer).limits.max_batch_tokens == 4096
     assert scheduler_config(Settings(max_batch_tokens=10), scorer).limits.max_batch_tokens == 10
     assert scheduler_config(Settings(max_batch_tokens=999), scorer).limits.max_batch_tokens == 999
+    assert (
+        scheduler_config(Settings(), FakeScorer(device="cuda:0")).limits.max_batch_tokens == 16384
+    )
+
+
+def test_a_batch_costs_more_fixed_overhead_on_a_gpu() -> None:
+    cpu = scheduler_config(Settings(), FakeScorer()).limits
+    gpu = scheduler_config(Settings(max_batch_tokens=4096), FakeScorer(device="cuda:0")).limits
+    assert (cpu.overhead_share, cpu.batch_overhead) == (CPU_BATCH_OVERHEAD_SHARE, 82)
+    assert (gpu.overhead_share, gpu.batch_overhead) == (CUDA_BATCH_OVERHEAD_SHARE, 410)
