@@ -24,7 +24,7 @@ from fractions import Fraction
 #: share of the token budget, by device. CPU: an fp32 batch of 180 tokens ran 25% slower per
 #: token than one of 720-1,440 (Ettin-17M shape), a fixed cost of about 60 tokens, 1.5% of the
 #: 4,096 default; 0.02 against the earlier 0.1 raised closed-loop padding efficiency from
-#: 0.86-0.89 to 0.92-0.94 and throughput 5-8% (docs/design.md). CUDA: not measured (no GPU
+#: 0.86-0.89 to 0.92-0.94 and throughput about 8% (docs/design.md). CUDA: not measured (no GPU
 #: lent yet); a GPU runs small batches far below its peak, so it keeps the larger 0.1.
 CPU_BATCH_OVERHEAD_SHARE = 0.02
 CUDA_BATCH_OVERHEAD_SHARE = 0.1
@@ -97,12 +97,12 @@ def _select_padded(window: Sequence[int], limits: BatchLimits) -> list[int]:
 
     The cost of a batch is ``longest x count`` plus its fixed cost (``batch_overhead``), so a
     nearly full batch with little padding beats both a full batch padded to one long pair and
-    a tiny batch of equal lengths. For a longest length M the
-    candidates are the head plus the k longest other pairs no longer than M (for a given
-    count nothing has more real tokens); in length order they form a range. Adding the next,
-    shorter pair helps exactly while its length / M exceeds the batch's ratio so far, and once
-    it does not, no later pair does (the new ratio lies between the two), so the best k is
-    found by bisection over prefix sums. Among equal lengths the older pairs are taken.
+    a tiny batch of equal lengths. For a longest length M the candidates are the head plus
+    the k longest other pairs no longer than M (for a given count nothing has more real
+    tokens); in length order they form a range. Adding the next, shorter pair helps exactly
+    while its length / M exceeds the batch's ratio so far, and once it does not, no later pair
+    does (the new ratio lies between the two), so the best k is found by bisection over prefix
+    sums. Among equal lengths the older pairs are taken.
     """
     head = window[0]
     budget, max_size = limits.max_batch_tokens, limits.max_batch_size
