@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -146,6 +147,7 @@ def start_server(
     log = tempfile.NamedTemporaryFile(prefix="rerankd-server-", suffix=".log")  # noqa: SIM115
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env)
     server = ServerProcess(proc, f"127.0.0.1:{port}", log)
+    deadline = time.monotonic() + ready_timeout
     try:
         failure = _wait_until_serving(server, ready_timeout)
     except BaseException:  # e.g. KeyboardInterrupt: never leave the child running
@@ -154,13 +156,21 @@ def start_server(
         raise
     if failure is None:
         return server
+    timed_out = time.monotonic() >= deadline
+    # A server that gives up (no model, a taken port) closes its port before it exits, and on
+    # a loaded machine its teardown (torch's included) takes seconds: wait for its exit code
+    # rather than kill it and report a hang.
+    patience = 1.0 if timed_out else 30.0
     try:
-        # A crashing server drops its connections a moment before it can be reaped.
-        code = proc.wait(timeout=1.0)
+        code = proc.wait(timeout=patience)
         what = f"exited with code {code}"
     except subprocess.TimeoutExpired:
         proc.kill()
-        what = f"still running after {ready_timeout}s without SERVING, killed"
+        what = (
+            f"still running after {ready_timeout}s without SERVING, killed"
+            if timed_out
+            else f"stopped serving but still running {patience:.0f}s later, killed"
+        )
     server.stop()
     raise ServerStartError(f"{shlex.join(argv)}: {what}; {failure}. Output:\n{server.output()}")
 

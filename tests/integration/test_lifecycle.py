@@ -26,6 +26,13 @@ def test_missing_model_exits_at_once_with_advice(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
 
 
+def test_a_server_not_ready_in_time_is_killed_and_says_so(tiny_models: dict[str, Path]) -> None:
+    started = time.monotonic()
+    with pytest.raises(ServerStartError, match=r"still running after 0.2s without SERVING"):
+        start_server(tiny_models["modernbert"], ready_timeout=0.2)  # importing torch takes longer
+    assert time.monotonic() - started < 15
+
+
 def test_uncached_hub_id_offline_exits_with_advice() -> None:
     with pytest.raises(ServerStartError) as err:
         start_server("cross-encoder/ettin-reranker-1b-v1", env={"HF_HUB_OFFLINE": "1"})
