@@ -80,8 +80,8 @@ class Timed:
     def activate(self, logits: FloatArray) -> FloatArray:
         return self.inner.activate(logits)
 
-    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> None:
-        self.inner.warmup(max_batch_tokens, max_batch_size)
+    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> float | None:
+        return self.inner.warmup(max_batch_tokens, max_batch_size)
 
     def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
         """Character spans of each text's tokens (used by the server's document chunking)."""
@@ -115,7 +115,7 @@ class NoopScorer:
     def activate(self, logits: FloatArray) -> FloatArray:
         return logits
 
-    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> None:
+    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> float | None:
         return None
 
 
@@ -156,5 +156,5 @@ class SimulatedGpu:
     def activate(self, logits: FloatArray) -> FloatArray:
         return self._real.activate(logits)
 
-    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> None:
+    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> float | None:
         return None

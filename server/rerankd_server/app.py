@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from rerankd_server.batching import (
     CPU_BATCH_OVERHEAD_SHARE,
     CUDA_BATCH_OVERHEAD_SHARE,
+    MEASURED_OVERHEAD_SHARE,
     BatchLimits,
 )
 from rerankd_server.cache import ScoreCache
@@ -50,8 +51,12 @@ def load_hf_scorer(settings: Settings) -> Scorer:
     return HFCrossEncoder(settings.model, placement, name=settings.served_name)
 
 
-def scheduler_config(settings: Settings, scorer: Scorer) -> SchedulerConfig:
-    """Resolve the token budget (auto: 16384 on CUDA, 4096 on CPU) and a batch's fixed cost.
+def scheduler_config(
+    settings: Settings, scorer: Scorer, fixed_cost: float | None = None
+) -> SchedulerConfig:
+    """Resolve the token budget (auto: 16384 on CUDA, 4096 on CPU) and a batch's fixed cost:
+    ``fixed_cost`` tokens as the warm-up measured them (within ``MEASURED_OVERHEAD_SHARE`` of
+    the budget), else the device's default share.
 
     A pair longer than the budget (a long-context model on CPU) runs in a batch of its own
     rather than raising the budget for every batch.
@@ -60,6 +65,9 @@ def scheduler_config(settings: Settings, scorer: Scorer) -> SchedulerConfig:
     cuda = info.device.startswith("cuda")
     budget = settings.max_batch_tokens or (16384 if cuda else 4096)
     overhead = CUDA_BATCH_OVERHEAD_SHARE if cuda else CPU_BATCH_OVERHEAD_SHARE
+    if fixed_cost is not None:
+        low, high = MEASURED_OVERHEAD_SHARE
+        overhead = min(high, max(low, fixed_cost / budget))
     return SchedulerConfig(
         limits=BatchLimits(budget, settings.max_batch_size, info.padded, overhead),
         lookahead_pairs=settings.lookahead_pairs,
@@ -222,9 +230,10 @@ class Sidecar:
                 config = scheduler_config(settings, scorer)
                 if settings.warmup:
                     limits = config.limits
-                    await loop.run_in_executor(
+                    fixed_cost = await loop.run_in_executor(
                         model_thread, scorer.warmup, limits.max_batch_tokens, limits.max_batch_size
                     )
+                    config = scheduler_config(settings, scorer, fixed_cost)
             except BaseException:
                 model_thread.shutdown(wait=False)
                 raise
@@ -235,7 +244,8 @@ class Sidecar:
             self._servicer.add_model(Reranker(name, scorer, scheduler, config, cache))
             info = scorer.info
             log.info(
-                "serving %s as %r on %s (%s, %s attention, max %d tokens/pair, %d tokens/batch)",
+                "serving %s as %r on %s (%s, %s attention, max %d tokens/pair, %d tokens/batch, "
+                "a batch's fixed cost counted as %d tokens)",
                 source,
                 name,
                 info.device,
@@ -243,6 +253,7 @@ class Sidecar:
                 info.attention_implementation,
                 info.max_input_tokens,
                 config.limits.max_batch_tokens,
+                config.limits.batch_overhead,
             )
         self.metrics.model_load_seconds.set(loop.time() - started)
         assert self._health is not None  # set in start()

@@ -28,6 +28,20 @@ from fractions import Fraction
 #: lent yet); a GPU runs small batches far below its peak, so it keeps the larger 0.1.
 CPU_BATCH_OVERHEAD_SHARE = 0.02
 CUDA_BATCH_OVERHEAD_SHARE = 0.1
+#: Bounds on a measured fixed cost, as a share of the budget (a timing can be noisy).
+MEASURED_OVERHEAD_SHARE = (0.005, 0.5)
+
+
+def fixed_batch_cost(
+    small_tokens: int, small_seconds: float, large_tokens: int, large_seconds: float
+) -> float | None:
+    """A batch's fixed cost in tokens from two timed batches of the same row length: the line
+    through both points splits time into seconds per token and fixed seconds, and the fixed
+    seconds are expressed in tokens. None when the larger batch was not the slower one."""
+    per_token = (large_seconds - small_seconds) / (large_tokens - small_tokens)
+    if not per_token > 0:
+        return None
+    return max(0.0, small_seconds / per_token - small_tokens)
 
 
 @dataclass(frozen=True)

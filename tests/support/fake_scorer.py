@@ -103,5 +103,6 @@ class FakeScorer:
     def activate(self, logits: FloatArray) -> FloatArray:
         return logits
 
-    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> None:
+    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> float | None:
         self.forward([[1] * min(self.max_tokens, max_batch_tokens)])
+        return None

@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 from fractions import Fraction
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from rerankd_server.batching import (
     BatchLimits,
     batch_cost,
+    fixed_batch_cost,
     is_full,
     select_batch,
 )
@@ -58,6 +60,13 @@ def test_padded_selection_is_the_most_efficient_set(
             if batch_cost(lengths, True) <= limits.max_batch_tokens:
                 best = max(best, efficiency(lengths, limits))
     assert efficiency([window[p] for p in chosen], limits) == best
+
+
+def test_fixed_batch_cost_from_two_timed_batches() -> None:
+    # 1 ms per batch and 1 us per token: a fixed cost of 1,000 tokens.
+    assert fixed_batch_cost(128, 1.128e-3, 1024, 2.024e-3) == pytest.approx(1000)
+    assert fixed_batch_cost(128, 0.128e-3, 1024, 1.024e-3) == pytest.approx(0)
+    assert fixed_batch_cost(128, 2e-3, 1024, 2e-3) is None  # noise: no cost per token seen
 
 
 def test_a_full_batch_beats_a_tiny_exact_one_and_a_padded_one() -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from rerankd_server.app import scheduler_config
-from rerankd_server.batching import CPU_BATCH_OVERHEAD_SHARE, CUDA_BATCH_OVERHEAD_SHARE
+from rerankd_server.batching import (
+    CPU_BATCH_OVERHEAD_SHARE,
+    CUDA_BATCH_OVERHEAD_SHARE,
+    MEASURED_OVERHEAD_SHARE,
+)
 from rerankd_server.settings import DEFAULT_MODEL, Settings, env_name, parse_settings
 from support.fake_scorer import FakeScorer
 
@@ -62,3 +66,11 @@ def test_a_batch_costs_more_fixed_overhead_on_a_gpu() -> None:
     gpu = scheduler_config(Settings(max_batch_tokens=4096), FakeScorer(device="cuda:0")).limits
     assert (cpu.overhead_share, cpu.batch_overhead) == (CPU_BATCH_OVERHEAD_SHARE, 82)
     assert (gpu.overhead_share, gpu.batch_overhead) == (CUDA_BATCH_OVERHEAD_SHARE, 410)
+
+
+def test_a_measured_batch_fixed_cost_replaces_the_default_within_bounds() -> None:
+    def share(fixed: float) -> float:
+        return scheduler_config(Settings(), FakeScorer(), fixed).limits.overhead_share
+
+    assert share(819.2) == 0.2  # the budget is 4,096
+    assert (share(0.0), share(1e9)) == MEASURED_OVERHEAD_SHARE

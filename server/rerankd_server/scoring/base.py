@@ -84,6 +84,8 @@ class Scorer(Protocol):
         """Apply the model's configured activation to raw logits."""
         ...
 
-    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> None:
-        """Run one batch at the full budget so the first real call is not slow."""
+    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> float | None:
+        """Run one batch at the full budget so the first real call is not slow; return a
+        batch's fixed cost in tokens if measured on the way (``batching.fixed_batch_cost``),
+        else None (the scheduler then assumes the device's default)."""
         ...

@@ -12,6 +12,7 @@ import importlib.util
 import inspect
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from tokenizers import Encoding, Tokenizer
 from tokenizers.normalizers import Lowercase
 from tokenizers.normalizers import Sequence as NormalizerSequence
 
+from rerankd_server.batching import fixed_batch_cost
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.scoring.base import FloatArray, ScorerInfo, TokenizedPairs, Truncation
 from rerankd_server.scoring.packed import (
@@ -321,11 +323,31 @@ class HFCrossEncoder:
             out: FloatArray = self._activation(torch.from_numpy(logits)).numpy()
         return out
 
-    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> None:
+    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> float | None:
+        """One batch at the full budget, then a timed batch of one 128-token row and one of a
+        quarter budget of such rows (each run once untimed first, then the fastest of the
+        rest): the two split a batch's time into a cost per token and a fixed cost, which is
+        returned in tokens. It differs by model far more than by device: about 70 tokens for
+        the Ettin-17M shape on this CPU, 830 for the tiny test model (docs/design.md)."""
         length = min(self._max_len, max_batch_tokens)
-        count = max(1, min(max_batch_size, max_batch_tokens // length))
+        self._pad_batch(length, max(1, min(max_batch_size, max_batch_tokens // length)))
+        row = min(128, self._max_len, max_batch_tokens)
+        rows = max(2, min(max_batch_size, max_batch_tokens // (4 * row)))
+
+        def fastest(count: int, runs: int) -> float:
+            self._pad_batch(row, count)  # a new shape's first run is slow
+            return min(self._pad_batch(row, count) for _ in range(runs))
+
+        small, large = fastest(1, 3), fastest(rows, 2)
+        return fixed_batch_cost(row, small, row * rows, large)
+
+    def _pad_batch(self, length: int, count: int) -> float:
+        """Seconds to run ``count`` rows of ``length`` padding tokens."""
         ids = [[self._pad_id] * length for _ in range(count)]
-        self.forward(self.collate(ids, ids if self._uses_type_ids else None))
+        batch = self.collate(ids, ids if self._uses_type_ids else None)
+        began = time.perf_counter()
+        self.forward(batch)
+        return time.perf_counter() - began
 
 
 def _clip(text: str, limit: int, side: str) -> str:
