@@ -135,7 +135,8 @@ _OPTIONS: list[tuple[str, type, str]] = [
     (
         "warmup",
         bool,
-        "Run one batch at the full token budget before SERVING (slower start, no slow first call).",
+        "Run one batch at the full token budget and time two small ones before SERVING (slower "
+        "start, no slow first call, batches sized by the measured fixed cost of a batch).",
     ),
     (
         "cross-request-batching",
