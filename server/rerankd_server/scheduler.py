@@ -348,9 +348,10 @@ class BatchScheduler:
         now = asyncio.get_running_loop().time()
         live = [job for job in self._active if not job.dead and not job.exhausted]
         queued = sum(job.pending_tokens for job in live)
+        rate = self._seconds_per_token()  # once per step, not per job
         for job in live:
             if job.deadline is not None:
-                self._expire_if_hopeless(job, live, queued, now)
+                self._expire_if_hopeless(job, live, queued, rate, now)
         live = [job for job in live if not job.dead]
         self._active = live
         merged = heapq.merge(*(job.pending() for job in live), key=lambda item: item[:3])
@@ -374,16 +375,17 @@ class BatchScheduler:
             return None
         return min(self._token_times)
 
-    def _expire_if_hopeless(self, job: _Job, live: list[_Job], queued: int, now: float) -> None:
+    def _expire_if_hopeless(
+        self, job: _Job, live: list[_Job], queued: int, rate: float | None, now: float
+    ) -> None:
         """Drop a job whose deadline has passed, or that cannot finish in time: the work it
         waits for (its own pending tokens and the other jobs' tokens queued ahead of its last
-        pair) at the fastest recent model speed ends after its deadline. Computing it would only
-        waste the model on an answer nobody will read."""
+        pair) at ``rate`` (``_seconds_per_token``; None: not known yet) ends after its deadline.
+        Computing it would only waste the model on an answer nobody will read."""
         assert job.deadline is not None
         if now >= job.deadline:
             job.dead = True  # its submit() times out and reports DEADLINE_EXCEEDED
             return
-        rate = self._seconds_per_token()
         if rate is None or now + queued * rate < job.deadline:
             return  # even the whole queue fits (the common case, checked without a scan)
         last_tag = job.tags[len(job.order) - 1]
