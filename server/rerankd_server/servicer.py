@@ -401,6 +401,11 @@ def _guarded(
                 message,
                 extra=fields,
             )
+        if context.done():
+            # The deadline passed (or the client left) while this error was on its way: gRPC
+            # has ended the call, so there is no one to tell, and an abort now would fail in
+            # gRPC's core and be logged there as an error.
+            raise asyncio.CancelledError
         await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
