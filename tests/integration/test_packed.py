@@ -89,3 +89,12 @@ def test_out_of_memory_splits_a_packed_batch(tiny_models: dict[str, Path]) -> No
 
 def test_auto_attention_on_the_cpu_stays_padded() -> None:
     assert hf.resolve_placement("cpu", "auto", "auto") == Placement("cpu", "float32", "sdpa")
+
+
+def test_auto_attention_on_cuda_packs_half_precision_only(monkeypatch: Any) -> None:
+    """varlen_attn (and flash-attn) take fp16/bf16 only: float32 on CUDA runs SDPA."""
+    monkeypatch.setattr(hf.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(hf, "varlen_attention", lambda: hf.reference_attention)
+    monkeypatch.setattr(hf.importlib.util, "find_spec", lambda name: None)
+    assert hf.resolve_placement("cuda", "auto", "auto") == Placement("cuda", "bfloat16", "packed")
+    assert hf.resolve_placement("cuda", "float32", "auto") == Placement("cuda", "float32", "sdpa")

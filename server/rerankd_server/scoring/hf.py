@@ -60,7 +60,8 @@ class Placement:
 def resolve_placement(device: str, dtype: str, attention: str) -> Placement:
     """Resolve ``auto``: on CUDA bf16 with Flash Attention 2 when the package is installed, else
     packed execution on PyTorch's own varlen attention where it exists, else SDPA; on the CPU
-    fp32 with SDPA (packing does not pay there)."""
+    fp32 with SDPA (packing does not pay there). Both Flash Attentions take half precision
+    only, so CUDA in float32 runs SDPA (on the H200 packing float32 failed its load check)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -69,7 +70,7 @@ def resolve_placement(device: str, dtype: str, attention: str) -> Placement:
     if dtype == "auto":
         dtype = "bfloat16" if on_cuda else "float32"
     if attention == "auto":
-        if not on_cuda:
+        if not on_cuda or dtype == "float32":
             attention = "sdpa"
         elif importlib.util.find_spec("flash_attn") is not None:
             attention = "flash_attention_2"
