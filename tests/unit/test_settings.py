@@ -65,7 +65,7 @@ def test_a_batch_costs_more_fixed_overhead_on_a_gpu() -> None:
     cpu = scheduler_config(Settings(), FakeScorer()).limits
     gpu = scheduler_config(Settings(max_batch_tokens=4096), FakeScorer(device="cuda:0")).limits
     assert (cpu.overhead_share, cpu.batch_overhead) == (CPU_BATCH_OVERHEAD_SHARE, 82)
-    assert (gpu.overhead_share, gpu.batch_overhead) == (CUDA_BATCH_OVERHEAD_SHARE, 410)
+    assert (gpu.overhead_share, gpu.batch_overhead) == (CUDA_BATCH_OVERHEAD_SHARE, 1024)
 
 
 def test_a_measured_batch_fixed_cost_replaces_the_default_within_bounds() -> None:

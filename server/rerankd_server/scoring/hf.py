@@ -324,12 +324,13 @@ class HFCrossEncoder:
             out: FloatArray = self._activation(torch.from_numpy(logits)).numpy()
         return out
 
-    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> float | None:
+    def warmup(self, max_batch_tokens: int, max_batch_size: int) -> float:
         """One batch at the full budget, then a timed batch of one 128-token row and one of a
         quarter budget of such rows (each run once untimed first, then the fastest of the
         rest): the two split a batch's time into a cost per token and a fixed cost, which is
-        returned in tokens. It differs by model far more than by device: about 70 tokens for
-        the Ettin-17M shape on this CPU, 830 for the tiny test model (docs/design.md)."""
+        returned in tokens. It differs by model and device: about 70 tokens for the Ettin-17M
+        shape on a 2-core CPU, 830 for the tiny test model, 3,550-3,880 for the Ettin-1B shape
+        on an H200 in bf16, where small models are launch-bound (docs/design.md)."""
         length = min(self._max_len, max_batch_tokens)
         self._pad_batch(length, max(1, min(max_batch_size, max_batch_tokens // length)))
         row = min(128, self._max_len, max_batch_tokens)
