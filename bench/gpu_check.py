@@ -15,6 +15,13 @@ utilisation (MFU: useful FLOPs of the real tokens / elapsed time / the device's 
 Before timing, the packed forward is checked against the padded one on the same pairs.
 ``--self-check`` runs that equivalence check on the CPU with a small shape and a reference
 (per-sequence SDPA) attention, so the packed code path is tested without a GPU.
+
+Two checks of the server's own scorer (``HFCrossEncoder``) on a model folder:
+
+* ``--parity MODEL...``: its scores, fp32 and bf16, packed and padded, against
+  ``CrossEncoder.predict`` in fp32 on the same device and on the CPU (the correctness anchor);
+* ``--oom-check MODEL``: with the process's device memory capped, one batch too large for it
+  must split and retry (``HFCrossEncoder.forward``) and give the same scores as small batches.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.models import ETTIN, ettin_config
@@ -191,13 +199,142 @@ def cpu_compare(shape: str, pairs: int) -> int:
     return 0
 
 
+def scorer_scores(scorer: Any, pairs: Sequence[tuple[str, str]], batch: int = 64) -> np.ndarray:
+    """Activated scores of ``pairs`` through the scorer's tokenize/collate/forward, in order."""
+    from rerankd_server.scoring.base import Truncation
+
+    tokens = scorer.tokenize(pairs, Truncation.DEFAULT)
+    out = []
+    for i in range(0, len(pairs), batch):
+        ids = tokens.ids[i : i + batch]
+        types = tokens.type_ids[i : i + batch] if tokens.type_ids is not None else None
+        out.append(scorer.activate(scorer.forward(scorer.collate(ids, types))))
+    return np.concatenate(out).astype(np.float64)
+
+
+def order_agreement(a: np.ndarray, b: np.ndarray, sizes: Sequence[int]) -> float:
+    """Share of same-request document pairs that ``a`` and ``b`` order the same way."""
+    agree = total = 0
+    start = 0
+    for n in sizes:
+        x, y = a[start : start + n], b[start : start + n]
+        dx, dy = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
+        upper = np.triu(np.ones((n, n), dtype=bool), 1)
+        agree += int((dx == dy)[upper].sum())
+        total += int(upper.sum())
+        start += n
+    return agree / max(1, total)
+
+
+def parity(models: Sequence[str], device: str) -> int:
+    """rerankd's scorer vs ``CrossEncoder.predict`` (fp32) on ``device`` and on the CPU."""
+    from sentence_transformers import CrossEncoder
+
+    from bench.workloads import make
+    from rerankd_server.scoring.hf import HFCrossEncoder, Placement
+
+    work = make("passages", 8, 0)
+    pairs, sizes = work.pairs, [len(r.documents) for r in work.requests]
+    failed = 0
+    print(f"\nparity on {device}: {len(pairs)} passage pairs in {len(sizes)} requests")
+    print(
+        "| model | rerankd | attention | max abs diff vs predict here | vs predict on CPU "
+        "| score std | same order (pairs) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for model in models:
+        refs = {}
+        for where in dict.fromkeys((device, "cpu")):
+            ce = CrossEncoder(model, device=where, model_kwargs={"dtype": torch.float32})
+            refs[where] = np.asarray(ce.predict(pairs, batch_size=32), dtype=np.float64)
+            del ce
+        for dtype, attention in (
+            ("float32", "packed"),
+            ("float32", "sdpa"),
+            ("bfloat16", "packed"),
+            ("bfloat16", "sdpa"),
+        ):
+            scorer = HFCrossEncoder(model, Placement(device, dtype, attention))
+            got = scorer_scores(scorer, pairs)
+            here, cpu = (float(np.abs(got - refs[w]).max()) for w in (device, "cpu"))
+            same = order_agreement(got, refs["cpu"], sizes)
+            impl = scorer.info.attention_implementation
+            print(
+                f"| {model.rstrip('/').split('/')[-1]} | {dtype} {attention} | {impl} "
+                f"| {here:.2e} | {cpu:.2e} | {refs['cpu'].std():.3f} | {same:.4f} |"
+            )
+            sys.stdout.flush()
+            # fp32 is the anchor: it must match within float tolerance (on a GPU, TF32 is off
+            # by default in PyTorch for matmuls, so this is fp32 reduction-order noise).
+            failed += dtype == "float32" and cpu > 1e-3 * (1.0 + float(np.abs(refs["cpu"]).max()))
+            del scorer
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return 1 if failed else 0
+
+
+def oom_check(model: str, headroom_gib: float = 1.0) -> int:
+    """Cap this process's device memory at the model plus ``headroom_gib``; one batch of long
+    pairs too large for that must split in halves (HFCrossEncoder.forward) and still score
+    the same as batches of 8."""
+    import logging
+
+    from bench.workloads import _text, _words
+    from rerankd_server.scoring.hf import HFCrossEncoder, resolve_placement
+
+    scorer = HFCrossEncoder(model, resolve_placement("cuda", "bfloat16", "auto"))
+    rng, words = random.Random(0), _words()
+    pairs = [("a query of a few words", _text(rng, words, 500)) for _ in range(512)]
+    small = scorer_scores(scorer, pairs, batch=8)
+    splits: list[str] = []
+
+    class Count(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            splits.append(record.getMessage())
+
+    logging.getLogger("rerankd_server.scoring.hf").addHandler(Count())
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    cap = (torch.cuda.memory_allocated() + headroom_gib * 2**30) / total
+    torch.cuda.set_per_process_memory_fraction(cap)
+    print(
+        f"\nOOM check: {scorer.info.attention_implementation}, memory capped at "
+        f"{cap * total / 2**30:.2f} GiB; one batch of {len(pairs)} pairs"
+    )
+    try:
+        big = scorer_scores(scorer, pairs, batch=len(pairs))
+    except torch.OutOfMemoryError as exc:
+        print(f"FAILED: out of memory was not handled: {exc}")
+        return 1
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    diff = float(np.abs(big - small).max())
+    halvings = [m for m in splits if "retrying in halves" in m]
+    print(
+        f"splits: {len(halvings)} ({'; '.join(halvings[:3])}); max |diff| vs batches "
+        f"of 8: {diff:.2e}"
+    )
+    return 0 if halvings and diff < 5e-2 else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shape", choices=tuple(ETTIN), default="ettin-1b")
     parser.add_argument("--pairs", type=int, default=2048, help="pairs per fixed-length workload")
     parser.add_argument("--self-check", action="store_true", help="CPU check of the packed path")
     parser.add_argument("--cpu-compare", action="store_true", help="padded vs packed on CPU")
+    parser.add_argument(
+        "--parity", nargs="+", metavar="MODEL", help="server scorer vs CrossEncoder.predict"
+    )
+    parser.add_argument("--oom-check", metavar="MODEL", help="out of memory splits the batch")
     args = parser.parse_args(argv)
+    if args.parity:
+        return parity(args.parity, "cuda" if torch.cuda.is_available() else "cpu")
+    if args.oom_check:
+        if not torch.cuda.is_available():
+            print("error: --oom-check needs a CUDA device", file=sys.stderr)
+            return 2
+        return oom_check(args.oom_check)
     if args.cpu_compare:
         return cpu_compare("ettin-17m" if args.shape == "ettin-1b" else args.shape, args.pairs)
     if args.self_check:
@@ -223,9 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if varlen_attn is not None:
         ids = workload("mixed", 16, rng)
         a = padded_forward(model, ids, device)
-        b = packed_forward(model, ids, varlen_attn, device)
-        diff = (a - b).abs().max().item()
-        print(f"packed vs padded logits, 16 mixed pairs: max |diff| = {diff:.3g} (bf16)")
+        try:
+            b = packed_forward(model, ids, varlen_attn, device)
+        except Exception as exc:  # e.g. another transformers layout: report, time padded only
+            print(f"packed: cannot run ({type(exc).__name__}: {exc}); timing padded only")
+            varlen_attn = None
+        else:
+            diff = (a - b).abs().max().item()
+            print(f"packed vs padded logits, 16 mixed pairs: max |diff| = {diff:.3g} (bf16)")
     print("\n| workload | mode | pairs | pairs/s | tokens/s | peak GiB | TFLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|---|")
     for kind in ("128", "256", "512", "mixed"):

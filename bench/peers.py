@@ -36,12 +36,12 @@ class PeerResult:
         return self.tokens / self.wall_s
 
 
-def load_cross_encoder(model: str, dtype: str) -> Any:
-    """Sentence Transformers' CrossEncoder on the CPU, in the given dtype."""
+def load_cross_encoder(model: str, dtype: str, device: str = "cpu") -> Any:
+    """Sentence Transformers' CrossEncoder on ``device``, in the given dtype."""
     import torch
     from sentence_transformers import CrossEncoder
 
-    return CrossEncoder(model, device="cpu", model_kwargs={"dtype": getattr(torch, dtype)})
+    return CrossEncoder(model, device=device, model_kwargs={"dtype": getattr(torch, dtype)})
 
 
 def _padding_of_predict(lengths: list[int], batch_size: int) -> float:
@@ -83,10 +83,16 @@ def predict_whole(
 
 
 def direct_batched(
-    model: str, dtype: str, workload: Workload, budget: int, max_batch_size: int = 128
+    model: str,
+    dtype: str,
+    workload: Workload,
+    budget: int,
+    max_batch_size: int = 128,
+    device: str = "cpu",
 ) -> PeerResult:
-    """rerankd's scorer, all pairs sorted by length, greedy padded token-budget batches."""
-    scorer = _direct_scorer(model, dtype, budget, max_batch_size)
+    """rerankd's scorer, all pairs sorted by length, greedy token-budget batches (cut by the
+    padded cost; on CUDA the scorer may run them packed, so only real tokens are computed)."""
+    scorer = _direct_scorer(model, dtype, budget, max_batch_size, device)
     start = time.perf_counter()
     real, computed = _sorted_batches(scorer, workload.pairs, budget, max_batch_size)
     wall = time.perf_counter() - start
@@ -94,11 +100,16 @@ def direct_batched(
 
 
 def direct_per_request(
-    model: str, dtype: str, workload: Workload, budget: int, max_batch_size: int = 128
+    model: str,
+    dtype: str,
+    workload: Workload,
+    budget: int,
+    max_batch_size: int = 128,
+    device: str = "cpu",
 ) -> PeerResult:
     """The same, one request at a time: each latency is what that call alone costs offline
     (tokenization and its own sorted batches), the floor for a server's low-load latency."""
-    scorer = _direct_scorer(model, dtype, budget, max_batch_size)
+    scorer = _direct_scorer(model, dtype, budget, max_batch_size, device)
     latencies, real, computed = [], 0, 0
     start = time.perf_counter()
     for request in workload.requests:
@@ -111,10 +122,11 @@ def direct_per_request(
     return PeerResult(workload.pair_count, real, wall, latencies, real / computed)
 
 
-def _direct_scorer(model: str, dtype: str, budget: int, max_batch_size: int) -> Any:
-    from rerankd_server.scoring.hf import HFCrossEncoder, Placement
+def _direct_scorer(model: str, dtype: str, budget: int, max_batch_size: int, device: str) -> Any:
+    """The server's scorer with the server's own choice of attention for ``device``."""
+    from rerankd_server.scoring.hf import HFCrossEncoder, resolve_placement
 
-    scorer = HFCrossEncoder(model, Placement("cpu", dtype, "sdpa"))
+    scorer = HFCrossEncoder(model, resolve_placement(device, dtype, "auto"))
     scorer.warmup(min(budget, 2048), max_batch_size)
     return scorer
 
@@ -140,5 +152,6 @@ def _sorted_batches(
         ids = [tokens.ids[i] for i in batch]
         types = [tokens.type_ids[i] for i in batch] if tokens.type_ids is not None else None
         scorer.forward(scorer.collate(ids, types))
-        computed += max(len(row) for row in ids) * len(ids)
+        padded = max(len(row) for row in ids) * len(ids)
+        computed += padded if scorer.info.padded else sum(len(row) for row in ids)
     return sum(len(row) for row in tokens.ids), computed

@@ -91,6 +91,9 @@ def print_table(title: str, rows: Sequence[Row], per_query: float, ceiling: floa
 
 def _row(name: str, res: LoadResult, stats: ServerStats | None = None, note: str = "") -> Row:
     failed = f"{res.failed} failed; " if res.failed else ""
+    if stats and stats.batches:
+        shape = f"{stats.batches} batches of {stats.computed_tokens / stats.batches:,.0f} tokens"
+        note = f"{note}; {shape}" if note else shape
     return Row(
         name,
         res.pairs_per_s,
@@ -142,8 +145,9 @@ def describe_machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
     except (OSError, StopIteration):
         pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
+        f"{cpu}, {os.cpu_count()} cores{gpu}, Python {platform.python_version()}, torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads)"
     )
 
@@ -151,7 +155,7 @@ def describe_machine() -> str:
 def _server_settings(args: argparse.Namespace, model: str, **overrides: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "model": model,
-        "device": "cpu",
+        "device": args.device,
         "dtype": args.dtype,
         "max_batch_tokens": args.max_batch_tokens,
         "lookahead_pairs": args.lookahead,
@@ -197,20 +201,22 @@ def scenario_serving(args: argparse.Namespace) -> None:
         predict_whole,
     )
 
-    ce = load_cross_encoder(model, args.dtype)
+    device = args.device
+    ce = load_cross_encoder(model, args.dtype, device)
     per_query = predict_per_query(ce, workload, lengths)
     # The ceiling is a best case: take the faster of two tries of each offline peer.
     whole = max(
         (predict_whole(ce, workload, lengths) for _ in range(2)), key=lambda r: r.pairs_per_s
     )
     del ce
-    budget = max(args.max_batch_tokens or 4096, max(flat))
+    # The server's own default budget for the device (app.scheduler_config).
+    budget = max(args.max_batch_tokens or (16384 if device == "cuda" else 4096), max(flat))
     direct = max(
-        (direct_batched(model, args.dtype, workload, budget) for _ in range(2)),
+        (direct_batched(model, args.dtype, workload, budget, device=device) for _ in range(2)),
         key=lambda r: r.pairs_per_s,
     )
     ceiling = max(whole.pairs_per_s, direct.pairs_per_s)
-    alone = direct_per_request(model, args.dtype, workload, budget)
+    alone = direct_per_request(model, args.dtype, workload, budget, device=device)
     rows = [
         _peer_row(
             "CrossEncoder.predict per query",
@@ -306,7 +312,9 @@ def scenario_serving(args: argparse.Namespace) -> None:
     problem = problem or infinity_problem()
     if problem is None:
         try:
-            inf = InfinityProcess(model, batch_size=32, dtype=args.dtype).start()
+            inf = InfinityProcess(
+                model, batch_size=32, dtype=args.dtype, device=args.device
+            ).start()
         except RuntimeError as exc:
             problem = f"infinity-emb failed to start: {str(exc)[-300:]}"
         else:
@@ -332,7 +340,7 @@ def scenario_serving(args: argparse.Namespace) -> None:
         rows.append(Row("infinity-emb /rerank", math.nan, math.nan, note=f"SKIPPED: {problem}"))
     # Measure the ceiling again at the end: a change in machine load during the run shows here,
     # and the ratios use the better of the two.
-    again = direct_batched(model, args.dtype, workload, budget)
+    again = direct_batched(model, args.dtype, workload, budget, device=device)
     rows.append(
         Row(
             "direct token-budget batches, again at the end",
@@ -474,6 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--open-requests", type=int, default=0, help="open-loop requests (0: 2x)")
     run.add_argument("--concurrency", type=int, default=8, help="closed-loop clients")
     run.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    run.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the peers and rerankd run (serving scenarios; cuda: one GPU)",
+    )
     run.add_argument("--max-batch-tokens", type=int, default=0, help="rerankd budget (0: auto)")
     run.add_argument("--max-batch-size", type=int, default=128)
     run.add_argument("--lookahead", type=int, default=512)

@@ -104,6 +104,13 @@ async def _child_main(conn: Connection, settings_kwargs: dict[str, Any], spec: S
     await sidecar.start()
     await sidecar.ready()
     loop = asyncio.get_running_loop()
+    limits = _scheduler(sidecar)._config.limits
+    info = holder["scorer"].info
+    print(
+        f"rerankd: {info.device}, {info.dtype}, {info.attention_implementation}; budget "
+        f"{limits.max_batch_tokens} tokens, a batch's fixed cost {limits.batch_overhead} tokens",
+        flush=True,
+    )
     conn.send(("ready", sidecar.port))
     try:
         while True:
@@ -232,6 +239,7 @@ class InfinityProcess:
     model: str
     batch_size: int = 32
     dtype: str = "float32"
+    device: str = "cpu"
     target: str = ""
     _proc: Any = None
     _log: Any = None
@@ -253,7 +261,7 @@ class InfinityProcess:
             "--engine",
             "torch",
             "--device",
-            "cpu",
+            self.device,
             "--dtype",
             self.dtype,
             "--batch-size",
