@@ -1,7 +1,7 @@
 """GPU check: a random Ettin-1B-shaped cross-encoder, padded vs packed, on one CUDA device.
 
 Sized for under 5 minutes on one H200. For each workload (fixed 128/256/512-token pairs and a
-mixed one) it runs the same pairs two ways and prints pairs/s, peak memory and model FLOPs
+mixed one) it runs the same pairs three ways and prints pairs/s, peak memory and model FLOPs
 utilisation (MFU: useful FLOPs of the real tokens / elapsed time / the device's bf16 peak):
 
 * padded: Hugging Face's ModernBERT forward with SDPA on length-sorted batches padded to their
@@ -10,7 +10,10 @@ utilisation (MFU: useful FLOPs of the real tokens / elapsed time / the device's 
   packed`` and ``auto`` on CUDA without ``flash-attn`` run): the same weights over the
   concatenated tokens of a batch (no padding) with PyTorch's own
   ``torch.nn.attention.varlen.varlen_attn`` (Flash Attention varlen, sliding window for the
-  local layers). Batches are cut by the sum of lengths under the same budget.
+  local layers). Batches are cut by the sum of lengths under the same budget;
+* packed, synced per batch: the same, with each batch's logits copied to the host before the
+  next is issued, as the server does today; the gap to packed is what overlapping batches
+  could win (added after the first H200 run, which launch-bound small models motivated).
 
 Before timing, the packed forward is checked against the padded one on the same pairs.
 ``--self-check`` runs that equivalence check on the CPU with a small shape and a reference
@@ -117,17 +120,22 @@ def flops_per_pair(model: Any, length: int) -> float:
 
 
 def run_one(
-    model: Any, ids: list[list[int]], packed: bool, attn: AttnFn, device: str
+    model: Any, ids: list[list[int]], packed: bool, attn: AttnFn, device: str, sync: bool = False
 ) -> tuple[float, float, float]:
-    """(pairs/s, peak GiB, achieved FLOP/s) for the whole list, after one warm-up batch."""
+    """(pairs/s, peak GiB, achieved FLOP/s) for the whole list, after one warm-up batch.
+    ``sync`` copies each batch's logits to the host before the next batch is issued, as the
+    server's ``HFCrossEncoder.forward`` does: the gap to the unsynced rate is what overlapping
+    one batch's kernel launches with the previous batch's work could win."""
     plan = batches([len(r) for r in ids], packed)
 
     def step(batch: list[int]) -> None:
         rows = [ids[i] for i in batch]
         if packed:
-            packed_forward(model, rows, attn, device)
+            out = packed_forward(model, rows, attn, device)
         else:
-            padded_forward(model, rows, device)
+            out = padded_forward(model, rows, device)
+        if sync:
+            out.cpu()
 
     step(plan[-1])  # warm-up at the largest shape
     torch.cuda.synchronize()
@@ -373,10 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind in ("128", "256", "512", "mixed"):
         ids = workload(kind, args.pairs, rng)
         tokens = sum(len(r) for r in ids)
-        modes = [("padded", False)] + ([("packed", True)] if varlen_attn is not None else [])
-        for mode, packed in modes:
+        modes = [("padded", False, False)]
+        if varlen_attn is not None:
+            modes += [("packed", True, False), ("packed, synced per batch", True, True)]
+        for mode, packed, sync in modes:
             try:
-                rate, mem, flops = run_one(model, ids, packed, varlen_attn, device)  # type: ignore[arg-type]
+                rate, mem, flops = run_one(model, ids, packed, varlen_attn, device, sync)  # type: ignore[arg-type]
             except torch.OutOfMemoryError:
                 print(f"| {kind} | {mode} | {len(ids)} | OOM | | | | |")
                 torch.cuda.empty_cache()
