@@ -16,6 +16,9 @@ from typing import Any
 
 from bench.workloads import Workload
 
+#: The direct peers' largest batch: rerankd's default ``--max-batch-size`` (bench's too).
+MAX_BATCH_SIZE = 128
+
 
 @dataclass(frozen=True)
 class PeerResult:
@@ -83,57 +86,45 @@ def predict_whole(
 
 
 def direct_batched(
-    model: str,
-    dtype: str,
-    workload: Workload,
-    budget: int,
-    max_batch_size: int = 128,
-    device: str = "cpu",
+    model: str, dtype: str, workload: Workload, budget: int, device: str
 ) -> PeerResult:
     """rerankd's scorer, all pairs sorted by length, greedy token-budget batches (cut by the
     padded cost; on CUDA the scorer may run them packed, so only real tokens are computed)."""
-    scorer = _direct_scorer(model, dtype, budget, max_batch_size, device)
+    scorer = _direct_scorer(model, dtype, budget, device)
     start = time.perf_counter()
-    real, computed = _sorted_batches(scorer, workload.pairs, budget, max_batch_size)
+    real, computed = _sorted_batches(scorer, workload.pairs, budget)
     wall = time.perf_counter() - start
     return PeerResult(workload.pair_count, real, wall, [], real / computed)
 
 
 def direct_per_request(
-    model: str,
-    dtype: str,
-    workload: Workload,
-    budget: int,
-    max_batch_size: int = 128,
-    device: str = "cpu",
+    model: str, dtype: str, workload: Workload, budget: int, device: str
 ) -> PeerResult:
     """The same, one request at a time: each latency is what that call alone costs offline
     (tokenization and its own sorted batches), the floor for a server's low-load latency."""
-    scorer = _direct_scorer(model, dtype, budget, max_batch_size, device)
+    scorer = _direct_scorer(model, dtype, budget, device)
     latencies, real, computed = [], 0, 0
     start = time.perf_counter()
     for request in workload.requests:
         began = time.perf_counter()
         pairs = [(request.query, doc) for doc in request.documents]
-        r, c = _sorted_batches(scorer, pairs, budget, max_batch_size)
+        r, c = _sorted_batches(scorer, pairs, budget)
         latencies.append(time.perf_counter() - began)
         real, computed = real + r, computed + c
     wall = time.perf_counter() - start
     return PeerResult(workload.pair_count, real, wall, latencies, real / computed)
 
 
-def _direct_scorer(model: str, dtype: str, budget: int, max_batch_size: int, device: str) -> Any:
+def _direct_scorer(model: str, dtype: str, budget: int, device: str) -> Any:
     """The server's scorer with the server's own choice of attention for ``device``."""
     from rerankd_server.scoring.hf import HFCrossEncoder, resolve_placement
 
     scorer = HFCrossEncoder(model, resolve_placement(device, dtype, "auto"))
-    scorer.warmup(min(budget, 2048), max_batch_size)
+    scorer.warmup(min(budget, 2048), MAX_BATCH_SIZE)
     return scorer
 
 
-def _sorted_batches(
-    scorer: Any, pairs: list[tuple[str, str]], budget: int, max_batch_size: int
-) -> tuple[int, int]:
+def _sorted_batches(scorer: Any, pairs: list[tuple[str, str]], budget: int) -> tuple[int, int]:
     """Tokenize, sort by length, run greedy padded batches; (real, computed) tokens."""
     from rerankd_server.scoring.base import Truncation
 
@@ -143,7 +134,7 @@ def _sorted_batches(
     for i in order:  # ascending: the newest pair is the longest of its batch
         batch = batches[-1]
         if batch and (
-            (len(batch) + 1) * len(tokens.ids[i]) > budget or len(batch) >= max_batch_size
+            (len(batch) + 1) * len(tokens.ids[i]) > budget or len(batch) >= MAX_BATCH_SIZE
         ):
             batches.append(batch := [])
         batch.append(i)
