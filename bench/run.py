@@ -200,6 +200,7 @@ def scenario_serving(args: argparse.Namespace) -> None:
         predict_per_query,
         predict_whole,
     )
+    from rerankd_server.app import default_batch_tokens
 
     device = args.device
     ce = load_cross_encoder(model, args.dtype, device)
@@ -209,8 +210,7 @@ def scenario_serving(args: argparse.Namespace) -> None:
         (predict_whole(ce, workload, lengths) for _ in range(2)), key=lambda r: r.pairs_per_s
     )
     del ce
-    # The server's own default budget for the device (app.scheduler_config).
-    budget = max(args.max_batch_tokens or (16384 if device == "cuda" else 4096), max(flat))
+    budget = max(args.max_batch_tokens or default_batch_tokens(device), max(flat))
     direct = max(
         (direct_batched(model, args.dtype, workload, budget, device=device) for _ in range(2)),
         key=lambda r: r.pairs_per_s,
@@ -342,12 +342,10 @@ def scenario_serving(args: argparse.Namespace) -> None:
     # and the ratios use the better of the two.
     again = direct_batched(model, args.dtype, workload, budget, device=device)
     rows.append(
-        Row(
+        _peer_row(
             "direct token-budget batches, again at the end",
-            again.pairs_per_s,
-            again.tokens_per_s,
-            padding=again.padding_efficiency,
-            note="drift check: differs from the first when the machine's load changed",
+            again,
+            "drift check: differs from the first when the machine's load changed",
         )
     )
     ceiling = max(ceiling, again.pairs_per_s)

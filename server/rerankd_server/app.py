@@ -51,6 +51,11 @@ def load_hf_scorer(settings: Settings) -> Scorer:
     return HFCrossEncoder(settings.model, placement, name=settings.served_name)
 
 
+def default_batch_tokens(device: str) -> int:
+    """The token budget ``--max-batch-tokens 0`` means: 16,384 on CUDA, 4,096 on the CPU."""
+    return 16384 if device.startswith("cuda") else 4096
+
+
 def scheduler_config(
     settings: Settings, scorer: Scorer, fixed_cost: float | None = None
 ) -> SchedulerConfig:
@@ -62,8 +67,8 @@ def scheduler_config(
     rather than raising the budget for every batch.
     """
     info = scorer.info
+    budget = settings.max_batch_tokens or default_batch_tokens(info.device)
     cuda = info.device.startswith("cuda")
-    budget = settings.max_batch_tokens or (16384 if cuda else 4096)
     overhead = CUDA_BATCH_OVERHEAD_SHARE if cuda else CPU_BATCH_OVERHEAD_SHARE
     if fixed_cost is not None:
         low, high = MEASURED_OVERHEAD_SHARE
