@@ -22,7 +22,7 @@ from fractions import Fraction
 
 #: A batch's fixed cost (Python, kernel launches, GEMMs too small to run at full speed) as a
 #: share of the token budget, by device, where the warm-up measured none (``fixed_batch_cost``
-#: is what the server normally uses; the cost differs by model far more than by device).
+#: is what the server normally uses; the cost differs by model and by device).
 #: CPU: an fp32 batch of 180 tokens ran 25% slower per token than one of 720-1,440 (Ettin-17M
 #: shape), a fixed cost of about 60 tokens, 1.5% of the 4,096 default; 0.02 against the earlier
 #: 0.1 raised closed-loop padding efficiency from 0.86-0.89 to 0.92-0.94 and throughput about

@@ -3,10 +3,11 @@
 A padded batch computes ``longest x count`` tokens; a packed one runs the linear layers over the
 concatenated real tokens of all pairs and only the attention per sequence, so it computes the
 sum of the lengths. Hugging Face's ModernBERT unpads by itself only with the ``flash-attn``
-package, which often does not build; recent PyTorch (2.13 here) ships variable-length Flash
-Attention of its own (``torch.nn.attention.varlen.varlen_attn``, CUDA only), which this module
-uses. On the CPU the same code runs with a per-sequence SDPA attention (correct but slower than
-padding there, see docs/benchmarks.md), which is how the tests check it without a GPU.
+package, which often does not build; recent PyTorch (2.11 on the H200 it ran on, 2.13 here)
+ships variable-length Flash Attention of its own (``torch.nn.attention.varlen.varlen_attn``,
+CUDA only), which this module uses. On the CPU the same code runs with a per-sequence SDPA
+attention (correct but slower than padding there, see docs/benchmarks.md), which is how the
+tests check it without a GPU.
 
 The forward reuses the model's own modules (embeddings, projections, rotary tables, MLPs, head)
 and replaces only the batching and the attention call. It depends on the layout of
