@@ -42,14 +42,23 @@ def snapshot(server: ServerProcess, metrics_port: int) -> dict[str, float]:
     }
 
 
-async def load(target: str, seconds: float, seed: int) -> dict[str, int]:
-    """Mixed traffic: normal calls, cancelled calls, calls that time out, bad calls."""
+async def load(target: str, seconds: float, seed: int, min_ok: int = 0) -> dict[str, int]:
+    """Mixed traffic: normal calls, cancelled calls, calls that time out, bad calls.
+
+    Runs ``seconds``, then on (for at most four times as long) until ``min_ok`` calls succeeded
+    and each kind of failure happened: a slow or busy machine still soaks the full mix.
+    """
     rng = random.Random(seed)
     counts = {"ok": 0, "error": 0, "cancelled": 0}
-    end = time.monotonic() + seconds
+    start = time.monotonic()
+
+    def more() -> bool:
+        elapsed = time.monotonic() - start
+        mixed = counts["ok"] >= min_ok and counts["error"] > 0 and counts["cancelled"] > 0
+        return elapsed < seconds or (not mixed and elapsed < 5 * seconds)
 
     async def worker(client: AsyncClient) -> None:
-        while time.monotonic() < end:
+        while more():
             docs = ["word " * rng.randint(0, 150) for _ in range(rng.randint(1, 40))]
             kind = rng.random()
             try:
@@ -81,12 +90,12 @@ def test_soak_keeps_memory_descriptors_and_tasks_flat(tiny_models: dict[str, Pat
     with server:
         asyncio.run(load(server.target, min(3.0, SOAK_SECONDS / 2), seed=1))  # warm everything up
         before = snapshot(server, metrics_port)
-        counts = asyncio.run(load(server.target, SOAK_SECONDS, seed=2))
+        counts = asyncio.run(load(server.target, SOAK_SECONDS, seed=2, min_ok=50))
         time.sleep(0.5)  # let cancelled and expired work be dropped
         after = snapshot(server, metrics_port)
         assert server.stop() == 0
     print(f"soak {SOAK_SECONDS}s: {counts}; before {before}; after {after}")
-    assert counts["ok"] > 50 and counts["cancelled"] > 0 and counts["error"] > 0
+    assert counts["ok"] >= 50 and counts["cancelled"] > 0 and counts["error"] > 0
     assert after["pairs"] > before["pairs"]
     assert after["queue_pairs"] == 0
     assert after["fds"] <= before["fds"] + 4
