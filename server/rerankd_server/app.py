@@ -59,7 +59,7 @@ def default_batch_tokens(device: str) -> int:
 def scheduler_config(
     settings: Settings, scorer: Scorer, fixed_cost: float | None = None
 ) -> SchedulerConfig:
-    """Resolve the token budget (auto: 16384 on CUDA, 4096 on CPU) and a batch's fixed cost:
+    """Resolve the token budget (auto: ``default_batch_tokens``) and a batch's fixed cost:
     ``fixed_cost`` tokens as the warm-up measured them (within ``MEASURED_OVERHEAD_SHARE`` of
     the budget), else the device's default share.
 
