@@ -154,11 +154,15 @@ async def test_old_large_request_is_not_starved_by_a_stream_of_small_ones() -> N
 
     async with BatchScheduler(scorer, config(budget=80, size=4, lookahead_pairs=16)) as scheduler:
         big = asyncio.create_task(submit("big", 40))
-        smalls = []
-        while not big.done():  # a flood: one new small request per loop turn
-            smalls.append(asyncio.create_task(submit("s", 1)))
+        smalls: list[asyncio.Task[None]] = []
+        # A flood paced by the scheduler, not by loop turns (which would outrun the queue
+        # bound on a slow machine): 8 newer small requests always wait beside the large one.
+        # A starving policy would finish all 2,000 before it.
+        while not big.done() and len(smalls) < 2000:
+            waiting = sum(not task.done() for task in smalls)
+            smalls += [asyncio.create_task(submit("s", 1)) for _ in range(8 - waiting)]
             await asyncio.sleep(0)
-        await asyncio.gather(*smalls)
+        await asyncio.gather(big, *smalls)
     # Later work interleaves with the large request token for token, so at most about as
     # many small pairs as large ones complete before it (plus one batch of slack).
     assert finished.index("big") <= 40 + 4
