@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from rerankd import Client, Unavailable
-from rerankd_server.process import ServerStartError, start_server
+from rerankd_server.process import ServerStartError, free_port, start_server
+from support.metrics import queued_pairs
 
 
 def test_missing_model_exits_at_once_with_advice(tmp_path: Path) -> None:
@@ -65,15 +66,20 @@ def test_help_lists_every_flag_with_its_environment_variable() -> None:
 def test_sigterm_finishes_accepted_calls_then_exits_zero(tiny_models: dict[str, Path]) -> None:
     docs = ["word " * 120] * 200
     # Seconds of work here; the grace period and deadlines leave room for a slow CI machine.
+    metrics_port = free_port()
     args = ("--max-batch-tokens", "512", "--grace-period", "120")
-    with start_server(tiny_models["modernbert"], *args) as server:
+    with start_server(
+        tiny_models["modernbert"], *args, "--metrics-port", str(metrics_port)
+    ) as server:
         with Client(server.target, timeout=120) as client, ThreadPoolExecutor(6) as pool:
             calls = [pool.submit(client.rerank, f"query {i}", docs) for i in range(6)]
-            time.sleep(0.5)  # the calls are accepted and queued
-            in_flight = sum(not call.done() for call in calls)
+            # SIGTERM once all six are accepted and queued; one sent earlier would be refused.
+            end = time.monotonic() + 60
+            while queued_pairs(metrics_port) < 6 * 200:
+                assert time.monotonic() < end and not any(c.done() for c in calls), "not queued"
+                time.sleep(0.01)
             server.proc.send_signal(signal.SIGTERM)
             results = [call.result(timeout=120) for call in calls]
-        assert in_flight >= 3, "the calls finished before SIGTERM: the test proves nothing"
         assert all(len(r.results) == 200 for r in results)
         assert server.proc.wait(timeout=60) == 0
         with Client(server.target, timeout=5) as late, pytest.raises(Unavailable):

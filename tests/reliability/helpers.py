@@ -1,25 +1,20 @@
-"""Helpers of the reliability suite: fake-model servers, metrics scraping, token files."""
+"""Helpers of the reliability suite: fake-model servers, metrics counters, token files."""
 
 from __future__ import annotations
 
 import secrets
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from rerankd_server.scoring.base import Scorer
 from rerankd_server.settings import Settings
 from support.certs import write_file
 from support.fake_scorer import FakeScorer
+from support.metrics import Samples
 
 #: Settings of a server whose "model" is the deterministic FakeScorer: it starts in milliseconds,
 #: so tests about transport, security and validation need no torch model.
 FAKE_MODEL = Settings(model="fake", warmup=False)
-
-#: (metric sample name, sorted label pairs) -> value, as scraped from /metrics.
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def fake_factory(scorer: FakeScorer | None = None) -> Callable[[Settings], Scorer]:
@@ -30,18 +25,6 @@ def fake_factory(scorer: FakeScorer | None = None) -> Callable[[Settings], Score
         return chosen
 
     return factory
-
-
-def scrape(metrics_port: int) -> Samples:
-    """Every sample of the server's Prometheus endpoint, parsed with prometheus_client."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode("utf-8")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def requests_total(samples: Samples, method: str, code: str) -> float:

@@ -25,9 +25,10 @@ from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.scoring.base import FloatArray
 from rerankd_server.settings import Settings
 from support.fake_scorer import FakeScorer, token_id
+from support.metrics import queued_pairs, scrape
 from support.sidecar import RunningSidecar, run_sidecar
 
-from .helpers import FAKE_MODEL, fake_factory, requests_total, scrape
+from .helpers import FAKE_MODEL, fake_factory, requests_total
 
 Code = grpc.StatusCode
 TIMEOUT = 60.0
@@ -400,7 +401,10 @@ def test_non_finite_score_does_not_fail_the_requests_sharing_its_batch(
             time.sleep(0.005)
 
     def queued() -> float:
-        return scrape(port)[("rerankd_queue_pairs", ())]
+        return queued_pairs(port)
+
+    def queued_tokens() -> float:  # reserved as a request joins the queue, after tokenizing
+        return scrape(port)[("rerankd_queue_tokens", ())]
 
     assert queued() == 0
     with grpc.insecure_channel(running.target) as channel:
@@ -418,7 +422,8 @@ def test_non_finite_score_does_not_fail_the_requests_sharing_its_batch(
             # is not full, so the two requests below leave the queue together.
             poisoned = stub.Rerank.future(pb.RerankRequest(query="q", documents=docs("bad")))
             clean = stub.Rerank.future(pb.RerankRequest(query="q", documents=docs("good")))
-            wait_for(lambda: queued() == 3, "both requests to be queued")
+            # 5 tokens each (1 + 1 words, 3 specials): all three are in the scheduler's queue.
+            wait_for(lambda: queued_tokens() == 3 * 5, "both requests to be queued")
         finally:
             scorer.gate.set()
         for future in (holder, clean):

@@ -18,7 +18,8 @@ from rerankd import Client
 from rerankd.client import _DEFAULT_OPTIONS
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
-from rerankd_server.process import start_server
+from rerankd_server.process import free_port, start_server
+from support.metrics import queued_pairs
 
 # The channel options rerankd.Client uses (retries of UNAVAILABLE); this test needs a raw stub
 # for per-call request ids.
@@ -93,14 +94,21 @@ def server_outcomes(output: str) -> dict[str, list[str]]:
 
 @pytest.mark.slow
 def test_sigterm_under_load_fails_no_accepted_call(tiny_models: dict[str, Path]) -> None:
-    server = start_server(tiny_models["modernbert"], "--log-format", "json")
+    metrics_port = free_port()
+    args = ("--log-format", "json", "--metrics-port", str(metrics_port))
+    server = start_server(tiny_models["modernbert"], *args)
     with server, Load(server.target) as load, ThreadPoolExecutor(1) as pool:
         load.wait_for_successes(20)
         # A long call in flight holds the drain open (about a second here), so the load's calls
         # meet a draining handler; without it the drain could end before any of them arrived.
         with Client(server.target, timeout=60) as client:
             long_call = pool.submit(client.rerank, "query", ["word " * 120] * 600)
-            time.sleep(0.3)
+            # SIGTERM only once the long call is admitted (the load holds at most 16 pairs);
+            # sent earlier, the long call itself would be refused.
+            end = time.monotonic() + 60
+            while queued_pairs(metrics_port) < 600:
+                assert not long_call.done() and time.monotonic() < end, "long call not queued"
+                time.sleep(0.01)
             server.proc.send_signal(signal.SIGTERM)
             assert len(long_call.result(timeout=60).results) == 600
         assert server.proc.wait(timeout=60) == 0

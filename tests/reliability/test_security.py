@@ -24,6 +24,7 @@ from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.settings import Settings
 from support.certs import CertificateAuthority, PemPair, TlsFiles, write_file, write_tls_files
+from support.metrics import scrape
 from support.sidecar import RunningSidecar, run_sidecar
 
 from .helpers import (
@@ -31,7 +32,6 @@ from .helpers import (
     fake_factory,
     new_token,
     requests_total,
-    scrape,
     write_tokens,
 )
 
