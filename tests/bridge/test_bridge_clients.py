@@ -121,7 +121,7 @@ def test_reranker_down_falls_back_fast(engine: Engine) -> None:
         out = rerank_search(
             sync_client(engine), reranker, index="small", body=BODY, options=options, stats=stats
         )
-    assert time.monotonic() - started < 2.5  # the deadline plus overhead
+    assert time.monotonic() - started < 1.0 + 3  # the deadline plus overhead
     assert out["rerank"]["status"] == "skipped" and out["rerank"]["reason"] in (
         "unavailable",
         "deadline_exceeded",
@@ -138,8 +138,15 @@ def test_slow_reranker_past_deadline(opensearch: Engine, fake_sidecar: FakeSidec
         out = rerank_search(
             sync_client(opensearch), reranker, index="small", body=BODY, options=options
         )
-        assert time.monotonic() - started < 2.5  # the deadline plus overhead
+        assert time.monotonic() - started < 0.3 + 3  # the deadline plus overhead, not the gate
         assert out["rerank"]["reason"] == "deadline_exceeded"
+        # The server frees the expired call's pairs a moment after the client gave up; until
+        # then the next call would be shed (429) by the 12-pair queue rather than time out.
+        scheduler = fake_sidecar.running.sidecar.scheduler
+        assert scheduler is not None
+        end = time.monotonic() + 10
+        while scheduler.queue_pairs and time.monotonic() < end:
+            time.sleep(0.01)
         with pytest.raises(RerankFailed) as raised:
             strict = RerankOptions(window=10, timeout=0.3, strict=True)
             rerank_search(

@@ -181,7 +181,7 @@ async def test_reranker_stopped_mid_test(engine: Engine) -> None:
     async for proxy in start_proxy(engine, running_target, stats=stats):
         started = time.monotonic()
         status, out = await proxy.call("POST", "/small/_search", body)
-        assert time.monotonic() - started < 2.5  # the deadline plus overhead
+        assert time.monotonic() - started < 1.0 + 3  # the deadline plus overhead
         assert status == 200 and out["rerank"]["status"] == "skipped"
         plain = {"query": body["query"], "size": 4}
         assert ids(out) == ids(engine.request("POST", "/small/_search", plain))

@@ -24,7 +24,7 @@ def test_missing_model_exits_at_once_with_advice(tmp_path: Path) -> None:
     message = str(err.value)
     assert "exited with code 2" in message
     assert "rerankd serve --model /path/to/model-folder" in message
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 50  # far from the 60 s ready timeout: it exited
 
 
 def test_a_server_not_ready_in_time_is_killed_and_says_so(tiny_models: dict[str, Path]) -> None:

@@ -5,7 +5,8 @@ deadline, and lets the query (or, for GetModelInfo, the model name) steer failur
 
 - ``"status:NAME"`` aborts with ``grpc.StatusCode.NAME`` and details ``"fake NAME"``;
 - ``"sleep:SECONDS"`` waits that long (or until the caller gives up) before answering;
-- ``servicer.unavailable_first = N`` fails the next N calls with UNAVAILABLE.
+- ``servicer.unavailable_first = N`` fails the next N calls with UNAVAILABLE;
+- ``servicer.hang = True`` holds every call until the caller gives up or the server stops.
 
 ``FakeServer(credentials=...)`` serves TLS (or mTLS); :func:`make_certificates` makes a CA and
 certificates for it (``support.certs``), so the TLS tests need no files from anywhere.
@@ -62,6 +63,7 @@ class FakeServicer(pb_grpc.RerankServiceServicer):
         self.metadata: list[dict[str, str]] = []
         self.time_remaining: list[float | None] = []
         self.unavailable_first = 0
+        self.hang = False
 
     @property
     def calls(self) -> int:
@@ -80,8 +82,8 @@ class FakeServicer(pb_grpc.RerankServiceServicer):
         command, _, argument = trigger.partition(":")
         if command == "status":
             context.abort(grpc.StatusCode[argument], f"fake {argument}")
-        if command == "sleep":
-            until = time.monotonic() + float(argument)
+        if command == "sleep" or self.hang:
+            until = time.monotonic() + (float(argument) if command == "sleep" else 3600)
             while context.is_active() and time.monotonic() < until:
                 time.sleep(0.01)
 

@@ -423,8 +423,9 @@ def test_calls_in_flight_on_a_replica_that_dies_are_retried_on_another(
     headers yet (gRPC commits a call once headers arrive; a server must not send them early)."""
     with Client([s.target for s in servers[:2]]) as client:
         _calls_until_all_connected(client, servers[:2])
+        servers[0].servicer.hang = True  # its calls end only when it dies, however late
         with ThreadPoolExecutor(4) as pool:
-            calls = [pool.submit(client.rerank, "sleep:0.5", ["a"]) for _ in range(4)]
+            calls = [pool.submit(client.rerank, "q", ["a"]) for _ in range(4)]
             deadline = time.monotonic() + 5
             while servers[0].servicer.calls < 2:  # round-robin put two of them there
                 assert time.monotonic() < deadline
