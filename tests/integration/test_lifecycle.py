@@ -14,7 +14,7 @@ import pytest
 
 from rerankd import Client, Unavailable
 from rerankd_server.process import ServerStartError, free_port, start_server
-from support.metrics import queued_pairs
+from support.metrics import wait_until_queued
 
 
 def test_missing_model_exits_at_once_with_advice(tmp_path: Path) -> None:
@@ -74,10 +74,7 @@ def test_sigterm_finishes_accepted_calls_then_exits_zero(tiny_models: dict[str, 
         with Client(server.target, timeout=120) as client, ThreadPoolExecutor(6) as pool:
             calls = [pool.submit(client.rerank, f"query {i}", docs) for i in range(6)]
             # SIGTERM once all six are accepted and queued; one sent earlier would be refused.
-            end = time.monotonic() + 60
-            while queued_pairs(metrics_port) < 6 * 200:
-                assert time.monotonic() < end and not any(c.done() for c in calls), "not queued"
-                time.sleep(0.01)
+            wait_until_queued(metrics_port, 6 * 200, calls)
             server.proc.send_signal(signal.SIGTERM)
             results = [call.result(timeout=120) for call in calls]
         assert all(len(r.results) == 200 for r in results)

@@ -25,7 +25,7 @@ from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.scoring.base import FloatArray
 from rerankd_server.settings import Settings
 from support.fake_scorer import FakeScorer, token_id
-from support.metrics import queued_pairs, scrape
+from support.metrics import scrape
 from support.sidecar import RunningSidecar, run_sidecar
 
 from .helpers import FAKE_MODEL, fake_factory, requests_total
@@ -401,7 +401,7 @@ def test_non_finite_score_does_not_fail_the_requests_sharing_its_batch(
             time.sleep(0.005)
 
     def queued() -> float:
-        return queued_pairs(port)
+        return scrape(port)[("rerankd_queue_pairs", ())]
 
     def queued_tokens() -> float:  # reserved as a request joins the queue, after tokenizing
         return scrape(port)[("rerankd_queue_tokens", ())]

@@ -19,7 +19,7 @@ from rerankd.client import _DEFAULT_OPTIONS
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.process import free_port, start_server
-from support.metrics import queued_pairs
+from support.metrics import wait_until_queued
 
 # The channel options rerankd.Client uses (retries of UNAVAILABLE); this test needs a raw stub
 # for per-call request ids.
@@ -105,10 +105,7 @@ def test_sigterm_under_load_fails_no_accepted_call(tiny_models: dict[str, Path])
             long_call = pool.submit(client.rerank, "query", ["word " * 120] * 600)
             # SIGTERM only once the long call is admitted (the load holds at most 16 pairs);
             # sent earlier, the long call itself would be refused.
-            end = time.monotonic() + 60
-            while queued_pairs(metrics_port) < 600:
-                assert not long_call.done() and time.monotonic() < end, "long call not queued"
-                time.sleep(0.01)
+            wait_until_queued(metrics_port, 600, [long_call])
             server.proc.send_signal(signal.SIGTERM)
             assert len(long_call.result(timeout=60).results) == 600
         assert server.proc.wait(timeout=60) == 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,7 +26,14 @@ def scrape(metrics_port: int) -> Samples:
     }
 
 
-def queued_pairs(metrics_port: int) -> float:
-    """``rerankd_queue_pairs``: pairs admitted and not yet finished (a call holds its pairs
-    from admission until its answer, so this shows which calls a handler has taken in)."""
-    return scrape(metrics_port)[("rerankd_queue_pairs", ())]
+def wait_until_queued(
+    metrics_port: int, pairs: int, calls: Sequence[Future[Any]], timeout: float = 60
+) -> None:
+    """Wait until ``rerankd_queue_pairs`` reaches ``pairs``: a call holds its pairs from
+    admission to its answer, so ``calls`` are then in the server's handlers (a fixed sleep
+    is not enough on a slow machine). Fails if one of them ends first."""
+    end = time.monotonic() + timeout
+    while scrape(metrics_port)[("rerankd_queue_pairs", ())] < pairs:
+        assert not any(call.done() for call in calls), "a call ended before all were queued"
+        assert time.monotonic() < end, f"fewer than {pairs} pairs queued after {timeout}s"
+        time.sleep(0.01)
