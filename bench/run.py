@@ -31,7 +31,7 @@ from bench.serving import (
 )
 from bench.workloads import SHAPES, Request, Workload, make
 
-SCENARIOS = (*SHAPES, "manpages", "grpc", "simgpu", "sweep")
+SCENARIOS = (*SHAPES, "manpages", "grpc", "simgpu", "sweep", "tokenize")
 
 
 @dataclass
@@ -388,6 +388,64 @@ def scenario_grpc(args: argparse.Namespace) -> None:
     print("\n".join(rows))
 
 
+def scenario_tokenize(args: argparse.Namespace) -> None:
+    """Host-side tokenization of every workload, per request as a server meets it, three
+    ways timed alternately: the tokenizer call ``CrossEncoder.predict`` makes (batches of
+    32, padded tensors), the tokenizers library's ``encode_batch`` (offsets tracked), and
+    rerankd's scorer (offsets only for clipped texts). Pairs/s and the ratio to the first."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from rerankd_server.scoring.base import Truncation
+    from rerankd_server.scoring.hf import HFCrossEncoder, resolve_placement
+
+    model = model_path(args.model, args.max_length)
+    scorer = HFCrossEncoder(str(model), resolve_placement("cpu", "float32", "sdpa"))
+    max_len = scorer.info.max_input_tokens
+    reference = AutoTokenizer.from_pretrained(str(model))
+    backend = Tokenizer.from_file(str(model / "tokenizer.json"))
+    backend.enable_truncation(max_len)
+
+    def predict_call(query: str, docs: list[str]) -> None:
+        for i in range(0, len(docs), 32):
+            chunk = docs[i : i + 32]
+            reference(
+                [query] * len(chunk),
+                chunk,
+                padding=True,
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
+
+    ways = {
+        "CrossEncoder.predict's tokenizer call": predict_call,
+        "tokenizers encode_batch": lambda q, d: backend.encode_batch([(q, t) for t in d]),
+        "rerankd scorer.tokenize": lambda q, d: scorer.tokenize(
+            [(q, t) for t in d], Truncation.END
+        ),
+    }
+    print(f"\ntokenization on {args.model} (max {max_len} tokens), {args.requests} requests")
+    print("per workload, median of 5 alternating rounds\n")
+    print("| workload | pairs | way | pairs/s | x CrossEncoder's call |")
+    print("|---|---|---|---|---|")
+    for shape in SHAPES:
+        workload = make(shape, args.requests, args.seed)
+        pairs = sum(len(r.documents) for r in workload.requests)
+        times: dict[str, list[float]] = {way: [] for way in ways}
+        for _ in range(5):
+            for way, tokenize in ways.items():
+                started = time.perf_counter()
+                for request in workload.requests:
+                    tokenize(request.query, request.documents)
+                times[way].append(time.perf_counter() - started)
+        base = statistics.median(times["CrossEncoder.predict's tokenizer call"])
+        for way, seconds in times.items():
+            median = statistics.median(seconds)
+            print(f"| {shape} | {pairs} | {way} | {pairs / median:,.0f} | {base / median:.2f} |")
+        sys.stdout.flush()
+
+
 def scenario_simgpu(args: argparse.Namespace) -> None:
     """Does the host keep a fast device busy? Busy fraction per simulated device rate."""
     tok_model = str(model_path("ettin-17m", args.max_length))
@@ -520,6 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenario_simgpu(args)
         elif args.scenario == "sweep":
             scenario_sweep(args)
+        elif args.scenario == "tokenize":
+            scenario_tokenize(args)
         else:
             scenario_serving(args)
     except FileNotFoundError as exc:
