@@ -216,15 +216,16 @@ class HFCrossEncoder:
         side = self._sides[truncation]
         clipped = [(query, _clip(text, self._clip_chars, side)) for query, text in pairs]
         # Offsets cost a third of the tokenizer's time and only the clip check reads them:
-        # the fast encoder skips them for every pair whose text was not cut.
-        encodings = tokenizer.encode_batch_fast(clipped, add_special_tokens=True)
+        # pairs whose text was not cut skip them.
         cut_at = [i for i, (_, cut) in enumerate(clipped) if cut is not pairs[i][1]]
-        if cut_at:
-            with_offsets = tokenizer.encode_batch(
-                [clipped[i] for i in cut_at], add_special_tokens=True
-            )
-            for i, enc in zip(cut_at, with_offsets, strict=True):
-                encodings[i] = enc
+        uncut = [i for i, (_, cut) in enumerate(clipped) if cut is pairs[i][1]]
+        encodings: dict[int, Encoding] = {}
+        for positions, encode in (
+            (uncut, tokenizer.encode_batch_fast),
+            (cut_at, tokenizer.encode_batch),
+        ):
+            batch = encode([clipped[i] for i in positions], add_special_tokens=True)
+            encodings.update(zip(positions, batch, strict=True))
         query_lengths: dict[str, int] = {}  # a Rerank call has one query for all its pairs
         redo = [
             i
@@ -234,13 +235,13 @@ class HFCrossEncoder:
             )
         ]
         if redo:
-            exact = tokenizer.encode_batch([pairs[i] for i in redo], add_special_tokens=True)
-            for i, enc in zip(redo, exact, strict=True):
-                encodings[i] = enc
+            exact = tokenizer.encode_batch_fast([pairs[i] for i in redo], add_special_tokens=True)
+            encodings.update(zip(redo, exact, strict=True))
+        ordered = [encodings[i] for i in range(len(pairs))]
         return TokenizedPairs(
-            ids=[enc.ids for enc in encodings],
-            type_ids=[enc.type_ids for enc in encodings] if self._uses_type_ids else None,
-            truncated=[bool(enc.overflowing) for enc in encodings],
+            ids=[enc.ids for enc in ordered],
+            type_ids=[enc.type_ids for enc in ordered] if self._uses_type_ids else None,
+            truncated=[bool(enc.overflowing) for enc in ordered],
         )
 
     def _clip_was_exact(
