@@ -1,8 +1,10 @@
 """Packed (unpadded) execution: equal to the padded model, refused or dropped when it cannot be.
 
-On the CPU the packed forward runs its attention per sequence with SDPA; on CUDA the same code
-calls PyTorch's varlen Flash Attention (not available here). Parity with
-``CrossEncoder.predict`` through a server running packed is in test_parity.py.
+Both layouts pack: a headless ModernBERT whose token embeddings feed the Ettin module chain, and
+a ModernBERT sequence classifier with its own head. On the CPU the packed forward runs its
+attention per sequence with SDPA; on CUDA the same code calls a varlen Flash Attention (not
+available here). Parity with ``CrossEncoder.predict`` through a server running packed is in
+test_parity.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rerankd_server.scoring import hf
 from rerankd_server.scoring.base import Truncation
 from rerankd_server.scoring.hf import HFCrossEncoder, Placement
 from rerankd_server.scoring.packed import PackedBatch
+from rerankd_server.tiny_models import build_tiny_model
 
 PAIRS = [("query", "word " * n) for n in (0, 1, 5, 14, 15, 16, 17, 40, 90, 300)]
 
@@ -27,13 +30,7 @@ def scorer(path: Path, attention: str) -> HFCrossEncoder:
     return HFCrossEncoder(str(path), Placement("cpu", "float32", attention))
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_packed_logits_equal_padded_ones(tiny_models: dict[str, Path], pooling: str) -> None:
-    packed, padded = (scorer(tiny_models["modernbert"], a) for a in ("packed", "sdpa"))
-    assert not packed.info.padded and packed.info.attention_implementation == "packed (sdpa)"
-    assert padded.info.padded
-    for model in (packed._model, padded._model):
-        model.config.classifier_pooling = pooling
+def _packed_equals_padded(packed: HFCrossEncoder, padded: HFCrossEncoder) -> None:
     tokens = packed.tokenize(PAIRS, Truncation.DEFAULT)
     # Lengths around the tiny model's 16-token local window and up to its max length.
     assert len({len(ids) for ids in tokens.ids}) == len(PAIRS)
@@ -42,6 +39,29 @@ def test_packed_logits_equal_padded_ones(tiny_models: dict[str, Path], pooling: 
     assert batch.input_ids.numel() == sum(len(ids) for ids in tokens.ids)  # no padding
     expected = padded.forward(padded.collate(tokens.ids, None))
     np.testing.assert_allclose(packed.forward(batch), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_packed_classifier_logits_equal_padded_ones(
+    tiny_models: dict[str, Path], pooling: str
+) -> None:
+    packed, padded = (scorer(tiny_models["modernbert_classifier"], a) for a in ("packed", "sdpa"))
+    assert not packed.info.padded and packed.info.attention_implementation == "packed (sdpa)"
+    assert padded.info.padded
+    for model in (packed._model, padded._model):
+        model.config.classifier_pooling = pooling
+    _packed_equals_padded(packed, padded)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max", "lasttoken", "weightedmean"])
+def test_packed_module_chain_equals_padded(tmp_path: Path, pooling: str) -> None:
+    """The Ettin chain (headless ModernBERT > Pooling > Dense > LayerNorm > Dense) packed:
+    Pooling reads the packed rows, every mode as the padded model gives it."""
+    path = build_tiny_model(tmp_path / pooling, layout="ettin", pooling=pooling)  # type: ignore[arg-type]
+    packed, padded = scorer(path, "packed"), scorer(path, "sdpa")
+    assert not packed.info.padded and packed.info.attention_implementation == "packed (sdpa)"
+    assert packed.info.modules.startswith(f"Transformer(ModernBertModel) > Pooling({pooling})")
+    _packed_equals_padded(packed, padded)
 
 
 def test_a_model_packing_does_not_support_runs_padded(
@@ -76,11 +96,11 @@ def test_out_of_memory_splits_a_packed_batch(tiny_models: dict[str, Path]) -> No
     ran: list[int] = []
 
     class SmallDevice:
-        def logits(self, part: PackedBatch) -> torch.Tensor:
+        def hidden(self, part: PackedBatch) -> torch.Tensor:
             if len(part) > 3:
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
             ran.append(len(part))
-            return runner.logits(part)
+            return runner.hidden(part)
 
     packed._packed = SmallDevice()  # type: ignore[assignment]
     np.testing.assert_allclose(packed.forward(batch), expected, atol=1e-6, rtol=0)

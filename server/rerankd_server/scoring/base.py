@@ -56,6 +56,7 @@ class ScorerInfo:
     attention_implementation: str
     padded: bool
     pair_special_tokens: int = 3  # tokens a (query, document) pair adds, e.g. [CLS] [SEP] [SEP]
+    modules: str = ""  # the module chain, e.g. "Transformer(ModernBertModel) > Pooling(cls) > ..."
 
 
 class Scorer(Protocol):

@@ -28,15 +28,33 @@ from tokenizers.normalizers import Sequence as NormalizerSequence
 from rerankd_server.batching import fixed_batch_cost
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.scoring.base import FloatArray, ScorerInfo, TokenizedPairs, Truncation
+from rerankd_server.scoring.modules import (
+    Chain,
+    Dense,
+    Pooling,
+    build_chain,
+    pack_padded,
+    packed_features,
+)
 from rerankd_server.scoring.packed import (
+    AttentionFn,
+    ClassifierHead,
     PackedBatch,
     PackedModernBert,
     PackingUnsupported,
+    flash_attn_varlen,
+    modernbert_encoder,
     pack,
     reference_attention,
     varlen_attention,
 )
-from rerankd_server.scoring.st_config import load_activation, max_input_tokens, resolve_config
+from rerankd_server.scoring.st_config import (
+    TransformerSpec,
+    load_activation,
+    max_input_tokens,
+    read_layout,
+    resolve_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,38 +98,57 @@ def resolve_placement(device: str, dtype: str, attention: str) -> Placement:
 
 
 class HFCrossEncoder:
-    """A loaded cross-encoder; see ``scoring.base.Scorer`` for the threading contract."""
+    """A loaded cross-encoder; see ``scoring.base.Scorer`` for the threading contract.
+
+    The model is its Sentence Transformers module chain (``st_config.read_layout``): a
+    Transformer, loaded as a sequence classifier (its logits are the scores) or as a headless
+    ``AutoModel`` whose token embeddings feed the modules after it (``scoring.modules``), as the
+    Ettin rerankers ship. Every weight of the backbone and of each module must load: a model
+    with a missing or unexpected weight is refused, never served with a random layer.
+    """
 
     def __init__(self, source: str, placement: Placement, name: str = "") -> None:
-        """Load tokenizer and model from a hub id or local folder.
+        """Load tokenizer, backbone and module chain from a hub id or local folder.
 
         Raises:
-            ModelLoadError: the model cannot be found or is not a single-score cross-encoder.
+            ModelLoadError: the model cannot be found, is incomplete, or is not a one-score
+                cross-encoder rerankd can build.
         """
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         check_source(source)
         try:
             config = AutoConfig.from_pretrained(source, trust_remote_code=False)
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(_load_advice(source, exc)) from exc
-        if getattr(config, "num_labels", 1) != 1:
-            raise ModelLoadError(
-                f"{source} has {config.num_labels} labels; rerankd serves one-score cross-encoders"
+        layout = read_layout(source, getattr(config, "architectures", None))
+        spec = layout.transformer
+        try:
+            if spec.path:
+                config = AutoConfig.from_pretrained(source, subfolder=spec.path)
+            tokenizer = AutoTokenizer.from_pretrained(
+                source, subfolder=spec.path, trust_remote_code=False
             )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(_load_advice(source, exc)) from exc
         if not getattr(tokenizer, "is_fast", False):
             raise ModelLoadError(f"{source} has no fast (Rust) tokenizer, which rerankd needs")
-        st_config = resolve_config(source, config)
         max_len = max_input_tokens(
-            st_config, tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)
+            spec.max_seq_length,
+            tokenizer.model_max_length,
+            getattr(config, "max_position_embeddings", None),
         )
         if max_len is None:
             raise ModelLoadError(
                 f"{source} states no max length; set max_seq_length in sentence_bert_config.json"
             )
-        self._model = self._load_model(AutoModelForSequenceClassification, source, placement)
+        self._spec = spec
+        self._model = self._load_model(source, spec, placement)
+        self._chain = build_chain(source, layout.modules)
+        labels = self._num_labels(source)
+        st_config = resolve_config(source, self._model.config, labels)
         self._device = torch.device(placement.device)
+        self._chain.to(self._device)
         self._activation = load_activation(st_config.activation)
         forward_params = inspect.signature(self._model.forward).parameters
         self._uses_type_ids = (
@@ -120,12 +157,14 @@ class HFCrossEncoder:
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._pad_left = tokenizer.padding_side == "left"
         self._max_len = max_len
+        self._prompt = st_config.prompt
         default_side = "left" if tokenizer.truncation_side == "left" else "right"
         backend: Tokenizer = tokenizer.backend_tokenizer
+        lower = spec.do_lower_case
         self._tokenizers = {
-            Truncation.DEFAULT: _clone(backend, max_len, default_side, st_config.do_lower_case),
-            Truncation.END: _clone(backend, max_len, "right", st_config.do_lower_case),
-            Truncation.START: _clone(backend, max_len, "left", st_config.do_lower_case),
+            Truncation.DEFAULT: _clone(backend, max_len, default_side, lower),
+            Truncation.END: _clone(backend, max_len, "right", lower),
+            Truncation.START: _clone(backend, max_len, "left", lower),
         }
         self._tokenizers[Truncation.NONE] = self._tokenizers[Truncation.DEFAULT]
         self._sides = {
@@ -135,13 +174,21 @@ class HFCrossEncoder:
             Truncation.NONE: default_side,
         }
         self._clip_chars = max_len * CLIP_CHARS_PER_TOKEN
-        self._spans_tokenizer = _clone(backend, None, default_side, st_config.do_lower_case)
+        self._spans_tokenizer = _clone(backend, None, default_side, lower)
         processor = backend.post_processor
         special = processor.num_special_tokens_to_add(True) if processor is not None else 0
-        self._packed = self._packed_runner(placement) if placement.attention == "packed" else None
+        if self._prompt:
+            self._set_prompt_length(tokenizer)
+        self._packed: PackedModernBert | None = None
+        self._packed_chain = self._chain
+        self._packed_kernel = ""
+        if placement.attention == "packed" or (
+            placement.attention == "flash_attention_2" and config.model_type == "modernbert"
+        ):
+            self._packed = self._packed_runner(placement)
         attention = str(getattr(self._model.config, "_attn_implementation", placement.attention))
         if self._packed is not None:
-            attention = "packed (varlen_attn)" if self._device.type == "cuda" else "packed (sdpa)"
+            attention = f"packed ({self._packed_kernel})"
         self._info = ScorerInfo(
             name=name or source,
             max_input_tokens=max_len,
@@ -151,49 +198,120 @@ class HFCrossEncoder:
             attention_implementation=attention,
             padded=self._packed is None,
             pair_special_tokens=special,
+            modules=" > ".join(
+                [f"Transformer({type(self._model).__name__})", *self._chain.describe()]
+            ),
         )
 
     @staticmethod
-    def _load_model(auto: Any, source: str, placement: Placement) -> Any:
-        kwargs = {"dtype": _DTYPES[placement.dtype], "trust_remote_code": False}
-        # Packed execution keeps the padded SDPA model for its check and as the fallback.
+    def _load_model(source: str, spec: TransformerSpec, placement: Placement) -> Any:
+        """The backbone, every weight of it loaded from the checkpoint.
+
+        Raises:
+            ModelLoadError: it cannot be loaded, or its checkpoint lacks weights it needs or
+                holds weights it does not have.
+        """
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        auto = (
+            AutoModel if spec.task == "feature-extraction" else AutoModelForSequenceClassification
+        )
+        kwargs = {
+            "dtype": _DTYPES[placement.dtype],
+            "trust_remote_code": False,
+            "subfolder": spec.path,
+            "output_loading_info": True,
+        }
+        # Packed execution keeps the padded model for its check and as the fallback.
         attention = "sdpa" if placement.attention == "packed" else placement.attention
         try:
-            model = auto.from_pretrained(source, attn_implementation=attention, **kwargs)
-        except (ImportError, ValueError) as exc:
-            if attention == "eager":
-                raise ModelLoadError(f"cannot load {source}: {exc}") from exc
-            log.warning("attention %s unavailable (%s); using eager", attention, exc)
-            model = auto.from_pretrained(source, attn_implementation="eager", **kwargs)
+            try:
+                model, report = auto.from_pretrained(
+                    source, attn_implementation=attention, **kwargs
+                )
+            except (ImportError, ValueError) as exc:
+                if attention == "eager":
+                    raise
+                log.warning("attention %s unavailable (%s); using eager", attention, exc)
+                model, report = auto.from_pretrained(source, attn_implementation="eager", **kwargs)
         except OSError as exc:
             raise ModelLoadError(_load_advice(source, exc)) from exc
+        except Exception as exc:  # whatever transformers raises: one line, never a traceback
+            raise ModelLoadError(f"cannot load {source} as {auto.__name__}: {exc}") from exc
+        _check_loading_report(source, type(model).__name__, spec, report)
         return model.to(placement.device).eval()
 
+    def _num_labels(self, source: str) -> int:
+        """Scores per pair, which must be one: the classifier's labels, or the width of the
+        last module that writes ``scores``.
+
+        Raises:
+            ModelLoadError: the chain writes no scores, or more than one per pair.
+        """
+        writers = [
+            step
+            for step in self._chain.steps
+            if isinstance(step, Dense) and step.output_name == "scores"
+        ]
+        if writers:
+            labels = int(writers[-1].linear.out_features)
+        elif self._spec.module_output_name == "scores":
+            labels = int(getattr(self._model.config, "num_labels", 1))
+        else:
+            raise ModelLoadError(
+                f"{source}: no module of its chain writes scores: it is not a cross-encoder"
+            )
+        if labels != 1:
+            raise ModelLoadError(
+                f"{source} has {labels} labels; rerankd serves one-score cross-encoders"
+            )
+        return labels
+
+    def _set_prompt_length(self, tokenizer: Any) -> None:
+        """Tell Pooling how many leading tokens are the prompt, measured as Sentence
+        Transformers does: the prompt alone with special tokens, less a trailing one."""
+        ids = self._tokenizers[Truncation.END].encode(self._prompt).ids
+        length = len(ids) - (1 if ids and ids[-1] in set(tokenizer.all_special_ids) else 0)
+        for step in self._chain.steps:
+            if isinstance(step, Pooling):
+                step.prompt_length = length
+
     def _packed_runner(self, placement: Placement) -> PackedModernBert | None:
-        """The packed forward, once its logits matched the padded model's on sample pairs;
+        """The packed forward, once its scores matched the padded model's on sample pairs;
         None (padded execution, with a warning saying why) when the model, this PyTorch or
         the device cannot run it or it disagrees."""
         on_cuda = self._device.type == "cuda"
-        attention = varlen_attention() if on_cuda else reference_attention
+        attention: AttentionFn | None
+        if not on_cuda:
+            attention, self._packed_kernel = reference_attention, "sdpa"
+        elif placement.attention == "flash_attention_2":
+            attention, self._packed_kernel = flash_attn_varlen(), "flash_attn varlen"
+        else:
+            attention, self._packed_kernel = varlen_attention(), "varlen_attn"
         try:
             if attention is None:
-                raise PackingUnsupported("this PyTorch has no torch.nn.attention.varlen")
-            runner = PackedModernBert(self._model, attention)
+                raise PackingUnsupported(f"no {self._packed_kernel} kernel in this install")
+            runner = PackedModernBert(modernbert_encoder(self._model), attention)
+            chain = self._chain
+            if self._spec.module_output_name == "scores":  # a classifier: its own head
+                chain = Chain([ClassifierHead(self._model)])
+            self._packed_chain = chain
             generator = torch.Generator().manual_seed(0)
             vocab = int(self._model.config.vocab_size)
             ids = [
                 torch.randint(5, vocab, (n,), generator=generator).tolist()
                 for n in sorted({2, min(37, self._max_len), min(300, self._max_len)})
             ]
-            with torch.inference_mode():
-                packed = runner.logits(pack(ids, pin=False).to(self._device)).float().cpu()
-                padded = torch.from_numpy(self._padded_forward(self._collate_padded(ids, None)))
+            self._packed = runner  # for the check; reset if it fails
+            packed = self.device_scores(pack(ids, pin=False)).cpu()
+            padded = self.device_scores(self.collate_padded(ids, None)).cpu()
             tolerance = 1e-4 if placement.dtype == "float32" else 5e-2
             worst = float((packed - padded).abs().max() / (1.0 + padded.abs().max()))
             if not worst <= tolerance:
-                raise PackingUnsupported(f"packed logits differ from padded ones by {worst:.2e}")
+                raise PackingUnsupported(f"packed scores differ from padded ones by {worst:.2e}")
         except Exception as exc:  # any failure here means: run padded, as before
             log.warning("packed execution unavailable (%s); running padded batches", exc)
+            self._packed, self._packed_chain = None, self._chain
             return None
         log.info("packed execution checked against padded (relative difference %.1e)", worst)
         return runner
@@ -214,6 +332,8 @@ class HFCrossEncoder:
         """
         tokenizer = self._tokenizers[truncation]
         side = self._sides[truncation]
+        if self._prompt:  # Sentence Transformers prepends the model's prompt to the query
+            pairs = [(self._prompt + query, text) for query, text in pairs]
         clipped = [(query, _clip(text, self._clip_chars, side)) for query, text in pairs]
         # Offsets cost a third of the tokenizer's time and only the clip check reads them:
         # pairs whose text was not cut skip them.
@@ -270,11 +390,13 @@ class HFCrossEncoder:
     def collate(self, ids: Sequence[list[int]], type_ids: Sequence[list[int]] | None) -> Any:
         if self._packed is not None:
             return pack(ids, pin=self._device.type == "cuda")
-        return self._collate_padded(ids, type_ids)
+        return self.collate_padded(ids, type_ids)
 
-    def _collate_padded(
+    def collate_padded(
         self, ids: Sequence[list[int]], type_ids: Sequence[list[int]] | None
     ) -> dict[str, torch.Tensor]:
+        """The padded form of a batch, however the model runs (for the packed load check and
+        for benchmarks that compare the two)."""
         longest = max(len(row) for row in ids)
         input_ids = np.full((len(ids), longest), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), longest), dtype=np.int64)
@@ -298,9 +420,9 @@ class HFCrossEncoder:
         """Raw logits of a collated batch. Out of device memory, the batch is split in halves
         and each half retried (down to single pairs), so a batch the budget let through still
         succeeds, only slower, instead of failing every caller in it."""
-        run = self._packed_forward if isinstance(batch, PackedBatch) else self._padded_forward
         try:
-            return run(batch)
+            out: FloatArray = self.device_scores(batch).cpu().numpy()
+            return out
         except torch.OutOfMemoryError:
             count = len(batch) if isinstance(batch, PackedBatch) else len(batch["input_ids"])
             if count == 1:
@@ -318,17 +440,33 @@ class HFCrossEncoder:
             second = {key: value[half:] for key, value in batch.items()}
         return np.concatenate([self.forward(first), self.forward(second)])
 
-    def _padded_forward(self, batch: dict[str, torch.Tensor]) -> FloatArray:
+    def device_scores(self, batch: Any) -> torch.Tensor:
+        """Float32 raw scores of a collated batch (packed or padded), left on the device:
+        what ``forward`` copies back, without its wait (benchmarks time batches with it)."""
         with torch.inference_mode():
-            inputs = {k: v.to(self._device, non_blocking=True) for k, v in batch.items()}
-            logits = self._model(**inputs).logits
-            out: FloatArray = logits[:, 0].float().cpu().numpy()
-            return out
+            if isinstance(batch, PackedBatch):
+                return self._packed_scores(batch)
+            return self._padded_scores(batch)
 
-    def _packed_forward(self, batch: PackedBatch) -> FloatArray:
-        assert self._packed is not None
-        out: FloatArray = self._packed.logits(batch.to(self._device)).float().cpu().numpy()
-        return out
+    def _padded_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v.to(self._device, non_blocking=True) for k, v in batch.items()}
+        output = getattr(self._model(**inputs), self._spec.method_output_name)
+        name = self._spec.module_output_name
+        if output.ndim == 3:  # token embeddings: packed by the mask for the chain
+            features = pack_padded(output.float(), inputs["attention_mask"], name)
+        else:
+            features = {name: output.float()}
+        scores: torch.Tensor = self._chain(features)["scores"][:, 0].float()
+        return scores
+
+    def _packed_scores(self, batch: PackedBatch) -> torch.Tensor:
+        if self._packed is None:
+            raise ValueError("this model runs padded batches")
+        batch = batch.to(self._device)
+        hidden = self._packed.hidden(batch)
+        features = packed_features(hidden.float(), batch.cu_seqlens, "token_embeddings")
+        scores: torch.Tensor = self._packed_chain(features)["scores"][:, 0].float()
+        return scores
 
     def activate(self, logits: FloatArray) -> FloatArray:
         with torch.inference_mode():
@@ -361,6 +499,37 @@ class HFCrossEncoder:
         began = time.perf_counter()
         self.forward(batch)
         return time.perf_counter() - began
+
+
+def _check_loading_report(
+    source: str, model_class: str, spec: TransformerSpec, report: dict[str, Any]
+) -> None:
+    """Refuse a backbone whose checkpoint did not fill it exactly (transformers would have
+    initialised the missing weights at random and ignored the unexpected ones).
+
+    A headless model's pooler is exempt: the chain reads its token embeddings, never the
+    pooler's output, so a checkpoint saved without it still scores exactly.
+
+    Raises:
+        ModelLoadError: listing the keys.
+    """
+    missing = sorted(report.get("missing_keys") or ())
+    if spec.method_output_name == "last_hidden_state":
+        missing = [key for key in missing if not key.startswith("pooler.")]
+    problems = [
+        f"{what}: {', '.join(sorted(str(key) for key in keys))}"
+        for what, keys in (
+            ("missing", missing),
+            ("unexpected", report.get("unexpected_keys") or ()),
+            ("misshapen", report.get("mismatched_keys") or ()),
+        )
+        if keys
+    ]
+    if problems:
+        raise ModelLoadError(
+            f"{source}: the checkpoint does not match {model_class} ({'; '.join(problems)}): "
+            "the folder is incomplete or not a cross-encoder rerankd can serve"
+        )
 
 
 def _clip(text: str, limit: int, side: str) -> str:

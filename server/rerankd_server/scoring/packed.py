@@ -1,19 +1,21 @@
-"""Unpadded (packed) execution of ModernBERT cross-encoders without the ``flash-attn`` package.
+"""Unpadded (packed) execution of ModernBERT cross-encoders.
 
 A padded batch computes ``longest x count`` tokens; a packed one runs the linear layers over the
 concatenated real tokens of all pairs and only the attention per sequence, so it computes the
-sum of the lengths. Hugging Face's ModernBERT unpads by itself only with the ``flash-attn``
-package, which often does not build; recent PyTorch (2.11 on the H200 it ran on, 2.13 here)
-ships variable-length Flash Attention of its own (``torch.nn.attention.varlen.varlen_attn``,
-CUDA only), which this module uses. On the CPU the same code runs with a per-sequence SDPA
-attention (correct but slower than padding there, see docs/benchmarks.md), which is how the
-tests check it without a GPU.
+sum of the lengths. Transformers' ModernBERT runs padded batches (its Flash Attention 2 path
+unpads inside each attention call only); this module runs the whole encoder on the packed
+tokens with a variable-length attention kernel: the ``flash-attn`` package's where it is
+installed, else PyTorch's own (``torch.nn.attention.varlen.varlen_attn``, CUDA only, PyTorch
+2.11 and later). On the CPU the same code runs with a per-sequence SDPA attention (correct but
+slower than padding there, see docs/benchmarks.md), which is how the tests check it without a
+GPU.
 
-The forward reuses the model's own modules (embeddings, projections, rotary tables, MLPs, head)
-and replaces only the batching and the attention call. It depends on the layout of
-transformers' ModernBERT, so ``PackedModernBert`` refuses a model whose layout differs and the
-scorer checks the packed logits against the padded model once at load, falling back to padded
-execution on any difference.
+The forward reuses the model's own modules (embeddings, projections, rotary tables, MLPs) and
+replaces only the batching and the attention call; its last hidden state feeds the same head
+modules as a padded batch (``scoring.modules``). It depends on the layout of transformers'
+ModernBERT, so ``modernbert_encoder`` refuses a model whose layout differs and the scorer checks
+the packed scores against the padded model once at load, falling back to padded execution on
+any difference.
 """
 
 from __future__ import annotations
@@ -124,43 +126,48 @@ def reference_attention(
     return out
 
 
-class PackedModernBert:
-    """Runs a transformers ``ModernBertForSequenceClassification`` on ``PackedBatch`` inputs."""
+def modernbert_encoder(model: Any) -> Any:
+    """The ``ModernBertModel`` of a headless model or of a sequence classifier.
 
-    def __init__(self, model: Any, attention: AttentionFn) -> None:
-        """Raises:
+    Raises:
         PackingUnsupported: the model is not a ModernBERT laid out as this code expects.
-        """
-        config = model.config
-        if getattr(config, "model_type", None) != "modernbert":
-            raise PackingUnsupported(
-                f"packed execution supports ModernBERT models, not {config.model_type}"
-            )
-        base = getattr(model, "model", None)
-        needed = ("embeddings", "rotary_emb", "layers", "final_norm")
-        layer_parts = ("attn", "attn_norm", "mlp", "mlp_norm", "attention_type")
-        attn_parts = ("Wqkv", "Wo", "head_dim", "sliding_window")
-        if (
-            base is None
-            or not all(hasattr(base, name) for name in needed)
-            or not all(hasattr(layer, name) for layer in base.layers for name in layer_parts)
-            or not all(hasattr(layer.attn, name) for layer in base.layers for name in attn_parts)
-            or not all(hasattr(model, name) for name in ("head", "drop", "classifier"))
-            or not hasattr(config, "layer_types")
-        ):
-            raise PackingUnsupported("this transformers version lays ModernBERT out differently")
+    """
+    config = model.config
+    if getattr(config, "model_type", None) != "modernbert":
+        raise PackingUnsupported(
+            f"packed execution supports ModernBERT models, not {config.model_type}"
+        )
+    base = getattr(model, "model", model)
+    needed = ("embeddings", "rotary_emb", "layers", "final_norm")
+    layer_parts = ("attn", "attn_norm", "mlp", "mlp_norm", "attention_type")
+    attn_parts = ("Wqkv", "Wo", "head_dim", "sliding_window")
+    if (
+        not all(hasattr(base, name) for name in needed)
+        or not all(hasattr(layer, name) for layer in base.layers for name in layer_parts)
+        or not all(hasattr(layer.attn, name) for layer in base.layers for name in attn_parts)
+        or not hasattr(config, "layer_types")
+    ):
+        raise PackingUnsupported("this transformers version lays ModernBERT out differently")
+    return base
+
+
+class PackedModernBert:
+    """Runs a transformers ``ModernBertModel`` on ``PackedBatch`` inputs."""
+
+    def __init__(self, encoder: Any, attention: AttentionFn) -> None:
+        """``encoder``: as ``modernbert_encoder`` returns it."""
         from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
 
-        self._model = model
+        self._model = encoder
         self._attention = attention
         self._rotate = apply_rotary_pos_emb
 
     @torch.inference_mode()
-    def logits(self, batch: PackedBatch) -> torch.Tensor:
-        """The first logit of each pair, shape (pairs,), in the model's dtype."""
-        model = self._model
-        config = model.config
-        base = model.model
+    def hidden(self, batch: PackedBatch) -> torch.Tensor:
+        """The last hidden state of every token, shape (total tokens, hidden), in the model's
+        dtype: what the padded model returns for the real tokens."""
+        base = self._model
+        config = base.config
         cu = batch.cu_seqlens
         longest = max(batch.lengths)
         hidden = base.embeddings(input_ids=batch.input_ids)
@@ -192,15 +199,57 @@ class PackedModernBert:
             )
             hidden = hidden + block.Wo(out.reshape(total, -1))
             hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
-        hidden = base.final_norm(hidden)
-        if config.classifier_pooling == "mean":
-            device = hidden.device
-            lengths = torch.tensor(batch.lengths, device=device)
-            segment = torch.repeat_interleave(torch.arange(len(batch), device=device), lengths)
-            pooled = hidden.new_zeros(len(batch), hidden.shape[1])
-            pooled.index_add_(0, segment, hidden)
-            pooled = pooled / lengths[:, None].to(hidden.dtype)
-        else:
-            pooled = hidden[cu[:-1].long()]
-        out_logits: torch.Tensor = model.classifier(model.drop(model.head(pooled)))
-        return out_logits[:, 0]
+        result: torch.Tensor = base.final_norm(hidden)
+        return result
+
+
+class ClassifierHead(torch.nn.Module):
+    """``ModernBertForSequenceClassification``'s own pooling and head on packed token
+    embeddings, as a chain module writing ``scores``."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        from rerankd_server.scoring.modules import Pooling
+
+        self.config = model.config
+        self.pooling = Pooling(self.config.hidden_size, ("cls",), include_prompt=True)
+        self.head, self.drop, self.classifier = model.head, model.drop, model.classifier
+
+    def describe(self) -> str:
+        return "ClassifierHead"
+
+    def forward(self, features: dict[str, Any]) -> dict[str, Any]:
+        # Read per call, as the transformers model does.
+        self.pooling.modes = ("mean",) if self.config.classifier_pooling == "mean" else ("cls",)
+        pooled = self.pooling(features)["sentence_embedding"]
+        weight = self.classifier.weight
+        features["scores"] = self.classifier(self.drop(self.head(pooled.to(weight.dtype))))
+        return features
+
+
+def flash_attn_varlen() -> AttentionFn | None:
+    """The ``flash-attn`` package's variable-length kernel behind ``varlen_attn``'s
+    signature, or None where the package is not installed."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+
+    def attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cu_q: torch.Tensor,
+        cu_k: torch.Tensor,
+        max_q: int,
+        max_k: int,
+        *,
+        scale: float | None = None,
+        window_size: tuple[int, int] = (-1, -1),
+    ) -> torch.Tensor:
+        out: torch.Tensor = flash_attn_varlen_func(
+            q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, window_size=window_size
+        )
+        return out
+
+    return attention
