@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.13.0
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -e '.[server]'
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -e '.[server,tiny]'
 exec "$VENV/bin/rerankd" demo "$@"

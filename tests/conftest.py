@@ -11,30 +11,37 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rerankd_server.process import ServerProcess, start_server
-from rerankd_server.tiny_models import ModelKind, build_tiny_model
+from rerankd_server.tiny_models import build_tiny_model
 
-# name -> (kind, activation) for build_tiny_model; "default" leaves the activation to Sentence
-# Transformers' rule (Sigmoid for one label).
-TINY_MODELS: dict[str, tuple[ModelKind, str]] = {
-    "modernbert": ("modernbert", "default"),
-    "modernbert_identity": ("modernbert", "torch.nn.Identity"),
-    "bert": ("bert", "default"),
-    "bert_identity": ("bert", "torch.nn.Identity"),
+# name -> build_tiny_model arguments. "default" records no activation, leaving it to Sentence
+# Transformers' rule (Sigmoid for one label). The suite's default model ("modernbert") is in the
+# layout the Ettin rerankers ship in; the others cover the single-module classifier layout of
+# earlier cross-encoders (ModernBERT, and BERT with token_type_ids) and a BERT pooler chain.
+TINY_MODELS: dict[str, dict[str, Any]] = {
+    "modernbert": {"kind": "modernbert", "layout": "ettin", "activation": "default"},
+    "ettin": {"kind": "modernbert", "layout": "ettin"},  # exactly the release: raw logits
+    "modernbert_classifier": {"kind": "modernbert", "layout": "classifier"},
+    "modernbert_identity": {
+        "kind": "modernbert",
+        "layout": "classifier",
+        "activation": "torch.nn.Identity",
+    },
+    "bert": {"kind": "bert", "layout": "classifier", "activation": "default"},
+    "bert_identity": {"kind": "bert", "layout": "classifier", "activation": "torch.nn.Identity"},
+    "bert_pooler_mean": {"kind": "bert", "layout": "pooler", "pooling": "mean"},
 }
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Random-weight cross-encoders in the Sentence Transformers layout, built once per session."""
+    """Random-weight cross-encoders saved by Sentence Transformers, built once per session."""
     root = tmp_path_factory.mktemp("tiny_models")
-    return {
-        name: build_tiny_model(root / name, kind, activation=activation)
-        for name, (kind, activation) in TINY_MODELS.items()
-    }
+    return {name: build_tiny_model(root / name, **kwargs) for name, kwargs in TINY_MODELS.items()}
 
 
 @pytest.fixture(scope="session")

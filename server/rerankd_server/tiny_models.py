@@ -1,12 +1,22 @@
 """Tiny random-weight cross-encoders, built offline in seconds, for tests and demos.
 
 Real rerankers are hundreds of megabytes and need the network; the sidecar's tests and the README's
-demo need a model that loads through exactly the same code path (Hugging Face files plus the
-Sentence Transformers CrossEncoder layout) without either. The weights are RANDOM: the scores mean
-nothing, but they are finite, differ between inputs and are reproducible for a given seed, which
-tests rely on.
+demo need a model that loads through exactly the same code path without either. Each is built
+through Sentence Transformers' own modules and saved by its ``CrossEncoder.save_pretrained``, so the
+files are exactly what a published model holds, in one of three layouts:
 
-Usage: ``python -m rerankd_server.tiny_models PATH [--kind bert] [--activation torch.nn.Identity]``.
+* ``ettin`` (the default): the layout the Ettin rerankers ship in, a headless Transformer, then
+  Pooling, Dense (GELU, no bias), LayerNorm and Dense, with raw-logit scores (Identity);
+* ``pooler``: a headless Transformer, Pooling, Dense (Tanh, with bias), Dense: BERT's pooler and
+  classifier as modules;
+* ``classifier``: one sequence-classification Transformer (``AutoModelForSequenceClassification``),
+  the layout of most earlier cross-encoders.
+
+The weights are RANDOM: the scores mean nothing, but they are finite, differ between inputs and are
+reproducible for a given seed, which tests rely on.
+
+Usage: ``python -m rerankd_server.tiny_models PATH [--layout ettin] [--kind bert] ...``
+(needs the ``tiny`` extra: ``pip install 'rerankd[tiny]'``, which is Sentence Transformers).
 """
 
 from __future__ import annotations
@@ -15,20 +25,24 @@ import argparse
 import json
 import string
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 ModelKind = Literal["modernbert", "bert"]
+Layout = Literal["ettin", "pooler", "classifier"]
+PoolingMode = Literal["cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens"]
 
 #: Longest (query, document) pair in tokens, special tokens included. Kept small so tests can build
-#: over-long documents cheaply; the position tables below are larger so a saved ``max_seq_length``
+#: over-long documents cheaply; the position tables below are larger so a ``max_seq_length``
 #: above it still fits the model.
 MODEL_MAX_LENGTH = 128
 #: Position table size; a ``max_seq_length`` above it could not run, so it is rejected.
 MAX_POSITION_EMBEDDINGS = 512
 #: Largest vocabulary; CORPUS yields a little less.
 VOCAB_SIZE = 1500
+HIDDEN_SIZE = 32
 
 #: Weight scale. Hugging Face's default (0.02) gives near-equal scores on a model this small; this
 #: spreads the logits over a few units, so rankings are clear and sigmoid stays out of saturation.
@@ -36,15 +50,11 @@ INITIALIZER_RANGE = 0.5
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-# The Sentence Transformers release whose CrossEncoder.save() layout is written below (modules.json
-# naming the v6 Transformer module, modality_config); loaders warn only if it is newer than theirs.
-_ST_LAYOUT_VERSION = "6.2.0"
-_ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
-
 _README = """\
 # Tiny random-weight cross-encoder
 
-Built by `python -m rerankd_server.tiny_models` ({kind}, seed {seed}). The weights are RANDOM: its
+Built by `python -m rerankd_server.tiny_models` ({layout} layout, {kind}, seed {seed}) and saved by
+Sentence Transformers' `CrossEncoder.save_pretrained`. The weights are RANDOM: its
 scores mean nothing. It exists so tests and demos run offline; use a trained reranker for real work.
 """
 
@@ -133,81 +143,159 @@ def build_tiny_model(
     path: str | Path,
     kind: ModelKind = "modernbert",
     *,
-    activation: str | None = "default",
+    layout: Layout = "ettin",
+    pooling: PoolingMode = "cls",
+    activation: str | None = None,
     max_seq_length: int | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write a random-weight cross-encoder to ``path`` in the CrossEncoder layout.
+    """Write a random-weight cross-encoder to ``path``, saved by Sentence Transformers.
 
     Args:
         path: Folder to write (created; existing files with the same names are overwritten).
         kind: ``"modernbert"`` (no token type ids, local + global attention layers) or ``"bert"``
             (token type ids, absolute positions): the two input conventions real rerankers use.
-        activation: ``"default"`` (or None) records no activation, so loaders apply Sentence
-            Transformers' rule (Sigmoid for one label); a dotted path such as
-            ``"torch.nn.Identity"`` is recorded as ``activation_fn``.
-        max_seq_length: When given, recorded in ``sentence_bert_config.json``, which Sentence
-            Transformers lets override the tokenizer's ``model_max_length`` (MODEL_MAX_LENGTH).
+        layout: ``"ettin"``, ``"pooler"`` or ``"classifier"`` (see the module docstring).
+        pooling: the Pooling mode of the ``ettin`` and ``pooler`` layouts.
+        activation: None: the layout's own (Identity for ``ettin``, as the release; Sigmoid,
+            Sentence Transformers' default for one label, otherwise). ``"default"``: no
+            ``activation_fn`` recorded at all, as older saves, so loaders apply the default
+            rule. A dotted path such as ``"torch.nn.Identity"``: recorded as ``activation_fn``.
+        max_seq_length: When given, the tokenizer's ``model_max_length`` (MODEL_MAX_LENGTH
+            otherwise), as Sentence Transformers saves a changed ``max_seq_length``.
         seed: Seeds the random weights; the same seed gives the same files.
 
     Returns:
         The folder, as a Path.
 
     Raises:
-        ValueError: an unknown ``kind``, or ``max_seq_length`` outside 1..MAX_POSITION_EMBEDDINGS.
+        ValueError: an unknown ``kind``, ``layout`` or ``pooling``, or ``max_seq_length``
+            outside 1..MAX_POSITION_EMBEDDINGS.
+        ImportError: Sentence Transformers is not installed.
     """
-    if kind not in get_args(ModelKind):
-        raise ValueError(f"kind must be one of {get_args(ModelKind)}, got {kind!r}")
+    for value, allowed, what in (
+        (kind, ModelKind, "kind"),
+        (layout, Layout, "layout"),
+        (pooling, PoolingMode, "pooling"),
+    ):
+        if value not in get_args(allowed):
+            raise ValueError(f"{what} must be one of {get_args(allowed)}, got {value!r}")
     if max_seq_length is not None and not 0 < max_seq_length <= MAX_POSITION_EMBEDDINGS:
         raise ValueError(
             f"max_seq_length must be in 1..{MAX_POSITION_EMBEDDINGS}, got {max_seq_length}"
         )
 
     import torch
-    import transformers
 
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer(kind)
-    with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's RNG
+    tokenizer = build_tokenizer(kind)
+    with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller
         torch.manual_seed(seed)
-        model = _build_model(kind, tokenizer)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+        model = _build_backbone(kind, tokenizer, headless=layout != "classifier")
+        return save_cross_encoder(
+            path,
+            model,
+            tokenizer,
+            layout=layout,
+            pooling=pooling,
+            activation=activation,
+            max_seq_length=max_seq_length,
+            readme=_README.format(kind=kind, layout=layout, seed=seed),
+        )
 
-    st_config: dict[str, Any] = {
-        "model_type": "CrossEncoder",
-        "__version__": {
-            "sentence_transformers": _ST_LAYOUT_VERSION,
-            "transformers": transformers.__version__,
-            "pytorch": torch.__version__,
-        },
-        "prompts": {},
-        "default_prompt_name": None,
-    }
-    if activation is not None and activation != "default":
-        st_config["activation_fn"] = activation
-    module_config: dict[str, Any] = {
-        "transformer_task": "sequence-classification",
-        "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
-        "module_output_name": "scores",
-    }
-    if max_seq_length is not None:
-        module_config["max_seq_length"] = max_seq_length
-    modules = [{"idx": 0, "name": "0", "path": "", "type": _ST_TRANSFORMER}]
-    # Same file names, keys and JSON formatting as Sentence Transformers' save().
-    (out / "config_sentence_transformers.json").write_text(
-        json.dumps(st_config, indent=2, sort_keys=True), encoding="utf-8"
-    )
-    (out / "sentence_bert_config.json").write_text(
-        json.dumps(module_config, indent=4), encoding="utf-8"
-    )
-    (out / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
-    (out / "README.md").write_text(_README.format(kind=kind, seed=seed), encoding="utf-8")
+
+def save_cross_encoder(
+    path: str | Path,
+    backbone: Any,
+    tokenizer: Any,
+    *,
+    layout: Layout,
+    pooling: PoolingMode = "cls",
+    activation: str | None = None,
+    max_seq_length: int | None = None,
+    readme: str,
+) -> Path:
+    """Save ``backbone`` (headless, or a sequence classifier for ``classifier``) with
+    ``tokenizer`` as a CrossEncoder of ``layout``, through Sentence Transformers' own modules
+    and ``save_pretrained``; the head modules get random weights from torch's current RNG.
+    ``activation`` as for ``build_tiny_model``."""
+    out = Path(path)
+    with tempfile.TemporaryDirectory() as staging:
+        backbone.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        width = int(backbone.config.hidden_size)
+        cross_encoder = _cross_encoder(staging, layout, width, pooling, activation, max_seq_length)
+        out.mkdir(parents=True, exist_ok=True)
+        cross_encoder.save_pretrained(str(out))
+    if activation == "default":
+        st_config_path = out / "config_sentence_transformers.json"
+        st_config = json.loads(st_config_path.read_text(encoding="utf-8"))
+        del st_config["activation_fn"]
+        st_config_path.write_text(json.dumps(st_config, indent=2, sort_keys=True) + "\n")
+    (out / "README.md").write_text(readme, encoding="utf-8")
     return out
 
 
-def _build_tokenizer(kind: ModelKind) -> Any:
+def _cross_encoder(
+    staging: str,
+    layout: Layout,
+    width: int,
+    pooling: PoolingMode,
+    activation: str | None,
+    max_seq_length: int | None,
+) -> Any:
+    """The CrossEncoder of ``layout`` around the backbone saved in ``staging``, built from
+    Sentence Transformers' own modules (its head modules seeded by the caller)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.modules import Dense, Transformer
+    from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
+
+    task = "sequence-classification" if layout == "classifier" else "feature-extraction"
+    # Keep the backbone's dtype (a large benchmark model is saved in bf16).
+    model_kwargs = {"dtype": "auto"}
+    modules: list[torch.nn.Module] = [
+        Transformer(
+            staging, transformer_task=task, max_seq_length=max_seq_length, model_kwargs=model_kwargs
+        )
+    ]
+    if layout == "ettin":
+        modules += [
+            Pooling(width, pooling_mode=pooling),
+            Dense(width, width, bias=False, activation_function=torch.nn.GELU()),
+            LayerNorm(width),
+        ]
+    elif layout == "pooler":
+        modules += [
+            Pooling(width, pooling_mode=pooling),
+            Dense(width, width, bias=True, activation_function=torch.nn.Tanh()),
+        ]
+    if layout != "classifier":
+        modules.append(
+            Dense(width, 1, activation_function=torch.nn.Identity(), module_output_name="scores")
+        )
+    for module in modules[1:]:  # spread the head's weights like the backbone's
+        for name, parameter in module.named_parameters():
+            if name.startswith("norm."):  # LayerNorm: near its identity, but not equal to it
+                torch.nn.init.normal_(parameter, 1.0 if name.endswith("weight") else 0.0, 0.2)
+            else:
+                torch.nn.init.normal_(parameter, 0.0, INITIALIZER_RANGE / width**0.5 * 2)
+    if activation is None:
+        activation = "torch.nn.Identity" if layout == "ettin" else "torch.nn.Sigmoid"
+    elif activation == "default":
+        activation = "torch.nn.Sigmoid"  # what CrossEncoder chooses for one label
+    return CrossEncoder(modules=modules, activation_fn=_activation(activation), device="cpu")
+
+
+def _activation(path: str) -> Any:
+    import importlib
+
+    module_name, _, name = path.rpartition(".")
+    if not path.startswith("torch."):
+        raise ValueError(f"activation must be a torch.* class path, got {path!r}")
+    return getattr(importlib.import_module(module_name), name)()
+
+
+def build_tokenizer(kind: ModelKind) -> Any:
     """A lowercase WordPiece tokenizer over CORPUS's vocabulary, wrapped for transformers."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -268,20 +356,23 @@ def _vocabulary(words: Counter[str]) -> list[str]:
     return list(dict.fromkeys(tokens))[:VOCAB_SIZE]
 
 
-def _build_model(kind: ModelKind, tokenizer: Any) -> Any:
-    """A two-layer, 32-wide sequence classifier with one label, its ids matching ``tokenizer``."""
+def _build_backbone(kind: ModelKind, tokenizer: Any, *, headless: bool) -> Any:
+    """A two-layer, 32-wide model, its ids matching ``tokenizer``: headless (``AutoModel``) or
+    a sequence classifier with one label."""
     from transformers import (
         BertConfig,
         BertForSequenceClassification,
+        BertModel,
         ModernBertConfig,
         ModernBertForSequenceClassification,
+        ModernBertModel,
     )
 
     common = {
         "vocab_size": len(tokenizer),
         "pad_token_id": tokenizer.pad_token_id,
         "num_labels": 1,
-        "hidden_size": 32,
+        "hidden_size": HIDDEN_SIZE,
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
@@ -289,7 +380,8 @@ def _build_model(kind: ModelKind, tokenizer: Any) -> Any:
         "initializer_range": INITIALIZER_RANGE,
     }
     if kind == "bert":
-        return BertForSequenceClassification(BertConfig(type_vocab_size=2, **common))
+        config: Any = BertConfig(type_vocab_size=2, **common)
+        return BertModel(config) if headless else BertForSequenceClassification(config)
     config = ModernBertConfig(
         cls_token_id=tokenizer.cls_token_id,
         sep_token_id=tokenizer.sep_token_id,
@@ -300,7 +392,7 @@ def _build_model(kind: ModelKind, tokenizer: Any) -> Any:
         local_attention=16,
         **common,
     )
-    return ModernBertForSequenceClassification(config)
+    return ModernBertModel(config) if headless else ModernBertForSequenceClassification(config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,19 +403,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("path", type=Path, help="folder to write the model into")
     parser.add_argument(
-        "--kind", choices=get_args(ModelKind), default="modernbert", help="architecture"
+        "--layout",
+        choices=get_args(Layout),
+        default="ettin",
+        help="module chain: ettin (headless > Pooling > Dense > LayerNorm > Dense, as the Ettin "
+        "rerankers ship), pooler (headless > Pooling > Dense(Tanh) > Dense) or classifier (one "
+        "sequence-classification model)",
+    )
+    parser.add_argument(
+        "--kind", choices=get_args(ModelKind), default="modernbert", help="backbone architecture"
+    )
+    parser.add_argument(
+        "--pooling", choices=get_args(PoolingMode), default="cls", help="Pooling mode"
     )
     parser.add_argument(
         "--activation",
-        default="default",
-        help='"default" (Sigmoid for one label, as Sentence Transformers decides) or a dotted path '
-        'such as "torch.nn.Identity" recorded as the activation_fn',
+        default=None,
+        help="a dotted path such as torch.nn.Identity recorded as the activation_fn; "
+        '"default" records none (Sigmoid, as Sentence Transformers decides for one label); '
+        "unset: the layout's own (Identity for ettin, Sigmoid otherwise)",
     )
     parser.add_argument(
         "--max-seq-length",
         type=int,
         default=None,
-        help=f"record a max_seq_length (default: the tokenizer's {MODEL_MAX_LENGTH})",
+        help=f"the longest pair in tokens (default: {MODEL_MAX_LENGTH})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights")
     args = parser.parse_args(argv)
@@ -335,12 +439,21 @@ def main(argv: list[str] | None = None) -> int:
         out = build_tiny_model(
             args.path,
             args.kind,
+            layout=args.layout,
+            pooling=args.pooling,
             activation=args.activation,
             max_seq_length=args.max_seq_length,
             seed=args.seed,
         )
     except ValueError as exc:
         parser.error(str(exc))
+    except ImportError as exc:
+        print(
+            f"error: building a tiny model needs Sentence Transformers ({exc}); "
+            "install it with: pip install 'rerankd[tiny]'",
+            file=sys.stderr,
+        )
+        return 2
     print(out)
     print("warning: the weights are RANDOM; the scores mean nothing (for demos and tests only)")
     return 0

@@ -1,7 +1,8 @@
 """The tiny test models load and score through Sentence Transformers exactly like a real reranker.
 
 Scoring tests compare the server with ``CrossEncoder.predict`` on these models, so they must take
-the same code path as a published cross-encoder: same files, same activation rule, same max length.
+the same code path as a published cross-encoder: same files (the Ettin rerankers' module chain,
+or one sequence classifier), same activation rule, same max length.
 """
 
 from __future__ import annotations
@@ -30,9 +31,29 @@ PAIRS = [
 
 EXPECTED_ACTIVATION = {
     "modernbert": torch.nn.Sigmoid,
+    "ettin": torch.nn.Identity,
+    "modernbert_classifier": torch.nn.Sigmoid,
     "modernbert_identity": torch.nn.Identity,
     "bert": torch.nn.Sigmoid,
     "bert_identity": torch.nn.Identity,
+    "bert_pooler_mean": torch.nn.Sigmoid,
+}
+ST = "sentence_transformers."
+CHAINS = {
+    "ettin": [
+        ST + "base.modules.transformer.Transformer",
+        ST + "sentence_transformer.modules.pooling.Pooling",
+        ST + "base.modules.dense.Dense",
+        ST + "sentence_transformer.modules.layer_norm.LayerNorm",
+        ST + "base.modules.dense.Dense",
+    ],
+    "bert_pooler_mean": [
+        ST + "base.modules.transformer.Transformer",
+        ST + "sentence_transformer.modules.pooling.Pooling",
+        ST + "base.modules.dense.Dense",
+        ST + "base.modules.dense.Dense",
+    ],
+    "modernbert_identity": [ST + "base.modules.transformer.Transformer"],
 }
 
 
@@ -80,37 +101,50 @@ def test_tokenizer_formats_pairs_like_bert(tiny_models: dict[str, Path]) -> None
         assert config["max_position_embeddings"] >= tokenizer.model_max_length
 
 
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
 def test_layout_is_what_sentence_transformers_saves(
-    tiny_models: dict[str, Path], tmp_path: Path
+    tiny_models: dict[str, Path], tmp_path: Path, name: str
 ) -> None:
-    """A save by CrossEncoder itself writes the same files with the same settings."""
-    ours = tiny_models["modernbert_identity"]
+    """Loaded and saved again by CrossEncoder itself: the same files, configs and weights."""
+    from safetensors.torch import load_file
+
+    ours = tiny_models[name]
+    assert [m["type"] for m in _json(ours / "modules.json")] == CHAINS[name]
     theirs = tmp_path / "resaved"
-    CrossEncoder(str(ours), device="cpu").save(str(theirs))
-    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
-    for name in ("modules.json", "sentence_bert_config.json"):
-        assert _json(ours / name) == _json(theirs / name), name
-    ours_st, theirs_st = (
-        _json(ours / "config_sentence_transformers.json"),
-        _json(theirs / "config_sentence_transformers.json"),
+    CrossEncoder(str(ours), device="cpu").save_pretrained(str(theirs))
+    assert _files(ours) == _files(theirs)
+    for file in _files(ours):
+        if file.endswith(".json"):
+            assert _json(ours / file) == _json(theirs / file), file
+        elif file.endswith(".safetensors"):
+            mine, saved = load_file(ours / file), load_file(theirs / file)
+            assert mine.keys() == saved.keys(), file
+            assert all(torch.equal(mine[key], saved[key]) for key in mine), file
+
+
+def test_the_ettin_layout_matches_the_release(tiny_models: dict[str, Path]) -> None:
+    root = tiny_models["ettin"]
+    assert _json(root / "sentence_bert_config.json")["transformer_task"] == "feature-extraction"
+    assert _json(root / "config.json")["architectures"] == ["ModernBertModel"]
+    assert _json(root / "1_Pooling" / "config.json")["pooling_mode"] == "cls"
+    inner, last = _json(root / "2_Dense" / "config.json"), _json(root / "4_Dense" / "config.json")
+    assert (inner["bias"], inner["activation_function"]) == (
+        False,
+        "torch.nn.modules.activation.GELU",
     )
-    assert ours_st["activation_fn"] == "torch.nn.Identity"
-    assert theirs_st["activation_fn"] == "torch.nn.modules.linear.Identity"
-    for key in ("model_type", "prompts", "default_prompt_name"):
-        assert ours_st[key] == theirs_st[key], key
-
-
-def test_default_activation_is_not_written(tiny_models: dict[str, Path]) -> None:
-    st_config = _json(tiny_models["modernbert"] / "config_sentence_transformers.json")
-    assert st_config["model_type"] == "CrossEncoder"
-    assert "activation_fn" not in st_config
-    assert "max_seq_length" not in _json(tiny_models["modernbert"] / "sentence_bert_config.json")
+    assert (last["out_features"], last["module_output_name"]) == (1, "scores")
+    st_config = _json(root / "config_sentence_transformers.json")
+    assert st_config["activation_fn"] == "torch.nn.modules.linear.Identity"
 
 
 @pytest.mark.parametrize("max_seq_length", [16, 200])
 def test_max_seq_length_is_recorded_and_used(tmp_path: Path, max_seq_length: int) -> None:
     path = build_tiny_model(tmp_path / "m", "bert", max_seq_length=max_seq_length)
-    assert _json(path / "sentence_bert_config.json")["max_seq_length"] == max_seq_length
+    assert _json(path / "tokenizer_config.json")["model_max_length"] == max_seq_length
     model = CrossEncoder(str(path), device="cpu")
     assert model.max_seq_length == max_seq_length
     features = model.preprocess([("query " * 300, "document " * 300)])
@@ -122,19 +156,23 @@ def test_same_seed_same_files_other_seed_other_weights(tmp_path: Path) -> None:
     first = build_tiny_model(tmp_path / "a", "modernbert", seed=7)
     second = build_tiny_model(tmp_path / "b", "modernbert", seed=7)
     third = build_tiny_model(tmp_path / "c", "modernbert", seed=8)
-    for file in sorted(first.iterdir()):
-        assert file.read_bytes() == (second / file.name).read_bytes(), file.name
+    assert _files(first) == _files(second)
+    for file in _files(first):
+        assert (first / file).read_bytes() == (second / file).read_bytes(), file
     assert (first / "tokenizer.json").read_bytes() == (third / "tokenizer.json").read_bytes()
-    assert (first / "model.safetensors").read_bytes() != (third / "model.safetensors").read_bytes()
+    for weights in ("model.safetensors", "4_Dense/model.safetensors"):
+        assert (first / weights).read_bytes() != (third / weights).read_bytes(), weights
 
 
 def test_weights_are_float32_safetensors(tiny_models: dict[str, Path]) -> None:
     from safetensors.torch import load_file
 
     for name in ("modernbert", "bert"):
-        assert not (tiny_models[name] / "pytorch_model.bin").exists()
-        tensors = load_file(tiny_models[name] / "model.safetensors")
-        assert {t.dtype for t in tensors.values()} == {torch.float32}
+        root = tiny_models[name]
+        assert not list(root.rglob("pytorch_model.bin"))
+        for weights in root.rglob("model.safetensors"):
+            tensors = load_file(weights)
+            assert {t.dtype for t in tensors.values()} == {torch.float32}
 
 
 def test_build_never_touches_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,6 +189,8 @@ def test_build_never_touches_the_network(tmp_path: Path, monkeypatch: pytest.Mon
     ("kwargs", "message"),
     [
         ({"kind": "roberta"}, "kind must be one of"),
+        ({"layout": "colbert"}, "layout must be one of"),
+        ({"pooling": "median"}, "pooling must be one of"),
         ({"max_seq_length": 0}, "max_seq_length must be in"),
         ({"max_seq_length": tiny_models.MAX_POSITION_EMBEDDINGS + 1}, "max_seq_length must be in"),
     ],
@@ -165,6 +205,10 @@ def test_cli_builds_and_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     path = tmp_path / "cli-model"
     argv = [
         str(path),
+        "--layout",
+        "pooler",
+        "--pooling",
+        "mean",
         "--kind",
         "bert",
         "--activation",
@@ -180,6 +224,7 @@ def test_cli_builds_and_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert type(model.activation_fn) is torch.nn.Identity
     assert model.max_seq_length == 64
     assert "token_type_ids" in model.tokenizer.model_input_names
+    assert _json(path / "1_Pooling" / "config.json")["pooling_mode"] == "mean"
 
 
 def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
