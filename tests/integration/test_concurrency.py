@@ -1,4 +1,5 @@
-"""32 concurrent mixed-size requests give the results of the same requests sent one by one."""
+"""32 concurrent mixed-size requests give the results of the same requests sent one by one, and
+those of ``CrossEncoder.predict``, for a classifier and for the Ettin module chain."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
+from sentence_transformers import CrossEncoder
 
 from rerankd import AsyncClient, Client
 from rerankd_server.settings import Settings
@@ -28,10 +31,10 @@ def requests(seed: int = 11) -> list[tuple[str, list[str]]]:
     return out
 
 
-def test_concurrent_requests_equal_sequential_ones(tiny_models: dict[str, Path]) -> None:
-    settings = Settings(
-        model=str(tiny_models["bert"]), device="cpu", max_batch_tokens=1024, lookahead_pairs=64
-    )
+@pytest.mark.parametrize("name", ["bert", "ettin"])
+def test_concurrent_requests_equal_sequential_ones(tiny_models: dict[str, Path], name: str) -> None:
+    path = tiny_models[name]
+    settings = Settings(model=str(path), device="cpu", max_batch_tokens=1024, lookahead_pairs=64)
     work = requests()
     with run_sidecar(settings) as running:
         with Client(running.target) as client:
@@ -63,6 +66,11 @@ def test_concurrent_requests_equal_sequential_ones(tiny_models: dict[str, Path])
             one.results, many.results
         )
     assert stats is not None and stats.batches > 0
+    reference = CrossEncoder(str(path), device="cpu")
+    for (query, docs), many in zip(work, concurrent, strict=True):
+        mixed = {r.index: r.score for r in many.results}
+        expected = reference.predict([(query, d) for d in docs], batch_size=16)
+        np.testing.assert_allclose([mixed[i] for i in range(len(docs))], expected, atol=1e-5)
 
 
 def _only_near_ties_swapped(a: list, b: list) -> bool:

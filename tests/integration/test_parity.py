@@ -1,9 +1,10 @@
 """Scores through a real server equal sentence_transformers.CrossEncoder.predict (fp32, 1e-5).
 
-For every tiny model (ModernBERT without token_type_ids, BERT with them; configured activation
-or none; ModernBERT also packed, without padding), for short, long and over-long documents,
-with and without raw_scores, both truncation sides, through Rerank and Score. Where ../shared
-holds the trained man-page model, the same holds for it.
+For every tiny model layout (the Ettin module chain with its raw logits or the default sigmoid,
+a BERT pooler chain with mean pooling, single-module classifiers; ModernBERT without
+token_type_ids, BERT with them; ModernBERT also packed, without padding), for short, long and
+over-long documents, with and without raw_scores, both truncation sides, through Rerank and
+Score. Where ../shared holds the trained man-page model, in both its layouts, the same holds.
 """
 
 from __future__ import annotations
@@ -46,7 +47,16 @@ DOCS = [
 
 @pytest.fixture(
     scope="module",
-    params=["modernbert", "modernbert_identity", "bert", "bert_identity", "modernbert packed"],
+    params=[
+        "ettin",
+        "ettin packed",
+        "modernbert",
+        "bert_pooler_mean",
+        "modernbert_classifier",
+        "modernbert_identity packed",
+        "bert",
+        "bert_identity",
+    ],
 )
 def served(
     request: pytest.FixtureRequest, tiny_models: dict[str, Path]
@@ -150,10 +160,31 @@ def test_model_info_reports_what_cross_encoder_uses(
     assert info.max_input_tokens == model.max_seq_length
     assert info.activation.rsplit(".", 1)[-1] == type(model.activation_fn).__name__
     assert (info.dtype, info.device) == ("float32", "cpu")
+    assert info.modules == chain(model)
 
 
-def test_trained_manpages_model_matches_cross_encoder(shared_dir: Path) -> None:
-    path = shared_dir / "models" / "manpages-minilm-l6-ce"
+def chain(model: CrossEncoder) -> str:
+    """The module chain as GetModelInfo reports it, read off Sentence Transformers' objects."""
+    names = []
+    for module in model:
+        kind = type(module).__name__
+        if kind == "Transformer":
+            names.append(f"Transformer({type(module.model).__name__})")
+        elif kind == "Pooling":
+            names.append(f"Pooling({module.pooling_mode})")
+        elif kind == "Dense":
+            act = type(module.activation_function).__name__
+            names.append("Dense" if act == "Identity" else f"Dense({act})")
+        else:
+            names.append(kind)
+    return " > ".join(names)
+
+
+@pytest.mark.parametrize("name", ["manpages-minilm-l6-ce", "manpages-minilm-l6-ce-modular"])
+def test_trained_manpages_model_matches_cross_encoder(shared_dir: Path, name: str) -> None:
+    """The trained model, as one classifier and rebuilt as Transformer > Pooling(cls) >
+    Dense(Tanh) > Dense: both score as CrossEncoder does."""
+    path = shared_dir / "models" / name
     if not path.is_dir():
         pytest.skip(f"{path} is absent")
     docs = ["ls - list directory contents", "cp - copy files and directories", text(600), ""]
@@ -163,6 +194,8 @@ def test_trained_manpages_model_matches_cross_encoder(shared_dir: Path) -> None:
         response = stub.Rerank(
             pb.RerankRequest(query=QUERY, documents=[pb.Document(text=d) for d in docs])
         )
+        info = stub.GetModelInfo(pb.GetModelInfoRequest()).model
+    assert info.modules == chain(CrossEncoder(str(path), device="cpu"))
     got = {r.index: r.score for r in response.results}
     expected = reference(path, [(QUERY, d) for d in docs], raw=False)
     np.testing.assert_allclose([got[i] for i in range(len(docs))], expected, atol=1e-5, rtol=0)
