@@ -147,6 +147,7 @@ class ModelInfo:
     limits: RequestLimits
     server_version: str
     served_models: tuple[str, ...] = ()
+    modules: str = ""  # the module chain, e.g. "Transformer(ModernBertModel) > Pooling(cls) > ..."
 
 
 @dataclass(frozen=True)

@@ -249,10 +249,11 @@ class Sidecar:
             self._servicer.add_model(Reranker(name, scorer, scheduler, config, cache))
             info = scorer.info
             log.info(
-                "serving %s as %r on %s (%s, %s attention, max %d tokens/pair, %d tokens/batch, "
-                "a batch's fixed cost counted as %d tokens)",
+                "serving %s as %r: %s, on %s (%s, %s attention, max %d tokens/pair, "
+                "%d tokens/batch, a batch's fixed cost counted as %d tokens)",
                 source,
                 name,
+                info.modules or "custom scorer",
                 info.device,
                 info.dtype,
                 info.attention_implementation,

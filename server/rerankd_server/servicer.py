@@ -320,6 +320,7 @@ def _model_info(model: Reranker) -> pb.ModelInfo:
         dtype=info.dtype,
         device=info.device,
         attention_implementation=info.attention_implementation,
+        modules=info.modules,
         batching=pb.BatchingLimits(
             max_batch_tokens=config.limits.max_batch_tokens,
             max_batch_size=config.limits.max_batch_size,

@@ -36,6 +36,7 @@ INFO = pb.GetModelInfoResponse(
         dtype="float32",
         device="cpu",
         attention_implementation="sdpa",
+        modules="Transformer(ModernBertModel) > Pooling(cls) > Dense(GELU) > LayerNorm > Dense",
         batching=pb.BatchingLimits(
             max_batch_tokens=16384,
             max_batch_size=64,

@@ -182,6 +182,7 @@ def test_model_info_flattens_the_response(server: FakeServer, kind: str) -> None
             max_message_bytes=64 << 20,
         ),
         server_version=INFO.server_version,
+        modules="Transformer(ModernBertModel) > Pooling(cls) > Dense(GELU) > LayerNorm > Dense",
     )
     assert server.servicer.requests == [pb.GetModelInfoRequest(model="wanted")]
 

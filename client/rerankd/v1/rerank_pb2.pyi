@@ -203,7 +203,7 @@ class RequestLimits(_message.Message):
     def __init__(self, max_documents: _Optional[int] = ..., max_query_bytes: _Optional[int] = ..., max_document_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stream_in_flight: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "max_input_tokens", "activation", "dtype", "device", "attention_implementation", "batching")
+    __slots__ = ("name", "max_input_tokens", "activation", "dtype", "device", "attention_implementation", "batching", "modules")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +211,7 @@ class ModelInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_IMPLEMENTATION_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_input_tokens: int
     activation: str
@@ -218,7 +219,8 @@ class ModelInfo(_message.Message):
     device: str
     attention_implementation: str
     batching: BatchingLimits
-    def __init__(self, name: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., activation: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., attention_implementation: _Optional[str] = ..., batching: _Optional[_Union[BatchingLimits, _Mapping]] = ...) -> None: ...
+    modules: str
+    def __init__(self, name: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., activation: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., attention_implementation: _Optional[str] = ..., batching: _Optional[_Union[BatchingLimits, _Mapping]] = ..., modules: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
     __slots__ = ("model", "limits", "server_version", "models")
