@@ -1,25 +1,29 @@
-"""GPU check: a random Ettin-1B-shaped cross-encoder, padded vs packed, on one CUDA device.
+"""GPU check: a random Ettin-1B-shaped reranker in the Ettin layout, padded vs packed, on CUDA.
 
-Sized for under 5 minutes on one H200. For each workload (fixed 128/256/512-token pairs and a
-mixed one) it runs the same pairs three ways and prints pairs/s, peak memory and model FLOPs
-utilisation (MFU: useful FLOPs of the real tokens / elapsed time / the device's bf16 peak):
+Sized for a few minutes on one H200. The model is a folder saved by Sentence Transformers in the
+layout the Ettin rerankers ship in (headless ModernBERT > Pooling(cls) > Dense(GELU) > LayerNorm
+> Dense, ``bench.models.build_ettin``), loaded by the server's own scorer (``HFCrossEncoder``).
+For each workload (fixed 128/256/512-token pairs and a mixed one) it runs the same pairs several
+ways and prints pairs/s, peak memory and model FLOPs utilisation (MFU: useful FLOPs of the real
+tokens / elapsed time / the device's bf16 peak):
 
-* padded: Hugging Face's ModernBERT forward with SDPA on length-sorted batches padded to their
-  longest pair under a 16,384-token budget (what rerankd does today);
-* packed: the server's packed path (``rerankd_server.scoring.packed``, what ``--attention
-  packed`` and ``auto`` on CUDA without ``flash-attn`` run): the same weights over the
-  concatenated tokens of a batch (no padding) with PyTorch's own
-  ``torch.nn.attention.varlen.varlen_attn`` (Flash Attention varlen, sliding window for the
-  local layers). Batches are cut by the sum of lengths under the same budget;
-* packed, synced per batch: the same, with each batch's logits copied to the host before the
-  next is issued, as the server does today; the gap to packed is what overlapping batches
-  could win (added after the first H200 run, which launch-bound small models motivated).
+* padded: transformers' ModernBERT with SDPA on length-sorted batches padded to their longest
+  pair under a 16,384-token budget, the head on each pair's CLS row;
+* packed: the server's packed path (``--attention packed``, and ``auto`` on CUDA): every layer
+  on the concatenated tokens of a batch (no padding) with PyTorch's own varlen Flash Attention
+  (sliding window for the local layers), then the module chain on the packed CLS rows. Batches
+  are cut by the sum of lengths under the same budget;
+* packed (flash-attn): the same with the ``flash-attn`` package's varlen kernel, when installed
+  (``auto`` picks it then), and padded with transformers' own Flash Attention 2 beside it;
+* packed, synced per batch: each batch's scores copied to the host before the next is issued,
+  as the server does; the gap to packed is what overlapping batches could win.
 
-Before timing, the packed forward is checked against the padded one on the same pairs.
-``--self-check`` runs that equivalence check on the CPU with a small shape and a reference
-(per-sequence SDPA) attention, so the packed code path is tested without a GPU.
+Before timing, the scorer has checked its packed scores against its padded ones at load (as the
+server does); the check is repeated here on mixed pairs and printed. ``--self-check`` runs the
+same equivalence on the CPU with the 17M shape and a reference (per-sequence SDPA) attention, so
+the packed code path is tested without a GPU.
 
-Two checks of the server's own scorer (``HFCrossEncoder``) on a model folder:
+Two more checks of the server's scorer on a model folder:
 
 * ``--parity MODEL...``: its scores, fp32 and bf16, packed and padded, against
   ``CrossEncoder.predict`` in fp32 on the same device and on the CPU (the correctness anchor);
@@ -30,64 +34,42 @@ Two checks of the server's own scorer (``HFCrossEncoder``) on a model folder:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.models import ETTIN, ettin_config
-from rerankd_server.scoring.packed import (
-    PackedModernBert,
-    pack,
-    reference_attention,
-    varlen_attention,
-)
+from bench.models import CACHE, ETTIN, build_ettin
+from rerankd_server.scoring.packed import pack
 
 #: Dense bf16 peak of the devices we expect (FLOP/s); MFU divides by it.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 3090": 71e12}
 BUDGET = 16384
 MAX_BATCH = 256
-
-AttnFn = Callable[..., Any]
-
-
-def build_model(shape: str, device: str, dtype: torch.dtype) -> Any:
-    """A random ModernBERT cross-encoder with Ettin ``shape``, built directly on ``device``."""
-    from transformers import ModernBertConfig, ModernBertForSequenceClassification
-
-    config = ModernBertConfig(**ettin_config(shape, 8000), pad_token_id=0)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device(device):
-        model: Any = ModernBertForSequenceClassification(config)
-    return model.to(dtype).eval()
+LOCAL_WINDOW, GLOBAL_EVERY = 128, 3  # ModernBERT's attention pattern (bench.models.ettin_config)
 
 
-def packed_forward(
-    model: Any, ids: Sequence[Sequence[int]], attn: AttnFn, device: str
-) -> torch.Tensor:
-    """Logits of ``ids`` computed without padding by the server's own packed path."""
-    batch = pack(ids, pin=False).to(torch.device(device))
-    return PackedModernBert(model, attn).logits(batch).float()
+def build_scorer(shape: str, device: str, dtype: str, attention: str) -> Any:
+    """The server's scorer on a random Ettin-layout reranker of ``shape`` (built once, cached:
+    ``dtype`` weights, so a 1B model is written in bf16 for the GPU)."""
+    from rerankd_server.scoring.hf import HFCrossEncoder, Placement
+
+    folder = build_ettin(shape, CACHE / f"{shape}-modular-{dtype}", 8000, dtype)
+    return HFCrossEncoder(str(folder), Placement(device, dtype, attention))
 
 
-@torch.inference_mode()
-def padded_forward(model: Any, ids: Sequence[Sequence[int]], device: str) -> torch.Tensor:
-    """Logits of ``ids`` padded to the longest (right padding, attention mask), as rerankd does."""
-    longest = max(len(row) for row in ids)
-    input_ids = torch.zeros(len(ids), longest, dtype=torch.long)
-    mask = torch.zeros(len(ids), longest, dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-    scores: torch.Tensor = out[:, 0].float()
-    return scores
+def scores(scorer: Any, ids: Sequence[list[int]], packed: bool) -> torch.Tensor:
+    """Raw scores of ``ids`` on the device (no sync), packed or padded, by the scorer's code."""
+    pin = scorer.info.device.startswith("cuda")
+    batch = pack(ids, pin=pin) if packed else scorer.collate_padded(list(ids), None)
+    result: torch.Tensor = scorer.device_scores(batch)
+    return result
 
 
 def batches(lengths: Sequence[int], packed: bool) -> list[list[int]]:
@@ -107,33 +89,30 @@ def batches(lengths: Sequence[int], packed: bool) -> list[list[int]]:
     return out
 
 
-def flops_per_pair(model: Any, length: int) -> float:
+def flops_per_pair(shape: str, length: int) -> float:
     """Useful forward FLOPs of one pair: 2 x matmul params per token, plus attention scores."""
-    config = model.config
-    hidden = config.hidden_size
-    per_layer_matmul = hidden * 3 * hidden + hidden * hidden + hidden * config.intermediate_size * 3
-    flops = 2.0 * per_layer_matmul * config.num_hidden_layers * length
-    for kind in config.layer_types:
-        ctx = length if kind == "full_attention" else min(length, config.local_attention + 1)
+    size = ETTIN[shape]
+    hidden = size.hidden
+    per_layer_matmul = hidden * 3 * hidden + hidden * hidden + hidden * size.intermediate * 3
+    flops = 2.0 * per_layer_matmul * size.layers * length
+    for layer in range(size.layers):
+        local = layer % GLOBAL_EVERY != 0
+        ctx = min(length, LOCAL_WINDOW + 1) if local else length
         flops += 4.0 * length * ctx * hidden  # QK^T and AV
     return float(flops)
 
 
 def run_one(
-    model: Any, ids: list[list[int]], packed: bool, attn: AttnFn, device: str, sync: bool = False
+    scorer: Any, shape: str, ids: list[list[int]], packed: bool, sync: bool = False
 ) -> tuple[float, float, float]:
     """(pairs/s, peak GiB, achieved FLOP/s) for the whole list, after one warm-up batch.
-    ``sync`` copies each batch's logits to the host before the next batch is issued, as the
+    ``sync`` copies each batch's scores to the host before the next batch is issued, as the
     server's ``HFCrossEncoder.forward`` does: the gap to the unsynced rate is what overlapping
     one batch's kernel launches with the previous batch's work could win."""
     plan = batches([len(r) for r in ids], packed)
 
     def step(batch: list[int]) -> None:
-        rows = [ids[i] for i in batch]
-        if packed:
-            out = packed_forward(model, rows, attn, device)
-        else:
-            out = padded_forward(model, rows, device)
+        out = scores(scorer, [ids[i] for i in batch], packed)
         if sync:
             out.cpu()
 
@@ -146,7 +125,7 @@ def run_one(
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30
-    useful = sum(flops_per_pair(model, len(r)) for r in ids)
+    useful = sum(flops_per_pair(shape, len(r)) for r in ids)
     return len(ids) / wall, peak, useful / wall
 
 
@@ -162,14 +141,21 @@ def workload(kind: str, count: int, rng: random.Random) -> list[list[int]]:
 
 
 def self_check() -> int:
-    """Packed (reference attention) vs padded on the CPU, fp32, Ettin-17M shape."""
-    model = build_model("ettin-17m", "cpu", torch.float32)
+    """Packed (reference attention) vs padded scores on the CPU, fp32, Ettin-17M shape and
+    layout, through the server's scorer."""
+    scorer = build_scorer("ettin-17m", "cpu", "float32", "packed")
+    if scorer.info.padded:
+        print("self-check: the scorer refused packed execution (see the warning above)")
+        return 1
     rng = random.Random(0)
     ids = [[2] + [rng.randrange(5, 1500) for _ in range(n - 1)] for n in (7, 150, 300, 40, 129)]
-    padded = torch.cat([padded_forward(model, [row], "cpu") for row in ids])
-    packed = packed_forward(model, ids, reference_attention, "cpu")
+    padded = torch.cat([scores(scorer, [row], packed=False) for row in ids])
+    packed = scores(scorer, ids, packed=True)
     diff = (padded - packed).abs().max().item()
-    print(f"self-check (CPU, fp32, ettin-17m shape): max |padded - packed| = {diff:.2e}")
+    print(
+        f"self-check (CPU, fp32, ettin-17m shape, {scorer.info.modules}): "
+        f"max |padded - packed| = {diff:.2e}"
+    )
     return 0 if diff < 1e-4 else 1
 
 
@@ -179,8 +165,7 @@ def cpu_compare(shape: str, pairs: int) -> int:
     The packed path runs the linear layers on the concatenated tokens (no padding) and the
     attention per sequence (``reference_attention``), so only real tokens are computed.
     """
-    torch.manual_seed(0)
-    model = build_model(shape, "cpu", torch.float32)
+    scorer = build_scorer(shape, "cpu", "float32", "packed")
     rng = random.Random(0)
     lengths = [int(min(200, max(30, rng.lognormvariate(math.log(80), 0.5)))) for _ in range(pairs)]
     ids = [[2] + [rng.randrange(5, 1500) for _ in range(n - 1)] for n in lengths]
@@ -196,11 +181,7 @@ def cpu_compare(shape: str, pairs: int) -> int:
         )
         start = time.perf_counter()
         for b in plan:
-            rows = [ids[i] for i in b]
-            if mode == "packed":
-                packed_forward(model, rows, reference_attention, "cpu")
-            else:
-                padded_forward(model, rows, "cpu")
+            scores(scorer, [ids[i] for i in b], packed=mode == "packed")
         rate = pairs / (time.perf_counter() - start)
         print(f"| {mode} | {budget} | {rate:,.1f} | {sum(lengths) / computed:.2f} |")
         sys.stdout.flush()
@@ -354,39 +335,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    device = "cuda"
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), math.nan)
-    varlen_attn = varlen_attention()
-    if varlen_attn is None:
-        print(f"packed: torch {torch.__version__} has no torch.nn.attention.varlen")
     print(f"device: {name}, torch {torch.__version__}, bf16, shape {args.shape}, budget {BUDGET}")
-    model = build_model(args.shape, device, torch.bfloat16)
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"parameters: {params:.0f}M; bf16 peak assumed {peak / 1e12:.0f} TFLOP/s")
+    kernels = ["packed"]
+    if importlib.util.find_spec("flash_attn") is not None:
+        kernels.append("flash_attention_2")
+    scorers = {kernel: build_scorer(args.shape, "cuda", "bfloat16", kernel) for kernel in kernels}
+    first = scorers["packed"]
+    print(f"model: {first.info.modules}; bf16 peak assumed {peak / 1e12:.0f} TFLOP/s")
+    modes: list[tuple[str, Any, bool, bool]] = [("padded (sdpa)", first, False, False)]
     rng = random.Random(0)
-    if varlen_attn is not None:
+    for kernel, scorer in scorers.items():
+        impl = scorer.info.attention_implementation
+        if scorer.info.padded:
+            print(f"{kernel}: not packed ({impl}); see the warning above")
+            continue
         ids = workload("mixed", 16, rng)
-        a = padded_forward(model, ids, device)
-        try:
-            b = packed_forward(model, ids, varlen_attn, device)
-        except Exception as exc:  # e.g. another transformers layout: report, time padded only
-            print(f"packed: cannot run ({type(exc).__name__}: {exc}); timing padded only")
-            varlen_attn = None
-        else:
-            diff = (a - b).abs().max().item()
-            print(f"packed vs padded logits, 16 mixed pairs: max |diff| = {diff:.3g} (bf16)")
+        diff = (scores(scorer, ids, False) - scores(scorer, ids, True)).abs().max().item()
+        print(f"{impl} vs padded scores, 16 mixed pairs: max |diff| = {diff:.3g} (bf16)")
+        if kernel == "flash_attention_2":
+            modes.append(("padded (transformers flash_attention_2)", scorer, False, False))
+        modes.append((impl, scorer, True, False))
+        if kernel == "packed":
+            modes.append((f"{impl}, synced per batch", scorer, True, True))
     print("\n| workload | mode | pairs | pairs/s | tokens/s | peak GiB | TFLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|---|")
     for kind in ("128", "256", "512", "mixed"):
         ids = workload(kind, args.pairs, rng)
         tokens = sum(len(r) for r in ids)
-        modes = [("padded", False, False)]
-        if varlen_attn is not None:
-            modes += [("packed", True, False), ("packed, synced per batch", True, True)]
-        for mode, packed, sync in modes:
+        for mode, scorer, packed, sync in modes:
             try:
-                rate, mem, flops = run_one(model, ids, packed, varlen_attn, device, sync)  # type: ignore[arg-type]
+                rate, mem, flops = run_one(scorer, args.shape, ids, packed, sync)
             except torch.OutOfMemoryError:
                 print(f"| {kind} | {mode} | {len(ids)} | OOM | | | | |")
                 torch.cuda.empty_cache()
@@ -396,8 +376,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"| {mem:.1f} | {flops / 1e12:.0f} | {flops / peak:.1%} |"
             )
             sys.stdout.flush()
-        if varlen_attn is None:
-            print(f"| {kind} | packed | - | not run: varlen_attn unavailable | | | | |")
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for rerankd (issue 3): Ettin-1B-shaped random model, padded vs packed, on one GPU.
+# GPU check for rerankd: a random Ettin-1B-shaped reranker in the Ettin layout, padded vs packed, on one GPU.
 # Sized for under 5 minutes on one H200; prints a clear error and exits 2 without CUDA.
 # Usage: bash bench/gpu_check.sh [--pairs N]   (PYTHON=/path/to/python to choose the interpreter;
 # it needs torch and transformers, e.g. the project's .venv after `pip install -e '.[server]'`).
