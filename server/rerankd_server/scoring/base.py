@@ -55,7 +55,7 @@ class ScorerInfo:
     device: str
     attention_implementation: str
     padded: bool
-    pair_special_tokens: int = 3  # tokens a (query, document) pair adds, e.g. [CLS] [SEP] [SEP]
+    pair_special_tokens: int = 3  # tokens a pair adds to its texts: [CLS] [SEP] [SEP], a prompt
     modules: str = ""  # the module chain, e.g. "Transformer(ModernBertModel) > Pooling(cls) > ..."
 
 

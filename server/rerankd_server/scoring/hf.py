@@ -179,6 +179,8 @@ class HFCrossEncoder:
         special = processor.num_special_tokens_to_add(True) if processor is not None else 0
         if self._prompt:
             self._set_prompt_length(tokenizer)
+            # The prompt comes with every pair, like the special tokens (chunk budgets count it).
+            special += len(self._spans_tokenizer.encode(self._prompt, add_special_tokens=False))
         self._packed: PackedModernBert | None = None
         self._packed_chain = self._chain
         self._packed_kernel = ""
