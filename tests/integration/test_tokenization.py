@@ -10,9 +10,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from rerankd_server.scoring.base import Truncation
-from rerankd_server.scoring.hf import CLIP_CHARS_PER_TOKEN, HFCrossEncoder, resolve_placement
+from rerankd_server.scoring.hf import HFCrossEncoder, resolve_placement
+from rerankd_server.scoring.pairs import CLIP_CHARS_PER_TOKEN
 
 WORDS = "list files in the directory copy move ünïcödé 文字 grep -r --all a b c".split()
+
+
+def limit_chars(max_len: int) -> int:
+    return max_len * CLIP_CHARS_PER_TOKEN
 
 
 def documents(max_len: int, seed: int) -> list[str]:
@@ -27,6 +32,11 @@ def documents(max_len: int, seed: int) -> list[str]:
         "z" * (limit - 50) + " " + words(3000),  # whitespace only far from the start
         words(limit // 10).replace(" ", "   \n\t "),  # runs of mixed whitespace
         words(limit // 5) + " " + "q" * 500,
+        "文字検索" * limit,  # CJK without any space: cut at a character bound
+        words(limit // 3).replace(" ", "\u00a0"),  # only no-break spaces
+        words(limit // 3).replace(" ", "\r"),
+        words(limit // 3).replace(" ", "\u3000"),  # ideographic spaces
+        "",
     ]
 
 
@@ -43,8 +53,12 @@ def test_tokenize_equals_the_tokenizer_call(
     reference = AutoTokenizer.from_pretrained(str(path))
     reference.truncation_side = side
     max_len = scorer.info.max_input_tokens
-    queries = ["list files", " ".join(["long query"] * max_len)]  # the second is over-long
-    pairs = [(q, d) for q in queries for d in documents(max_len, seed=len(name))]
+    queries = ["list files", " ".join(["long query"] * max_len), ""]  # the second over-long
+    docs = documents(max_len, seed=len(name))
+    pairs = [(q, d) for q in queries for d in docs]
+    # A far over-long query without spaces, beside short documents (the reference tokenizer
+    # builds every overflowing window, so two huge texts together would take minutes).
+    pairs += [("長い質問" * limit_chars(max_len), d) for d in (docs[0], "", "ls")]
     mode = Truncation.END if side == "right" else Truncation.START
     ours = scorer.tokenize(pairs, mode)
     theirs = reference(

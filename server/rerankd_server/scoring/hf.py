@@ -1,9 +1,9 @@
-"""The Hugging Face cross-encoder scorer: any ``AutoModelForSequenceClassification``, one label.
+"""The Hugging Face cross-encoder scorer: a Sentence Transformers CrossEncoder, loaded as its
+module chain and scored exactly as ``CrossEncoder.predict`` scores it.
 
-Tokenization uses the model's own fast tokenizer backend, cloned once per truncation side with
-``longest_first`` truncation at the model's max length: exactly what the tokenizer's
-``__call__(pairs, truncation="longest_first")`` does inside ``CrossEncoder.predict``, without
-building padded tensors per request. Padding happens once per batch in ``collate``.
+Tokenization uses the model's own fast tokenizer backend (``scoring.pairs``): the ids its
+``__call__(pairs, truncation="longest_first")`` gives inside ``CrossEncoder.predict``, without
+building padded tensors per request. Padding (or packing) happens once per batch in ``collate``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import torch
-from tokenizers import Encoding, Tokenizer
-from tokenizers.normalizers import Lowercase
-from tokenizers.normalizers import Sequence as NormalizerSequence
+from tokenizers import Tokenizer
 
 from rerankd_server.batching import fixed_batch_cost
 from rerankd_server.errors import ModelLoadError
@@ -48,6 +46,7 @@ from rerankd_server.scoring.packed import (
     reference_attention,
     varlen_attention,
 )
+from rerankd_server.scoring.pairs import PairEncoder, TokenizerUnsupported, clone
 from rerankd_server.scoring.st_config import (
     TransformerSpec,
     load_activation,
@@ -57,11 +56,6 @@ from rerankd_server.scoring.st_config import (
 )
 
 log = logging.getLogger(__name__)
-
-#: A document is cut to this many characters per model input token before tokenizing (real
-#: text has 3-6 characters per token); the cut is checked, and undone when it could matter.
-CLIP_CHARS_PER_TOKEN = 32
-_CLIP_MARGIN = 256  # characters between the last kept token and the cut
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -159,24 +153,20 @@ class HFCrossEncoder:
         self._max_len = max_len
         self._prompt = st_config.prompt
         default_side = "left" if tokenizer.truncation_side == "left" else "right"
-        backend: Tokenizer = tokenizer.backend_tokenizer
-        lower = spec.do_lower_case
-        self._tokenizers = {
-            Truncation.DEFAULT: _clone(backend, max_len, default_side, lower),
-            Truncation.END: _clone(backend, max_len, "right", lower),
-            Truncation.START: _clone(backend, max_len, "left", lower),
-        }
-        self._tokenizers[Truncation.NONE] = self._tokenizers[Truncation.DEFAULT]
         self._sides = {
             Truncation.DEFAULT: default_side,
             Truncation.END: "right",
             Truncation.START: "left",
             Truncation.NONE: default_side,
         }
-        self._clip_chars = max_len * CLIP_CHARS_PER_TOKEN
-        self._spans_tokenizer = _clone(backend, None, default_side, lower)
-        processor = backend.post_processor
-        special = processor.num_special_tokens_to_add(True) if processor is not None else 0
+        backend: Tokenizer = tokenizer.backend_tokenizer
+        lower = spec.do_lower_case
+        try:
+            self._pairs = PairEncoder(backend, max_len, lower, self._uses_type_ids)
+        except TokenizerUnsupported as exc:
+            raise ModelLoadError(f"{source}: its tokenizer cannot be served: {exc}") from exc
+        self._spans_tokenizer = clone(backend, None, default_side, lower)
+        special = self._pairs.template.size
         if self._prompt:
             self._set_prompt_length(tokenizer)
             # The prompt comes with every pair, like the special tokens (chunk budgets count it).
@@ -272,7 +262,11 @@ class HFCrossEncoder:
     def _set_prompt_length(self, tokenizer: Any) -> None:
         """Tell Pooling how many leading tokens are the prompt, measured as Sentence
         Transformers does: the prompt alone with special tokens, less a trailing one."""
-        ids = self._tokenizers[Truncation.END].encode(self._prompt).ids
+        ids = (
+            clone(tokenizer.backend_tokenizer, self._max_len, "right", False)
+            .encode(self._prompt)
+            .ids
+        )
         length = len(ids) - (1 if ids and ids[-1] in set(tokenizer.all_special_ids) else 0)
         for step in self._chain.steps:
             if isinstance(step, Pooling):
@@ -323,67 +317,11 @@ class HFCrossEncoder:
         return self._info
 
     def tokenize(self, pairs: Sequence[tuple[str, str]], truncation: Truncation) -> TokenizedPairs:
-        """Tokenize as CrossEncoder does, without reading megabytes that truncation drops.
-
-        A document far longer than the model can read is first cut at a whitespace
-        ``CLIP_CHARS_PER_TOKEN`` characters per input token from the kept side, then
-        tokenized. The cut changes nothing when the pair still overflows, the query kept all
-        its tokens (so truncation took only document tokens, as it would from the whole
-        text) and the kept document tokens end well before the cut (pre-tokenization is
-        local to whitespace-separated words); otherwise the whole text is tokenized.
-        """
-        tokenizer = self._tokenizers[truncation]
-        side = self._sides[truncation]
+        """Tokenize as CrossEncoder does, each query and document once (``pairs.PairEncoder``)."""
         if self._prompt:  # Sentence Transformers prepends the model's prompt to the query
             pairs = [(self._prompt + query, text) for query, text in pairs]
-        clipped = [(query, _clip(text, self._clip_chars, side)) for query, text in pairs]
-        # Offsets cost a third of the tokenizer's time and only the clip check reads them:
-        # pairs whose text was not cut skip them.
-        cut_at = [i for i, (_, cut) in enumerate(clipped) if cut is not pairs[i][1]]
-        uncut = [i for i, (_, cut) in enumerate(clipped) if cut is pairs[i][1]]
-        encodings: dict[int, Encoding] = {}
-        for positions, encode in (
-            (uncut, tokenizer.encode_batch_fast),
-            (cut_at, tokenizer.encode_batch),
-        ):
-            batch = encode([clipped[i] for i in positions], add_special_tokens=True)
-            encodings.update(zip(positions, batch, strict=True))
-        query_lengths: dict[str, int] = {}  # a Rerank call has one query for all its pairs
-        redo = [
-            i
-            for i in cut_at
-            if not self._clip_was_exact(
-                query_lengths, clipped[i][0], clipped[i][1], encodings[i], side
-            )
-        ]
-        if redo:
-            exact = tokenizer.encode_batch_fast([pairs[i] for i in redo], add_special_tokens=True)
-            encodings.update(zip(redo, exact, strict=True))
-        ordered = [encodings[i] for i in range(len(pairs))]
-        return TokenizedPairs(
-            ids=[enc.ids for enc in ordered],
-            type_ids=[enc.type_ids for enc in ordered] if self._uses_type_ids else None,
-            truncated=[bool(enc.overflowing) for enc in ordered],
-        )
-
-    def _clip_was_exact(
-        self, query_lengths: dict[str, int], query: str, cut: str, enc: Encoding, side: str
-    ) -> bool:
-        if not enc.overflowing:
-            return False
-        sequence = enc.sequence_ids
-        query_kept = sum(1 for s in sequence if s == 0)
-        if query not in query_lengths:
-            encoded = self._spans_tokenizer.encode(query, add_special_tokens=False)
-            query_lengths[query] = len(encoded.ids)
-        if query_kept != query_lengths[query]:
-            return False
-        doc_offsets = [o for o, s in zip(enc.offsets, sequence, strict=True) if s == 1]
-        if not doc_offsets:
-            return False
-        if side == "right":
-            return doc_offsets[-1][1] < len(cut) - _CLIP_MARGIN
-        return doc_offsets[0][0] > _CLIP_MARGIN
+        ids, type_ids, truncated = self._pairs.encode(pairs, self._sides[truncation])
+        return TokenizedPairs(ids=ids, type_ids=type_ids, truncated=truncated)
 
     def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
         encodings = self._spans_tokenizer.encode_batch(list(texts), add_special_tokens=False)
@@ -532,37 +470,6 @@ def _check_loading_report(
             f"{source}: the checkpoint does not match {model_class} ({'; '.join(problems)}): "
             "the folder is incomplete or not a cross-encoder rerankd can serve"
         )
-
-
-def _clip(text: str, limit: int, side: str) -> str:
-    """``text`` cut at a whitespace to about ``limit`` characters on the kept ``side``, or
-    ``text`` itself (the same object) when it is short or has no whitespace to cut at."""
-    if len(text) <= limit:
-        return text
-    if side == "right":
-        cut = max(text.rfind(ch, 0, limit) for ch in " \n\t")
-        return text[:cut] if cut > limit // 2 else text
-    start = len(text) - limit
-    found = [i for i in (text.find(ch, start) for ch in " \n\t") if i != -1]
-    first = min(found) if found else -1
-    return text[first + 1 :] if 0 <= first < start + limit // 2 else text
-
-
-def _clone(backend: Tokenizer, max_len: int | None, side: str, lower: bool) -> Tokenizer:
-    """An independent copy of the tokenizer that truncates pairs as CrossEncoder does
-    (``max_len`` None: no truncation)."""
-    clone = Tokenizer.from_str(backend.to_str())
-    clone.no_padding()
-    if max_len is None:
-        clone.no_truncation()
-    else:
-        clone.enable_truncation(max_len, stride=0, strategy="longest_first", direction=side)
-    if lower:
-        current = clone.normalizer
-        clone.normalizer = (
-            NormalizerSequence([Lowercase(), current]) if current is not None else Lowercase()
-        )
-    return clone
 
 
 def check_source(source: str, probe_timeout: float = 3.0) -> None:

@@ -1,0 +1,255 @@
+"""Tokenize (query, document) pairs exactly as a cross-encoder's tokenizer does, with work bounded
+by what the model can read.
+
+``CrossEncoder.predict`` calls the tokenizer on every pair with ``longest_first`` truncation at
+the model's max length. Done literally, a request that pairs one 64 KiB query with 1,000
+documents tokenizes the query 1,000 times, and a 500 KB document is tokenized whole although the
+model reads a few hundred of its tokens. ``PairEncoder`` gives the same ids with less work:
+
+* every distinct query of a call is tokenized once, without special tokens, and each document
+  once; each pair is assembled from the two id lists by the tokenizer's own rules:
+  ``truncated_lengths`` (longest_first) and ``PairTemplate`` (the post-processor's special
+  tokens and type ids), which is derived from the tokenizer and checked against it at load;
+* a text far longer than the model can read is cut (``clip``) before tokenizing, and the cut is
+  checked: it changed nothing when truncation kept only tokens that end well before it (the
+  tokenizers' pre-tokenization and models are local to words). Otherwise the whole text is
+  tokenized, as before.
+
+``ChatEncoder`` does the same for causal-LM rerankers that read a pair through a chat template:
+each pair is rendered (``tokenizer.apply_chat_template``, as Sentence Transformers does), the
+rendered text tokenized without special tokens and truncated, and the template's suffix written
+back over the end of a truncated row, so the model always reads its answer prompt last.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tokenizers import Encoding, Tokenizer
+from tokenizers.normalizers import Lowercase
+from tokenizers.normalizers import Sequence as NormalizerSequence
+
+#: A text is cut to this many characters per model input token before tokenizing (real text has
+#: 3-6 characters per token); the cut is checked, and undone when it could matter.
+CLIP_CHARS_PER_TOKEN = 32
+CLIP_MARGIN = 256  # characters between the last kept token and the cut
+_SPACE = re.compile(r"\s")
+
+Encoded = tuple[list[list[int]], list[list[int]] | None, list[bool]]  # ids, type ids, truncated
+
+
+def clone(backend: Tokenizer, max_len: int | None, side: str, lower: bool) -> Tokenizer:
+    """An independent copy of the tokenizer that truncates as CrossEncoder does (``max_len``
+    None: no truncation), lower-casing first when the model's config asks for it."""
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_padding()
+    if max_len is None:
+        copy.no_truncation()
+    else:
+        copy.enable_truncation(max_len, stride=0, strategy="longest_first", direction=side)
+    if lower:
+        current = copy.normalizer
+        copy.normalizer = (
+            NormalizerSequence([Lowercase(), current]) if current is not None else Lowercase()
+        )
+    return copy
+
+
+def clip(text: str, limit: int, side: str) -> str:
+    """``text`` cut to about ``limit`` characters on the kept ``side`` (``right`` keeps the
+    start), at a whitespace near the limit when there is one, else at the limit itself; or
+    ``text`` itself (the same object) when it is short."""
+    if len(text) <= limit:
+        return text
+    if side == "right":
+        window = text[limit // 2 : limit]
+        spaces = [m.start() for m in _SPACE.finditer(window)]
+        return text[: limit // 2 + spaces[-1]] if spaces else text[:limit]
+    start = len(text) - limit
+    found = _SPACE.search(text, start, start + limit // 2)
+    return text[found.start() + 1 :] if found else text[start:]
+
+
+def truncated_lengths(first: int, second: int, budget: int) -> tuple[int, int]:
+    """Tokens kept of each text by ``longest_first`` truncation to ``budget`` tokens (the max
+    length less the special tokens), as the tokenizers library computes them: the shorter text
+    is kept whole when the longer can give up enough, else each keeps half, the longer (or, on
+    a tie, the second) getting the odd token."""
+    if first + second <= budget:
+        return first, second
+    if min(first, second) > budget // 2:
+        small, large = budget // 2, budget - budget // 2
+        return (small, large) if first <= second else (large, small)
+    return (first, budget - first) if first <= second else (budget - second, second)
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """The special tokens a post-processor puts around a pair, ``prefix A middle B suffix``,
+    and the type id of each of the five parts."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+    types: tuple[int, int, int, int, int]
+
+    @property
+    def size(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def ids(self, first: list[int], second: list[int]) -> list[int]:
+        return [*self.prefix, *first, *self.middle, *second, *self.suffix]
+
+    def type_ids(self, first: int, second: int) -> list[int]:
+        p, a, m, b, s = self.types
+        return (
+            [p] * len(self.prefix)
+            + [a] * first
+            + [m] * len(self.middle)
+            + [b] * second
+            + [s] * len(self.suffix)
+        )
+
+    @staticmethod
+    def derive(tokenizer: Tokenizer) -> PairTemplate | None:
+        """The template ``tokenizer``'s post-processor applies to a pair, or None when its
+        output is not of that shape."""
+        out = tokenizer.encode("list files", "use ls", add_special_tokens=True)
+        parts: list[tuple[int | None, list[int], list[int]]] = []  # (sequence, ids, type ids)
+        for sequence, token, kind in zip(out.sequence_ids, out.ids, out.type_ids, strict=True):
+            if not parts or parts[-1][0] != sequence:
+                parts.append((sequence, [], []))
+            parts[-1][1].append(token)
+            parts[-1][2].append(kind)
+        for at in (0, 2, 4):  # an absent part of the shape is empty
+            if len(parts) < 5 and (at >= len(parts) or parts[at][0] is not None):
+                parts.insert(at, (None, [], []))
+        if [part[0] for part in parts] != [None, 0, None, 1, None]:
+            return None
+        if any(len(set(kinds)) > 1 for _, _, kinds in parts):
+            return None
+        p, a, m, b, s = (kinds[0] if kinds else 0 for _, _, kinds in parts)
+        return PairTemplate(
+            tuple(parts[0][1]), tuple(parts[2][1]), tuple(parts[4][1]), (p, a, m, b, s)
+        )
+
+
+@dataclass(frozen=True)
+class _Text:
+    """One text of a call, tokenized once: the ids that can matter and how many there were."""
+
+    ids: list[int]  # the kept side's first (or last) ``budget`` ids
+    count: int  # all its tokens (of the clipped text, when it was cut)
+    offsets: list[tuple[int, int]] | None  # when it was cut: where its tokens lie
+    length: int  # characters tokenized
+
+    def settled(self, keep: int, other: int, side: str) -> bool:
+        """Whether keeping ``keep`` tokens of this text (beside ``other`` tokens of the other)
+        is what the whole text gives. An uncut text always is; a cut one when it is still the
+        longer of the two (so truncation treats it alike) and its kept tokens lie well inside
+        the cut."""
+        if self.offsets is None or keep == 0:
+            return True
+        if self.count <= other or keep >= self.count:
+            return False
+        if side == "right":
+            return self.offsets[keep - 1][1] < self.length - CLIP_MARGIN
+        return self.offsets[self.count - keep][0] > CLIP_MARGIN
+
+
+class TokenizerUnsupported(Exception):
+    """The tokenizer's pair layout cannot be reproduced; the message says how it differs."""
+
+
+class PairEncoder:
+    """Tokenizes (query, document) pairs for one model; thread-safe.
+
+    The tokenizer's own pair truncation is never used: it also builds every overflowing window
+    of both texts, whose number grows with the product of their lengths (a long query and long
+    documents took gigabytes).
+    """
+
+    def __init__(self, backend: Tokenizer, max_len: int, lower: bool, uses_types: bool) -> None:
+        """Raises:
+        TokenizerUnsupported: the post-processor's pairs are not ``prefix A middle B suffix``
+            with one type id per part, or assembling them differs from the tokenizer.
+        """
+        self._max_len = max_len
+        self._plain = clone(backend, None, "right", lower)
+        self._uses_types = uses_types
+        self._clip_chars = max_len * CLIP_CHARS_PER_TOKEN
+        template = PairTemplate.derive(self._plain)
+        if template is None:
+            raise TokenizerUnsupported(
+                "its post-processor does not put a pair between special tokens"
+            )
+        self.template = template
+        self._check(clone(backend, max_len, "right", lower), clone(backend, max_len, "left", lower))
+
+    def _check(self, right: Tokenizer, left: Tokenizer) -> None:
+        """Assembled pairs must equal the tokenizer's own, truncation included, on both sides."""
+        budget = self._max_len - self.template.size
+        sizes = {0, 1, 2, budget // 2, budget // 2 + 1, budget - 1, budget, budget + 1, 2 * budget}
+        texts = [" ".join(["list files"] * n) for n in sorted(sizes)]
+        pairs = [(q, d) for q in texts for d in texts]
+        for side, reference in (("right", right), ("left", left)):
+            expected = reference.encode_batch(pairs, add_special_tokens=True)
+            ids, types, _ = self.encode(pairs, side)
+            wanted = [e.ids for e in expected]
+            if ids != wanted or (types is not None and types != [e.type_ids for e in expected]):
+                raise TokenizerUnsupported(f"assembled pairs differ from the tokenizer's ({side})")
+
+    def encode(self, pairs: Sequence[tuple[str, str]], side: str) -> Encoded:
+        """Ids, type ids (None without them) and whether each pair was truncated."""
+        template = self.template
+        budget = self._max_len - template.size
+        distinct = list(dict.fromkeys(query for query, _ in pairs))
+        queries = dict(zip(distinct, self._texts(distinct, side, budget), strict=True))
+        documents = self._texts([text for _, text in pairs], side, budget)
+        ids: list[list[int]] = []
+        types: list[list[int]] | None = [] if self._uses_types else None
+        truncated: list[bool] = []
+        for i, (query, text) in enumerate(pairs):
+            q, d = queries[query], documents[i]
+            keep_q, keep_d = truncated_lengths(q.count, d.count, budget)
+            if not (q.settled(keep_q, d.count, side) and d.settled(keep_d, q.count, side)):
+                # A cut that could matter (rare: both texts long): this pair's texts whole.
+                q, d = self._texts([query, text], side, budget, cut=False)
+                keep_q, keep_d = truncated_lengths(q.count, d.count, budget)
+            ids.append(template.ids(_kept(q.ids, keep_q, side), _kept(d.ids, keep_d, side)))
+            if types is not None:
+                types.append(template.type_ids(keep_q, keep_d))
+            truncated.append(keep_q < q.count or keep_d < d.count)
+        return ids, types, truncated
+
+    def _texts(self, texts: list[str], side: str, budget: int, cut: bool = True) -> list[_Text]:
+        """Each text tokenized once without special tokens, in order; with ``cut``, a text far
+        longer than the model reads is clipped first and tokenized with offsets to check it."""
+        clipped = [clip(text, self._clip_chars, side) if cut else text for text in texts]
+        was_cut = [c is not t for c, t in zip(clipped, texts, strict=True)]
+        encodings: dict[int, Encoding] = {}
+        for wanted, encode in (
+            (False, self._plain.encode_batch_fast),
+            (True, self._plain.encode_batch),
+        ):
+            positions = [i for i, flag in enumerate(was_cut) if flag is wanted]
+            batch = encode([clipped[i] for i in positions], add_special_tokens=False)
+            encodings.update(zip(positions, batch, strict=True))
+        return [
+            _Text(
+                _kept(encodings[i].ids, budget, side),
+                len(encodings[i].ids),
+                list(encodings[i].offsets) if was_cut[i] else None,
+                len(clipped[i]),
+            )
+            for i in range(len(texts))
+        ]
+
+
+def _kept(ids: list[int], keep: int, side: str) -> list[int]:
+    """The ``keep`` ids truncation leaves on the kept ``side``."""
+    if side == "right":
+        return ids[:keep]
+    return ids[max(0, len(ids) - keep) :] if keep else []

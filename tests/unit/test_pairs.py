@@ -1,0 +1,118 @@
+"""Pair assembly reproduces the tokenizers library exactly: its longest_first truncation rule and
+the special tokens of every common post-processor, on both truncation sides."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+from rerankd_server.scoring.pairs import (
+    PairEncoder,
+    PairTemplate,
+    TokenizerUnsupported,
+    clip,
+    truncated_lengths,
+)
+
+VOCAB = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "<s>": 3, "</s>": 4, "a": 5, "b": 6, "list": 7}
+VOCAB |= {"files": 8, "use": 9, "ls": 10}
+
+
+def tokenizer(processor: processors.PostProcessor | None) -> Tokenizer:
+    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if processor is not None:
+        tok.post_processor = processor
+    return tok
+
+
+BERT = processors.TemplateProcessing(
+    single="[CLS] $A [SEP]",
+    pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+    special_tokens=[("[CLS]", 1), ("[SEP]", 2)],
+)
+PROCESSORS = {
+    "bert template": BERT,
+    "BertProcessing": processors.BertProcessing(("[SEP]", 2), ("[CLS]", 1)),
+    "RobertaProcessing": processors.RobertaProcessing(("</s>", 4), ("<s>", 3)),
+    "no special tokens": None,
+    "ByteLevel": processors.ByteLevel(trim_offsets=True),
+    "a sequence": processors.Sequence([processors.ByteLevel(trim_offsets=False), BERT]),
+    "suffix only": processors.TemplateProcessing(
+        single="$A </s>", pair="$A $B </s>", special_tokens=[("</s>", 4)]
+    ),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 30),
+    st.integers(0, 30),
+    st.integers(4, 25),
+    st.sampled_from(["right", "left"]),
+)
+def test_truncated_lengths_are_the_tokenizers_own(
+    first: int, second: int, max_len: int, side: str
+) -> None:
+    tok = tokenizer(BERT)
+    tok.enable_truncation(max_len, strategy="longest_first", direction=side)
+    encoding = tok.encode(" ".join(["a"] * first), " ".join(["b"] * second))
+    kept = (encoding.ids.count(5), encoding.ids.count(6))
+    assert truncated_lengths(first, second, max_len - 3) == kept
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSORS))
+@pytest.mark.parametrize("max_len", [5, 9, 16])
+def test_assembled_pairs_equal_the_tokenizer_for_every_post_processor(
+    name: str, max_len: int
+) -> None:
+    backend = tokenizer(PROCESSORS[name])
+    encoder = PairEncoder(backend, max_len, lower=False, uses_types=True)  # checks itself too
+    texts = ["", "a", "list files", "use ls " * 3, "a b " * 9]
+    pairs = [(q, d) for q in texts for d in texts]
+    for side in ("right", "left"):
+        reference = Tokenizer.from_str(backend.to_str())
+        reference.enable_truncation(max_len, strategy="longest_first", direction=side)
+        expected = reference.encode_batch(pairs)
+        ids, types, truncated = encoder.encode(pairs, side)
+        assert ids == [e.ids for e in expected]
+        assert types == [e.type_ids for e in expected]
+        assert truncated == [bool(e.overflowing) for e in expected]
+
+
+def test_derived_templates() -> None:
+    bert = PairTemplate.derive(tokenizer(BERT))
+    assert bert == PairTemplate((1,), (2,), (2,), (0, 0, 0, 1, 1))
+    roberta = PairTemplate.derive(tokenizer(PROCESSORS["RobertaProcessing"]))
+    assert roberta == PairTemplate((3,), (4, 4), (4,), (0, 0, 0, 0, 0))
+    # Without a post-processor the tokenizer still marks the second text with type id 1.
+    assert PairTemplate.derive(tokenizer(None)) == PairTemplate((), (), (), (0, 0, 0, 1, 0))
+
+
+def test_a_post_processor_that_splits_a_pair_otherwise_is_refused() -> None:
+    reversed_pair = processors.TemplateProcessing(
+        single="$A", pair="$B:1 [SEP] $A", special_tokens=[("[SEP]", 2)]
+    )
+    with pytest.raises(TokenizerUnsupported):
+        PairEncoder(tokenizer(reversed_pair), 16, lower=False, uses_types=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "side", "expected"),
+    [
+        ("short", "right", "short"),
+        ("aaaa bbbb cccc dddd", "right", "aaaa bbbb"),  # at the last space before the limit
+        ("aaaa bbbb cccc dddd", "left", "cccc dddd"),
+        ("文字検索文字検索文字", "right", "文字検索文字"),  # no space: at the limit itself
+        ("文字検索文字検索文字", "left", "文字検索文字"),
+        ("aaaa\u00a0bbbb\u3000cccc\rdddd", "right", "aaaa\u00a0bbbb"),  # any whitespace
+    ],
+)
+def test_clip(text: str, side: str, expected: str) -> None:
+    limit = 12 if " " in text or "\u00a0" in text else 6
+    if text == "short":
+        assert clip(text, limit, side) is text
+    else:
+        assert clip(text, limit, side) == expected
