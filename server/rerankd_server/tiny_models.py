@@ -300,8 +300,9 @@ def build_tokenizer(kind: ModelKind) -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    normalizer = normalizers.Sequence(
-        [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
+    # BERT's own normalizer: lower-cased, accents stripped, each CJK character a word of its own.
+    normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
     )
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     words = Counter(

@@ -1,0 +1,130 @@
+"""Requests within the limits cost work bounded by what the model reads.
+
+A 64 KiB query paired with 1,000 empty documents, or documents of hundreds of kilobytes without
+a single ASCII space, used to be tokenized whole for every pair: one such call ran for tens of
+seconds, grew the server by gigabytes, and held the tokenizer while other callers waited. Here
+the real server (a subprocess, so its memory can be read) answers them while a one-document
+call, sent meanwhile, is answered about as fast as alone.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from rerankd.v1 import rerank_pb2 as pb
+from rerankd.v1 import rerank_pb2_grpc
+from rerankd_server.process import ServerProcess, start_server
+
+WORDS = "list the files of a directory with ls and find them by name".split()
+QUERY = " ".join(WORDS[i % len(WORDS)] for i in range(20_000)).encode()[:65_536].decode()
+
+
+def kilobytes(text: str, size: int = 500_000) -> str:
+    """``text`` cut to ``size`` bytes of UTF-8 (the document limit is 512 KiB)."""
+    return text.encode()[:size].decode(errors="ignore")
+
+
+#: Texts of 500 KB that offer no ASCII space to cut at.
+UNSPACED = {
+    "CJK": kilobytes("文字列を検索する" * 30_000),
+    "no-break spaces": kilobytes("\u00a0".join(WORDS * 12_000)),
+    "carriage returns": kilobytes("\r".join(WORDS * 12_000)),
+    "ideographic spaces": kilobytes("\u3000".join(WORDS * 12_000)),
+}
+
+
+def rss_mib(server: ServerProcess) -> float:
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models: dict[str, Path]) -> Iterator[ServerProcess]:
+    with start_server(tiny_models["modernbert"], "--max-batch-tokens", "4096") as running:
+        yield running
+
+
+@pytest.fixture
+def stub(server: ServerProcess) -> Iterator[rerank_pb2_grpc.RerankServiceStub]:
+    with grpc.insecure_channel(server.target) as channel:
+        yield rerank_pb2_grpc.RerankServiceStub(channel)
+
+
+def one_document(stub: rerank_pb2_grpc.RerankServiceStub) -> float:
+    started = time.perf_counter()
+    stub.Rerank(pb.RerankRequest(query="list files", documents=[pb.Document(text="ls")]))
+    return time.perf_counter() - started
+
+
+def under_load(
+    stub: rerank_pb2_grpc.RerankServiceStub, request: pb.RerankRequest, copies: int
+) -> tuple[list[pb.RerankResponse], list[float]]:
+    """Send ``copies`` of ``request`` at once; meanwhile, one-document calls, one after
+    another, until they are answered. Returns the responses and the one-document latencies."""
+    responses: list[pb.RerankResponse] = []
+    threads = [
+        threading.Thread(target=lambda: responses.append(stub.Rerank(request, timeout=300)))
+        for _ in range(copies)
+    ]
+    for thread in threads:
+        thread.start()
+    latencies = []
+    while any(thread.is_alive() for thread in threads) or not latencies:
+        latencies.append(one_document(stub))
+    for thread in threads:
+        thread.join()
+    return responses, latencies
+
+
+def test_a_long_query_with_a_thousand_empty_documents(
+    server: ServerProcess, stub: rerank_pb2_grpc.RerankServiceStub
+) -> None:
+    alone = statistics.median(one_document(stub) for _ in range(9))
+    before = rss_mib(server)
+    request = pb.RerankRequest(query=QUERY, documents=[pb.Document(text="")] * 1000)
+    responses, latencies = under_load(stub, request, copies=2)
+    assert [len(r.results) for r in responses] == [1000, 1000]
+    assert all(r.usage.truncated_pairs == 1000 for r in responses)
+    # Every pair reads at most the model's 128 tokens: the server holds no copy of the
+    # query per pair (that took gigabytes) and other calls are answered between batches.
+    assert rss_mib(server) - before < 300
+    assert statistics.median(latencies) < 60 * alone, (alone, latencies)
+
+
+def median_seconds(stub: rerank_pb2_grpc.RerankServiceStub, request: pb.RerankRequest) -> float:
+    def once() -> float:
+        started = time.perf_counter()
+        stub.Rerank(request, timeout=300)
+        return time.perf_counter() - started
+
+    return statistics.median(once() for _ in range(3))
+
+
+@pytest.mark.parametrize("name", sorted(UNSPACED))
+def test_long_documents_without_ascii_spaces(
+    server: ServerProcess, stub: rerank_pb2_grpc.RerankServiceStub, name: str
+) -> None:
+    """They cost about what documents of the same size with spaces cost (measured side by side;
+    both are cut to what the model reads before tokenizing)."""
+    spaced = kilobytes(" ".join(WORDS * 12_000))
+    cost = {
+        kind: median_seconds(
+            stub, pb.RerankRequest(query="q", documents=[pb.Document(text=text)] * 12)
+        )
+        for kind, text in (("spaced", spaced), (name, UNSPACED[name]))
+    }
+    assert cost[name] < 4 * cost["spaced"], cost
+    alone = statistics.median(one_document(stub) for _ in range(9))
+    docs = [pb.Document(text=UNSPACED[name])] * 12
+    responses, latencies = under_load(stub, pb.RerankRequest(query="q", documents=docs), copies=1)
+    assert len(responses[0].results) == 12
+    assert statistics.median(latencies) < 60 * alone, (alone, latencies)
