@@ -46,8 +46,8 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""
     auth_token_file: str = ""
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = 9090
+    metrics_host: str = ""
+    metrics_port: int = 0
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -71,6 +71,11 @@ class Settings:
                 name = self.model_name
             specs.append((name or source, source))
         return specs
+
+    @property
+    def metrics_address(self) -> str:
+        """Where /metrics listens: ``--metrics-host``, else the gRPC port's ``--host``."""
+        return self.metrics_host or self.host
 
 
 # (flag, type, help). Defaults come from Settings, so they are stated once.
@@ -158,8 +163,18 @@ _OPTIONS: list[tuple[str, type, str]] = [
         "File of accepted bearer tokens, one per line; every RPC but health "
         "and reflection then needs 'authorization: Bearer <token>'. Re-read on change.",
     ),
-    ("metrics-host", str, "Address of the Prometheus /metrics endpoint."),
-    ("metrics-port", int, "Port of the Prometheus /metrics endpoint; 0 turns it off."),
+    (
+        "metrics-host",
+        str,
+        "Address of the Prometheus /metrics endpoint (unauthenticated); empty = the --host "
+        "address, so a private gRPC port keeps its metrics private too.",
+    ),
+    (
+        "metrics-port",
+        int,
+        "Port of the Prometheus /metrics endpoint; 0 (the default) turns it off. No port is "
+        "free on every machine, so the operator picks one (the container images use 9090).",
+    ),
     (
         "score-cache-bytes",
         int,
@@ -291,6 +306,9 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} {path}: no such file")
     if not 0 <= settings.metrics_port < 65536:
         problems.append("--metrics-port must be 0..65535")
+    same_host = settings.metrics_address == settings.host
+    if settings.metrics_port and settings.metrics_port == settings.port and same_host:
+        problems.append("--metrics-port must differ from --port")
     if settings.max_documents > settings.max_queue_pairs:
         problems.append("--max-documents must not exceed --max-queue-pairs")
     return problems

@@ -374,3 +374,25 @@ def test_unauthenticated_calls_are_counted_and_tagged(tmp_path: Path) -> None:
     metadata = [*(error.initial_metadata() or ()), *(error.trailing_metadata() or ())]  # type: ignore[attr-defined]
     assert ("x-request-id", "no-token") in metadata
     assert counted == 1
+
+
+def test_a_token_file_rewritten_with_a_non_utf8_byte_keeps_the_tokens_and_logs_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens"
+    write_tokens(path, TOKEN)
+    settings = Settings(model=FAKE_MODEL.model, warmup=False, auth_token_file=str(path))
+    caplog.set_level(logging.WARNING, logger="rerankd_server")
+    with run_sidecar(settings, fake_factory()) as running, plain_channel(running.target) as channel:
+        assert rerank(channel, bearer(TOKEN)).results
+        write_file(path, f"{new_token()}\n".encode() + b"caf\xe9\n")  # Latin-1, not UTF-8
+        for _ in range(3):
+            assert rerank(channel, bearer(TOKEN)).results
+            assert refused(channel, bearer("rdk-wrong")).code() == Code.UNAUTHENTICATED
+        rotated = new_token()
+        write_tokens(path, rotated)  # a good file again is taken up
+        assert rerank(channel, bearer(rotated)).results
+        assert refused(channel, bearer(TOKEN)).code() == Code.UNAUTHENTICATED
+    warnings = [r.getMessage() for r in caplog.records if "token file" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "can't decode byte 0xe9" in warnings[0] and "keeping the current tokens" in warnings[0]
