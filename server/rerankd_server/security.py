@@ -18,7 +18,7 @@ import grpc
 
 from rerankd_server import logs
 from rerankd_server.errors import StartupError
-from rerankd_server.metrics import Observer
+from rerankd_server.metrics import Observer, method_label
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,12 @@ class TokenFile:
 
 
 def _deny(full_method: str, message: str, observe: Observer | None) -> grpc.RpcMethodHandler:
-    """A handler that refuses the call, logged, counted and tagged like any other call."""
-    method = full_method.rsplit("/", 1)[-1]
+    """A handler that refuses the call, logged, counted and tagged like any other call.
+
+    The caller chose the method path: it is counted and logged as one of the served methods or
+    ``unknown``, so strangers cannot add metric series or long log lines.
+    """
+    method = method_label(full_method)
 
     async def abort(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         request_id = logs.request_id(context)
