@@ -34,7 +34,7 @@ from rerankd_server.metrics import Observer
 from rerankd_server.reranking import ChunkOptions, Normalization, Reranker, RerankOptions
 from rerankd_server.scheduler import Usage
 from rerankd_server.scoring.base import Truncation
-from rerankd_server.settings import Settings
+from rerankd_server.settings import MAX_MODEL_NAME_BYTES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -238,10 +238,15 @@ class RerankServicer:
             raise NotReady("the model is still loading; retry shortly")
         if not requested:
             return next(iter(self._models.values()))
+        size = len(requested.encode("utf-8"))
+        if size > MAX_MODEL_NAME_BYTES:
+            raise InvalidRequest(f"model has {size} bytes; the limit is {MAX_MODEL_NAME_BYTES}")
         model = self._models.get(requested)
         if model is None:
+            # Echo a prefix only: the name is the caller's, and goes into the status and the log.
+            shown = repr(requested[:64]) + ("..." if len(requested) > 64 else "")
             served = ", ".join(sorted(self._models))
-            raise ModelNotFound(f"model {requested!r} is not served here (served: {served})")
+            raise ModelNotFound(f"model {shown} is not served here (served: {served})")
         return model
 
     def _check_query(self, query: str, field: str) -> None:

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 DEFAULT_MODEL = "cross-encoder/ettin-reranker-1b-v1"
 
+#: Longest model name a request may carry (UTF-8 bytes); a longer one is INVALID_ARGUMENT. Served
+#: names (a hub id, a folder path) are held to it too, so every served model can be asked for.
+MAX_MODEL_NAME_BYTES = 1024
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -288,6 +292,9 @@ def validate(settings: Settings) -> list[str]:
     names = [name for name, _ in settings.model_specs()]
     if len(set(names)) != len(names):
         problems.append(f"--model names must differ: {', '.join(names)}")
+    for name in names:
+        if len(name.encode("utf-8")) > MAX_MODEL_NAME_BYTES:
+            problems.append(f"--model name {name[:64]!r}... is over {MAX_MODEL_NAME_BYTES} bytes")
     if settings.score_cache_bytes < 0:
         problems.append("--score-cache-bytes must be 0 (off) or positive")
     if settings.max_batch_tokens < 0:
