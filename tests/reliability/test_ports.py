@@ -21,7 +21,7 @@ import pytest
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
-from rerankd_server.process import ServerProcess, start_server
+from rerankd_server.process import ServerProcess, ServerStartError, start_server
 from rerankd_server.settings import Settings, parse_settings
 from support.metrics import scrape
 from support.sidecar import run_sidecar
@@ -109,6 +109,9 @@ def test_a_second_server_on_a_port_in_use_exits_2_and_never_serves(
         assert f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
         assert all(model_on_a_fresh_connection(first.target) == "first" for _ in range(6))
         check_still_serves(first)
+        # start_server refuses too: the first server's health would answer SERVING for it.
+        with pytest.raises(ServerStartError, match=f"127.0.0.1:{port} is not free"):
+            start_server(tiny_models["bert"], port=int(port))
 
 
 def check_still_serves(server: ServerProcess) -> None:
