@@ -90,33 +90,33 @@ def scheduler_config(
 
 def check_port_free(host: str, port: int, flags: str) -> None:
     """Bind ``host:port`` once the way gRPC will (``SO_REUSEADDR``, no ``SO_REUSEPORT``) and let
-    it go, so a port in use ends start-up with one line naming it; gRPC's own failure is a bare
-    RuntimeError after a line of its core's log. Port 0 (any free port) needs no check.
+    it go, so an address that cannot be had ends start-up with one line naming it; gRPC's own
+    failure is a bare RuntimeError after a line of its core's log. Like gRPC, it accepts a host
+    when any of its addresses can be bound, but a port in use on any of them is refused.
 
     Raises:
-        StartupError: the port is in use on one of the host's addresses, or the host does not
-            resolve.
+        StartupError: the port is in use, or the host does not resolve or is not this machine's.
     """
-    if port == 0:
-        return
     try:
         addresses = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except OSError as exc:
         raise StartupError(f"cannot listen on {host}:{port} ({flags}): {exc}") from None
+    problems = []
     for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise StartupError(
-                        f"cannot listen on {host}:{port} ({flags}): the port is in use"
-                    ) from None
-                # Other failures (an address family this machine lacks) are gRPC's to judge:
-                # it listens when any of the host's addresses can be bound.
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"cannot listen on {host}:{port} ({flags}): the port is in use"
+                ) from None
+            problems.append(exc.strerror or str(exc))
+    if len(problems) == len(addresses):
+        raise StartupError(f"cannot listen on {host}:{port} ({flags}): {problems[0]}")
 
 
 LIVENESS_SERVICE = "rerankd.v1.Liveness"

@@ -21,7 +21,7 @@ import pytest
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
-from rerankd_server.process import ServerProcess, ServerStartError, start_server
+from rerankd_server.process import ServerProcess, ServerStartError, free_port, start_server
 from rerankd_server.settings import Settings, parse_settings
 from support.metrics import scrape
 from support.sidecar import run_sidecar
@@ -124,6 +124,16 @@ def check_still_serves(server: ServerProcess) -> None:
 def test_a_port_another_program_holds_exits_2_naming_it(held_port: int, flag: str) -> None:
     line = refused_start("/no/model/needed", flag, str(held_port))
     assert f"127.0.0.1:{held_port}" in line and flag in line, line
+
+
+@pytest.mark.parametrize("flag", ["--host", "--metrics-host"])
+def test_an_address_not_of_this_machine_exits_2_naming_it(flag: str) -> None:
+    """192.0.2.1 is TEST-NET-1 (RFC 5737), never a local address."""
+    metrics_port = str(free_port() if flag == "--metrics-host" else 0)
+    line = refused_start(
+        "/no/model/needed", "--port", "0", "--metrics-port", metrics_port, flag, "192.0.2.1"
+    )
+    assert "192.0.2.1:" in line and flag in line and "Cannot assign requested address" in line, line
 
 
 @pytest.mark.parametrize(
