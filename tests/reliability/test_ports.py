@@ -39,7 +39,7 @@ def serve_argv(model: str | Path) -> list[str]:
 def refused_start(model: str | Path, *args: str) -> str:
     """Run ``rerankd serve`` that must refuse to start: assert exit code 2 and a single line of
     output; return that line."""
-    argv = [*serve_argv(model), *args]
+    argv = [*serve_argv(model), "--port", "0", *args]  # a later --port wins
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=EXIT_TIMEOUT, env=env, check=False
@@ -130,9 +130,7 @@ def test_a_port_another_program_holds_exits_2_naming_it(held_port: int, flag: st
 def test_an_address_not_of_this_machine_exits_2_naming_it(flag: str) -> None:
     """192.0.2.1 is TEST-NET-1 (RFC 5737), never a local address."""
     metrics_port = str(free_port() if flag == "--metrics-host" else 0)
-    line = refused_start(
-        "/no/model/needed", "--port", "0", "--metrics-port", metrics_port, flag, "192.0.2.1"
-    )
+    line = refused_start("/no/model/needed", "--metrics-port", metrics_port, flag, "192.0.2.1")
     assert "192.0.2.1:" in line and flag in line and "Cannot assign requested address" in line, line
 
 
