@@ -561,6 +561,8 @@ def _parallel(
 
     On an error the calls not yet started are cancelled and the error is raised.
     """
+    if progress is not None and items:
+        progress(0, len(items))
     with ThreadPoolExecutor(max_workers=max(concurrency, 1)) as pool:
         futures = [pool.submit(work, item) for item in items]
         pending: set[Future[_R]] = set(futures)
@@ -717,6 +719,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress lines on stderr (done/total, rate and time left, redrawn in place on "
+        "a terminal, every 10 s otherwise)",
+    )
+    parser.add_argument(
         "--output-run", type=Path, metavar="FILE", help="write the reranked run in TREC format"
     )
     parser.add_argument(
@@ -804,7 +813,7 @@ def _run(args: argparse.Namespace) -> tuple[Report, list[tuple[str, Scored]]]:
             timeout=args.timeout,
             model=args.model,
             max_document_bytes=info.limits.max_document_bytes,
-            progress=_progress(sys.stderr),
+            progress=None if args.quiet else Progress(sys.stderr),
         )
         report.model = report.model or info.name
     return report, result
@@ -835,16 +844,52 @@ def _client(args: argparse.Namespace) -> Client:
         raise InputError(str(err)) from None
 
 
-def _progress(stream: TextIO) -> Callable[[int, int], None] | None:
-    """A progress line on a terminal (a long evaluation should not look hung); else nothing."""
-    if not stream.isatty():
-        return None
+class Progress:
+    """Reranking progress on ``stream``, so that a long evaluation does not look hung.
 
-    def show(done: int, total: int) -> None:
-        end = "\n" if done == total else ""
-        print(f"\rreranked {done}/{total} queries", end=end, file=stream, flush=True)
+    Called as ``progress(done, total)``: on a terminal one line redrawn in place at every call,
+    elsewhere (a log, a pipe) a line at the first call, then every ``interval`` seconds, and a
+    last one when done. Each says done/total, queries per second and, until done, the time left.
+    ``clock`` is injectable so tests need no waiting.
+    """
 
-    return show
+    def __init__(
+        self,
+        stream: TextIO,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._interval = interval
+        self._clock = clock
+        self._started: float | None = None
+        self._shown = -math.inf
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        if self._started is None:
+            self._started = now
+        final = done >= total
+        if not (final or self._tty or now - self._shown >= self._interval):
+            return
+        self._shown = now
+        line = f"reranked {done}/{total} queries"
+        elapsed = now - self._started
+        if done and elapsed > 0:
+            rate = done / elapsed
+            line += f", {rate:.1f} queries/s"
+            if not final:
+                line += f", about {_duration((total - done) / rate)} left"
+        if self._tty:  # back to the line's start, and clear what a longer line left there
+            print(f"\r{line}\033[K", end="\n" if final else "", file=self._stream, flush=True)
+        else:
+            print(line, file=self._stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
 if __name__ == "__main__":

@@ -4,15 +4,20 @@ The port opens first with health NOT_SERVING (probes see "starting", calls get U
 the model loads and warms up off the event loop, then health flips to SERVING. On SIGTERM or
 SIGINT health flips to NOT_SERVING at once, new calls are refused, accepted calls get the
 grace period to finish, and the process exits 0. A model that cannot be loaded ends the
-process with exit code 2 and a message saying how to point it at a local folder.
+process with exit code 2 and a message saying how to point it at a local folder; a port that
+cannot be had (in use, not this machine's) or an unusable token file ends it with exit code 2
+and one line naming it. Ports are never shared: gRPC's default ``SO_REUSEPORT`` would let a
+second server on a port in use start and take half of the new connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,7 +33,7 @@ from rerankd_server.batching import (
     BatchLimits,
 )
 from rerankd_server.cache import ScoreCache
-from rerankd_server.errors import ModelLoadError
+from rerankd_server.errors import ModelLoadError, StartupError
 from rerankd_server.logs import configure as configure_logging
 from rerankd_server.metrics import Metrics
 from rerankd_server.reranking import Reranker
@@ -81,6 +86,37 @@ def scheduler_config(
         max_queue_tokens=settings.max_queue_tokens,
         cross_request=settings.cross_request_batching,
     )
+
+
+def check_port_free(host: str, port: int, flags: str) -> None:
+    """Bind ``host:port`` once the way gRPC will (``SO_REUSEADDR``, no ``SO_REUSEPORT``) and let
+    it go, so an address that cannot be had ends start-up with one line naming it; gRPC's own
+    failure is a bare RuntimeError after a line of its core's log. Like gRPC, it accepts a host
+    when any of its addresses can be bound, but a port in use on any of them is refused.
+
+    Raises:
+        StartupError: the port is in use, or the host does not resolve or is not this machine's.
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port} ({flags}): {exc}") from None
+    problems = []
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"cannot listen on {host}:{port} ({flags}): the port is in use"
+                ) from None
+            problems.append(exc.strerror or str(exc))
+    if len(problems) == len(addresses):
+        raise StartupError(f"cannot listen on {host}:{port} ({flags}): {problems[0]}")
 
 
 LIVENESS_SERVICE = "rerankd.v1.Liveness"
@@ -175,6 +211,8 @@ class Sidecar:
                 ("grpc.http2.max_ping_strikes", 0),
                 ("grpc.keepalive_time_ms", 60_000),
                 ("grpc.keepalive_timeout_ms", 20_000),
+                # A port in use must fail the bind, never be shared with another process.
+                ("grpc.so_reuseport", 0),
             ],
         )
         self._health = _HealthServicer()
@@ -189,18 +227,31 @@ class Sidecar:
         await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set_ready(False)
         address = f"{settings.host}:{settings.port}"
-        if settings.tls_cert:
-            tls = ReloadingCertificates(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-            self.port = self._server.add_secure_port(address, tls.credentials())
-        else:
-            self.port = self._server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
-        await self._server.start()
+        check_port_free(settings.host, settings.port, "--host, --port")
+        try:
+            if settings.tls_cert:
+                tls = ReloadingCertificates(
+                    settings.tls_cert, settings.tls_key, settings.tls_client_ca
+                )
+                self.port = self._server.add_secure_port(address, tls.credentials())
+            else:
+                self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:  # taken since the check, or an address not of this machine
+            raise StartupError(f"cannot listen on {address} (--host, --port): {exc}") from None
         if settings.metrics_port:
+            metrics_host = settings.metrics_address
             self.metrics.loop = asyncio.get_running_loop()
-            self.metrics_port = self.metrics.serve(settings.metrics_host, settings.metrics_port)
-            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, self.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(metrics_host, settings.metrics_port)
+            except OSError as exc:
+                in_use = exc.errno == errno.EADDRINUSE
+                raise StartupError(
+                    f"cannot serve metrics on {metrics_host}:{settings.metrics_port} "
+                    f"(--metrics-host, --metrics-port): "
+                    + ("the port is in use" if in_use else str(exc.strerror or exc))
+                ) from None
+            log.info("metrics on http://%s:%d/metrics", metrics_host, self.metrics_port)
+        await self._server.start()
         log.info(
             "listening on %s:%d; loading %s", self.settings.host, self.port, self.settings.model
         )
@@ -304,7 +355,7 @@ async def serve(settings: Settings, scorer_factory: ScorerFactory = load_hf_scor
             ready.cancel()
         log.info("draining (grace period %.0fs)", settings.grace_period)
         return 0
-    except ModelLoadError as exc:
+    except (ModelLoadError, StartupError) as exc:
         log.error("%s", exc)
         return 2
     finally:

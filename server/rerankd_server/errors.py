@@ -37,3 +37,8 @@ class ModelFailure(RerankdServerError):
 
 class ModelLoadError(Exception):
     """The configured model could not be loaded; the process exits with this message."""
+
+
+class StartupError(Exception):
+    """The server cannot start as configured (a port in use, an unusable token file); the
+    process exits with code 2 and this one-line message."""

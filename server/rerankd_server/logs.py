@@ -45,10 +45,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str, fmt: str) -> None:
-    """Send logs to stderr as ``text`` or ``json``; quiet chatty libraries."""
+    """Send logs to stderr as ``text`` or ``json``; quiet chatty libraries.
+
+    In ``json`` every line must be a JSON object, so Python warnings go through logging and
+    progress bars (Hugging Face's "Loading weights", downloads), which write raw text to
+    stderr, are turned off; the log says what is loading instead.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
+        logging.captureWarnings(True)
+        _disable_progress_bars()
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -56,3 +63,13 @@ def configure(level: str, fmt: str) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "huggingface_hub", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _disable_progress_bars() -> None:
+    try:
+        from huggingface_hub.utils.tqdm import disable_progress_bars
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # without the server's libraries there is no bar to turn off
+        return
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

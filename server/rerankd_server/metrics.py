@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from rerankd.v1 import rerank_pb2
 from rerankd_server.cache import ScoreCache
 from rerankd_server.scheduler import BatchScheduler
 
@@ -24,6 +25,18 @@ log = logging.getLogger(__name__)
 
 Observer = Callable[[str, str, float], None]
 """Records one finished RPC: (method, status code name, seconds)."""
+
+_SERVICE = rerank_pb2.DESCRIPTOR.services_by_name["RerankService"]
+_METHODS = frozenset(f"/{_SERVICE.full_name}/{method.name}" for method in _SERVICE.methods)
+
+
+def method_label(full_method: str) -> str:
+    """The ``method`` label of a call to ``full_method`` (``/package.Service/Method``): the
+    method's name when the service serves it, else ``unknown``. Label values come from this
+    fixed set because callers choose the path: one series per made-up path would let anyone
+    who can reach the port grow /metrics without bound."""
+    return full_method.rsplit("/", 1)[-1] if full_method in _METHODS else "unknown"
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

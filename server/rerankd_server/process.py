@@ -102,6 +102,17 @@ def free_port() -> int:
         return port
 
 
+def _check_port_free(port: int) -> None:
+    """Refuse a port some other server holds: its health would answer SERVING for ours, which
+    would then exit (a port is never shared) while the caller believed it ready."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ServerStartError(f"127.0.0.1:{port} is not free: {exc}") from None
+
+
 def start_server(
     model_path: str | os.PathLike[str],
     *extra_args: str,
@@ -117,15 +128,19 @@ def start_server(
             off (``--metrics-port 0``) unless these name a ``--metrics-port``.
         env: Variables added to (and overriding) this process's environment for the child.
         ready_timeout: Seconds to wait for health SERVING on ``RERANK_SERVICE``.
-        port: The port to listen on (default: a free one), e.g. to restart on the same port.
+        port: The port to listen on (default: a free one), e.g. to restart on the same port;
+            it must be free.
 
     Returns:
         The running server, ready for requests. Stop it with ``stop()`` or a ``with`` block.
 
     Raises:
-        ServerStartError: the process exited before it was ready, or was not ready in time (it is
-            then killed); the message carries its exit code and output.
+        ServerStartError: ``port`` is not free; or the process exited before it was ready, or
+            was not ready in time (it is then killed); the message carries its exit code and
+            output.
     """
+    if port:
+        _check_port_free(port)
     port = port or free_port()
     argv = [
         sys.executable,

@@ -17,7 +17,8 @@ from typing import Any
 import grpc
 
 from rerankd_server import logs
-from rerankd_server.metrics import Observer
+from rerankd_server.errors import StartupError
+from rerankd_server.metrics import Observer, method_label
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,21 @@ class ReloadingCertificates:
 
 
 class TokenFile:
-    """Bearer tokens, one per line (blank lines and ``#`` comments ignored), re-read on change."""
+    """Bearer tokens, one per line (blank lines and ``#`` comments ignored), re-read on change.
+
+    A file that cannot be used (unreadable, not UTF-8, no token) refuses the start; once serving,
+    such a version of the file keeps the tokens in force and is logged once, not on every call.
+    """
 
     def __init__(self, path: str) -> None:
         self._watch = _FileWatch(path)
         self._path = path
         self._tokens: tuple[bytes, ...] = ()
+        self._problem = ""
         self._lock = threading.Lock()
         self.refresh()
         if not self._tokens:
-            raise ValueError(f"{path} holds no token")
+            raise StartupError(f"--auth-token-file {path}: {self._problem or 'no token in it'}")
 
     def refresh(self) -> None:
         with self._lock:
@@ -93,12 +99,22 @@ class TokenFile:
                 if not self._watch.changed():
                     return
                 lines = Path(self._path).read_text(encoding="utf-8").splitlines()
-            except OSError as exc:
-                log.warning("cannot re-read the token file (%s); keeping the current tokens", exc)
+            except (OSError, UnicodeDecodeError) as exc:
+                self._report(str(exc))
                 return
             tokens = tuple(t.encode() for t in map(str.strip, lines) if t and not t.startswith("#"))
-            if tokens:
-                self._tokens = tokens
+            if not tokens:
+                self._report("no token in it")
+                return
+            self._tokens, self._problem = tokens, ""
+
+    def _report(self, problem: str) -> None:
+        """Log a new problem once (a missing file fails every call's check, the same way)."""
+        if problem != self._problem and self._tokens:
+            log.warning(
+                "cannot use the token file %s (%s); keeping the current tokens", self._path, problem
+            )
+        self._problem = problem
 
     def accepts(self, presented: str) -> bool:
         """Constant-time check of a presented token against every configured one."""
@@ -108,8 +124,12 @@ class TokenFile:
 
 
 def _deny(full_method: str, message: str, observe: Observer | None) -> grpc.RpcMethodHandler:
-    """A handler that refuses the call, logged, counted and tagged like any other call."""
-    method = full_method.rsplit("/", 1)[-1]
+    """A handler that refuses the call, logged, counted and tagged like any other call.
+
+    The caller chose the method path: it is counted and logged as one of the served methods or
+    ``unknown``, so strangers cannot add metric series or long log lines.
+    """
+    method = method_label(full_method)
 
     async def abort(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         request_id = logs.request_id(context)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
 from rerankd.v1 import rerank_pb2 as pb
@@ -34,7 +36,7 @@ from rerankd_server.metrics import Observer
 from rerankd_server.reranking import ChunkOptions, Normalization, Reranker, RerankOptions
 from rerankd_server.scheduler import Usage
 from rerankd_server.scoring.base import Truncation
-from rerankd_server.settings import Settings
+from rerankd_server.settings import MAX_MODEL_NAME_BYTES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class _Malformed:
     """Stands in for a request whose bytes did not parse, so it gets INVALID_ARGUMENT."""
 
     error: str
+    request_id: str = ""  # a RerankStream item's id, when it could still be read
 
 
 _NORMALIZATION: dict[int, Normalization | None] = {
@@ -131,7 +134,7 @@ class RerankServicer:
             normalization=_normalization(request.raw_scores, request.normalization),
             chunking=_chunking(request.chunking) if request.HasField("chunking") else None,
             top_n=request.top_n,
-            min_score=request.min_score if request.HasField("min_score") else None,
+            min_score=_min_score(request),
         )
         texts = [doc.text for doc in request.documents]
         ranked, usage = await model.rerank(request.query, texts, options, deadline)
@@ -194,7 +197,9 @@ class RerankServicer:
 
         async def answer(item: Any) -> None:
             if isinstance(item, _Malformed):
-                reply = pb.RerankStreamResponse(code=_code(InvalidRequest), message=item.error)
+                reply = pb.RerankStreamResponse(
+                    request_id=item.request_id, code=_code(InvalidRequest), message=item.error
+                )
             else:
                 reply = pb.RerankStreamResponse(request_id=item.request_id)
                 try:
@@ -238,10 +243,15 @@ class RerankServicer:
             raise NotReady("the model is still loading; retry shortly")
         if not requested:
             return next(iter(self._models.values()))
+        size = len(requested.encode("utf-8"))
+        if size > MAX_MODEL_NAME_BYTES:
+            raise InvalidRequest(f"model has {size} bytes; the limit is {MAX_MODEL_NAME_BYTES}")
         model = self._models.get(requested)
         if model is None:
+            # Echo a prefix only: the name is the caller's, and goes into the status and the log.
+            shown = repr(requested[:64]) + ("..." if len(requested) > 64 else "")
             served = ", ".join(sorted(self._models))
-            raise ModelNotFound(f"model {requested!r} is not served here (served: {served})")
+            raise ModelNotFound(f"model {shown} is not served here (served: {served})")
         return model
 
     def _check_query(self, query: str, field: str) -> None:
@@ -277,6 +287,14 @@ def _deadline(context: Any) -> float | None:
 def _code(error: type[RerankdServerError]) -> int:
     code: int = _STATUS[error].value[0]
     return code
+
+
+def _min_score(request: pb.RerankRequest) -> float | None:
+    if not request.HasField("min_score"):
+        return None
+    if math.isnan(request.min_score):
+        raise InvalidRequest("min_score is NaN; send a number or leave it unset")
+    return request.min_score
 
 
 def _truncation(value: int) -> Truncation:
@@ -418,9 +436,24 @@ def _parser(message: type[Any]) -> Callable[[bytes], Any]:
         try:
             return message.FromString(data)
         except (DecodeError, UnicodeDecodeError) as exc:
-            return _Malformed(f"request is not a valid {message.DESCRIPTOR.full_name}: {exc}")
+            error = f"request is not a valid {message.DESCRIPTOR.full_name}: {exc}"
+            stream_item = message is pb.RerankStreamRequest
+            return _Malformed(error, _stream_request_id(data) if stream_item else "")
 
     return parse
+
+
+def _stream_request_id(data: bytes) -> str:
+    """The ``request_id`` of a RerankStreamRequest whose ``request`` did not parse, or "".
+
+    ``google.protobuf.Any`` has the same wire shape (1: string, 2: bytes), so it reads the id
+    and leaves the broken request as bytes. It cannot when the item's own framing is broken
+    (a bad tag or length outside ``request``) or the id itself is not valid UTF-8.
+    """
+    try:
+        return str(any_pb2.Any.FromString(data).type_url)
+    except (DecodeError, UnicodeDecodeError):
+        return ""
 
 
 def handlers(servicer: RerankServicer, observe: Observer | None = None) -> grpc.GenericRpcHandler:

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 DEFAULT_MODEL = "cross-encoder/ettin-reranker-1b-v1"
 
+#: Longest model name a request may carry (UTF-8 bytes); a longer one is INVALID_ARGUMENT. Served
+#: names (a hub id, a folder path) are held to it too, so every served model can be asked for.
+MAX_MODEL_NAME_BYTES = 1024
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -46,8 +50,8 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""
     auth_token_file: str = ""
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = 9090
+    metrics_host: str = ""
+    metrics_port: int = 0
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -71,6 +75,11 @@ class Settings:
                 name = self.model_name
             specs.append((name or source, source))
         return specs
+
+    @property
+    def metrics_address(self) -> str:
+        """Where /metrics listens: ``--metrics-host``, else the gRPC port's ``--host``."""
+        return self.metrics_host or self.host
 
 
 # (flag, type, help). Defaults come from Settings, so they are stated once.
@@ -158,8 +167,18 @@ _OPTIONS: list[tuple[str, type, str]] = [
         "File of accepted bearer tokens, one per line; every RPC but health "
         "and reflection then needs 'authorization: Bearer <token>'. Re-read on change.",
     ),
-    ("metrics-host", str, "Address of the Prometheus /metrics endpoint."),
-    ("metrics-port", int, "Port of the Prometheus /metrics endpoint; 0 turns it off."),
+    (
+        "metrics-host",
+        str,
+        "Address of the Prometheus /metrics endpoint (unauthenticated); empty = the --host "
+        "address, so a private gRPC port keeps its metrics private too.",
+    ),
+    (
+        "metrics-port",
+        int,
+        "Port of the Prometheus /metrics endpoint; 0 (the default) turns it off. No port is "
+        "free on every machine, so the operator picks one (the container images use 9090).",
+    ),
     (
         "score-cache-bytes",
         int,
@@ -273,6 +292,9 @@ def validate(settings: Settings) -> list[str]:
     names = [name for name, _ in settings.model_specs()]
     if len(set(names)) != len(names):
         problems.append(f"--model names must differ: {', '.join(names)}")
+    for name in names:
+        if len(name.encode("utf-8")) > MAX_MODEL_NAME_BYTES:
+            problems.append(f"--model name {name[:64]!r}... is over {MAX_MODEL_NAME_BYTES} bytes")
     if settings.score_cache_bytes < 0:
         problems.append("--score-cache-bytes must be 0 (off) or positive")
     if settings.max_batch_tokens < 0:
@@ -291,6 +313,9 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} {path}: no such file")
     if not 0 <= settings.metrics_port < 65536:
         problems.append("--metrics-port must be 0..65535")
+    same_host = settings.metrics_address == settings.host
+    if settings.metrics_port and settings.metrics_port == settings.port and same_host:
+        problems.append("--metrics-port must differ from --port")
     if settings.max_documents > settings.max_queue_pairs:
         problems.append("--max-documents must not exceed --max-queue-pairs")
     return problems

@@ -8,8 +8,10 @@ deliberately bad run file (relevant documents low), so the numbers before are kn
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 from osmem_server import OsmemServer
 
-from rerankd.evaluate import engine_search, main, query_metrics
+from rerankd.evaluate import Progress, engine_search, main, query_metrics
 from rerankd_server.process import free_port
 from rerankd_server.settings import Settings
 from support.fake_scorer import FakeScorer, token_id
@@ -314,3 +316,59 @@ def test_python_dash_m_runs_the_command() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "usage: rerankd eval" in proc.stdout
+
+
+def test_progress_goes_to_stderr_unless_quiet(
+    sidecar: RunningSidecar, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run_file = write_dataset(tmp_path, BAD_RUN)
+    argv = (str(data), "--run", str(run_file), "--target", sidecar.target, "--json")
+    code, out, err = run_eval(capsys, *argv)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0] == "reranked 0/3 queries"  # at once, before the first answer
+    assert re.fullmatch(r"reranked 3/3 queries, [\d.]+ queries/s", lines[-1]), lines
+    json.loads(out)  # stdout holds the report only
+    code, out, err = run_eval(capsys, *argv, "--quiet")
+    assert (code, err) == (0, "")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_log_is_a_line_every_interval_and_at_the_end() -> None:
+    stream, clock = io.StringIO(), Clock()
+    progress = Progress(stream, interval=10.0, clock=clock)
+    for now, done in [(100, 0), (105, 10), (110, 20), (115, 30), (121, 40), (160, 100)]:
+        clock.now = now
+        progress(done, 100)
+    assert stream.getvalue().splitlines() == [
+        "reranked 0/100 queries",
+        "reranked 20/100 queries, 2.0 queries/s, about 40 s left",
+        "reranked 40/100 queries, 1.9 queries/s, about 32 s left",
+        "reranked 100/100 queries, 1.7 queries/s",
+    ]
+
+
+def test_progress_on_a_terminal_redraws_one_line() -> None:
+    stream, clock = Terminal(), Clock()
+    progress = Progress(stream, clock=clock)
+    for now, done in [(100, 0), (101, 1), (400, 2), (700, 3)]:
+        clock.now = now
+        progress(done, 3)
+    assert stream.getvalue() == (
+        "\rreranked 0/3 queries\033[K"
+        "\rreranked 1/3 queries, 1.0 queries/s, about 2 s left\033[K"
+        "\rreranked 2/3 queries, 0.0 queries/s, about 2 min 30 s left\033[K"
+        "\rreranked 3/3 queries, 0.0 queries/s\033[K\n"
+    )

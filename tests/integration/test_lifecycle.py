@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from rerankd import Client, Unavailable
+from rerankd import Client, InvalidArgument, Unavailable
 from rerankd_server.process import ServerStartError, free_port, start_server
 from support.metrics import wait_until_queued
 
@@ -97,3 +98,25 @@ def test_health_watchers_do_not_hold_a_draining_server(tiny_models: dict[str, Pa
         statuses = [r.status for r in watch]
         assert statuses[-1:] == [health_pb2.HealthCheckResponse.NOT_SERVING]
         channel.close()
+
+
+def test_json_logs_are_json_lines_from_start_to_exit(tiny_models: dict[str, Path]) -> None:
+    """A log pipeline parses every line: loading the model (whose library draws a progress
+    bar), serving a call, a refused call and the drain included."""
+    with start_server(tiny_models["modernbert"], "--log-format", "json") as server:
+        with Client(server.target, timeout=30) as client:
+            assert client.rerank("q", ["d"]).results
+            with pytest.raises(InvalidArgument):
+                client.rerank(" ", ["d"])
+        assert server.stop() == 0
+    lines = server.output().splitlines()
+    entries = []
+    for number, line in enumerate(lines, 1):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"line {number} of the server's output is not JSON: {line[:200]!r}")
+    messages = [entry["msg"] for entry in entries]
+    assert any(m.startswith("serving ") for m in messages), messages
+    assert any(entry.get("code") == "INVALID_ARGUMENT" for entry in entries)
+    assert any("draining" in m for m in messages)

@@ -107,6 +107,12 @@ BAD_REQUESTS: dict[str, tuple[str, object, Code, str]] = {
         Code.INVALID_ARGUMENT,
         "pairs[1].query",
     ),
+    "min_score NaN": (
+        "Rerank",
+        pb.RerankRequest(query="q", documents=docs("a"), min_score=float("nan")),
+        Code.INVALID_ARGUMENT,
+        "min_score is NaN",
+    ),
     "info for unknown model": (
         "GetModelInfo",
         pb.GetModelInfoRequest(model="nope"),
@@ -138,6 +144,45 @@ def test_malformed_bytes_are_invalid_argument(running: RunningSidecar, payload: 
         with pytest.raises(grpc.RpcError) as err:
             call(payload, timeout=30)
     assert err.value.code() == Code.INVALID_ARGUMENT
+
+
+def test_infinite_min_score_is_a_valid_bound(stub: rerank_pb2_grpc.RerankServiceStub) -> None:
+    """Unlike NaN, an infinite bound has a meaning: keep everything, or nothing."""
+    request = pb.RerankRequest(query="q", documents=docs("a", "b"), min_score=float("-inf"))
+    assert len(stub.Rerank(request, timeout=30).results) == 2
+    request.min_score = float("inf")
+    assert len(stub.Rerank(request, timeout=30).results) == 0
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2) holding ``payload`` (< 128 bytes)."""
+    assert len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def test_a_stream_item_that_does_not_parse_is_answered_with_its_request_id(
+    running: RunningSidecar,
+) -> None:
+    """The id is recovered when the item's own framing is intact and the id is UTF-8; else the
+    answer has an empty request_id (and still INVALID_ARGUMENT)."""
+    good = pb.RerankRequest(query="q", documents=docs("a")).SerializeToString()
+    not_utf8 = b"\xc3\x28"
+    items = {
+        "ok": field(1, b"ok") + field(2, good),
+        "bad query": field(1, b"bad query") + field(2, field(1, not_utf8)),
+        "id after the request": field(2, field(1, not_utf8)) + field(1, b"id after the request"),
+        "bad document": field(1, b"bad document") + field(2, field(2, field(2, not_utf8))),
+        "": field(1, not_utf8) + field(2, good),  # the id itself cannot be read
+    }
+    with grpc.insecure_channel(running.target) as channel:
+        stream = channel.stream_stream(
+            "/rerankd.v1.RerankService/RerankStream",
+            response_deserializer=pb.RerankStreamResponse.FromString,
+        )
+        replies = list(stream(iter(items.values()), timeout=60))
+    codes = {reply.request_id: reply.code for reply in replies}
+    invalid = Code.INVALID_ARGUMENT.value[0]
+    assert codes == {key: 0 if key == "ok" else invalid for key in items}
 
 
 def test_valid_edge_cases(stub: rerank_pb2_grpc.RerankServiceStub) -> None:

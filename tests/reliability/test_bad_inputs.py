@@ -10,6 +10,7 @@ scores) against the deterministic FakeScorer.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import pytest
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.scoring.base import FloatArray
-from rerankd_server.settings import Settings
+from rerankd_server.settings import Settings, parse_settings
 from support.fake_scorer import FakeScorer, token_id
 from support.metrics import scrape
 from support.sidecar import RunningSidecar, run_sidecar
@@ -202,6 +203,15 @@ CATALOG: dict[str, Case] = {
     "model name that is a path": Case(
         "Rerank", rerank(query="q", documents=docs("a"), model="/etc/passwd"), Code.NOT_FOUND
     ),
+    "unknown model name of 1000 bytes": Case(
+        "Rerank", rerank(query="q", documents=docs("a"), model="m" * 1000), Code.NOT_FOUND
+    ),
+    "model name of 100 KB": Case(
+        "Rerank",
+        rerank(query="q", documents=docs("a"), model="m" * 100_000),
+        INVALID,
+        "model has 100000 bytes; the limit is 1024",
+    ),
     # --- bytes that are not a valid message
     "empty message": Case("Rerank", raw(b""), INVALID, "query is empty"),
     "malformed protobuf": Case("Rerank", raw(b"\xff\xff\xff\xff"), INVALID, "not a valid"),
@@ -251,6 +261,15 @@ CATALOG: dict[str, Case] = {
         "Score", score(pairs=[pb.Pair(query="q", text="t")], model="nope"), Code.NOT_FOUND
     ),
     "GetModelInfo with garbage": Case("GetModelInfo", raw(b"\x0a\x02\xff\xfe"), INVALID),
+    "Score with a model name of 100 KB": Case(
+        "Score", score(pairs=[pb.Pair(query="q", text="t")], model="m" * 100_000), INVALID, "model"
+    ),
+    "GetModelInfo with a model name of 100 KB": Case(
+        "GetModelInfo",
+        pb.GetModelInfoRequest(model="m" * 100_000).SerializeToString,
+        INVALID,
+        "model has 100000 bytes",
+    ),
     "GetModelInfo for an unknown model": Case(
         "GetModelInfo", pb.GetModelInfoRequest(model="nope").SerializeToString, Code.NOT_FOUND
     ),
@@ -337,6 +356,32 @@ def test_a_request_id_cannot_flood_the_logs(tiny_server: RunningSidecar) -> None
     answer = call(tiny_server.target, "Rerank", GOOD.SerializeToString(), "r" * 5000)
     assert answer.code == OK
     assert answer.metadata["x-request-id"] == "r" * 128  # cut, as logged
+
+
+@pytest.mark.parametrize("size", [1000, 6_000_000], ids=["1000 bytes", "6 MB"])
+def test_a_long_model_name_is_echoed_and_logged_as_a_short_prefix(
+    tiny_server: RunningSidecar, caplog: pytest.LogCaptureFixture, size: int
+) -> None:
+    """The name is the caller's: the status details and the log line carry a prefix of it."""
+    caplog.set_level(logging.INFO)
+    request = pb.RerankRequest(query="q", documents=docs("a"), model="m" * size)
+    answer = call(tiny_server.target, "Rerank", request.SerializeToString(), "long-model")
+    assert answer.code == (Code.NOT_FOUND if size == 1000 else INVALID), answer.details[:200]
+    served = tiny_server.sidecar.settings.served_name  # named in the details, as it should be
+    assert len(answer.details) < 200 + len(served), answer.details[:200]
+    logged = [r.getMessage() for r in caplog.records if "long-model" in r.getMessage()]
+    assert logged, "the call's log line was not captured: the test is blind"
+    assert max(len(m) for m in logged) < 300
+
+
+def test_a_served_model_name_over_the_request_limit_is_refused_at_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every served model must be one a request can name."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_settings(["--model", "/models/" + "m" * 1100], env={})
+    assert exit_info.value.code == 2
+    assert "over 1024 bytes" in capsys.readouterr().err
 
 
 # --- a broken model: non-finite scores -------------------------------------------------------

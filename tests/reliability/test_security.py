@@ -374,3 +374,63 @@ def test_unauthenticated_calls_are_counted_and_tagged(tmp_path: Path) -> None:
     metadata = [*(error.initial_metadata() or ()), *(error.trailing_metadata() or ())]  # type: ignore[attr-defined]
     assert ("x-request-id", "no-token") in metadata
     assert counted == 1
+
+
+SERVED_METHODS = {"Rerank", "Score", "GetModelInfo", "RerankStream"}
+
+
+def test_unauthenticated_calls_to_made_up_methods_cannot_grow_the_metrics(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every refused call is counted, under a served method or ``unknown``: label values come
+    from a fixed set, never from the path a stranger sends, and so do the log lines."""
+    path = tmp_path / "tokens"
+    write_tokens(path, TOKEN)
+    settings = Settings(model=FAKE_MODEL.model, warmup=False, auth_token_file=str(path))
+    calls = 2000
+    paths = [
+        f"/rerankd.v1.RerankService/Made{i}" if i % 2 else f"/made.up{i}.Service/Call{i}Stream"
+        for i in range(calls - 1)
+    ] + ["/rerankd.v1.RerankService/" + "x" * 4000]
+    caplog.set_level(logging.INFO, logger="rerankd_server")
+    with (
+        run_sidecar(settings, fake_factory(), metrics=True) as running,
+        plain_channel(running.target) as channel,
+    ):
+        for start in range(0, calls, 200):  # 200 calls in flight at a time
+            batch = paths[start : start + 200]
+            futures = [channel.unary_unary(p).future(b"", timeout=TIMEOUT) for p in batch]
+            for future in futures:
+                assert future.exception().code() == Code.UNAUTHENTICATED  # type: ignore[union-attr]
+        refused(channel)  # a served method is still counted under its own name
+        after = scrape(running.sidecar.metrics_port)
+    series = {key for key in after if key[0].startswith("rerankd_request")}
+    methods = {dict(labels).get("method") for _, labels in series}
+    assert methods == {"unknown", "Rerank"}, sorted(methods - SERVED_METHODS)[:5]
+    assert len(series) < 100, f"{len(series)} request series after {calls} refused calls"
+    assert requests_total(after, "unknown", "UNAUTHENTICATED") == calls
+    assert requests_total(after, "Rerank", "UNAUTHENTICATED") == 1
+    longest = max(len(record.getMessage()) for record in caplog.records)
+    assert longest < 300, f"a log line of {longest} characters"
+
+
+def test_a_token_file_rewritten_with_a_non_utf8_byte_keeps_the_tokens_and_logs_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens"
+    write_tokens(path, TOKEN)
+    settings = Settings(model=FAKE_MODEL.model, warmup=False, auth_token_file=str(path))
+    caplog.set_level(logging.WARNING, logger="rerankd_server")
+    with run_sidecar(settings, fake_factory()) as running, plain_channel(running.target) as channel:
+        assert rerank(channel, bearer(TOKEN)).results
+        write_file(path, f"{new_token()}\n".encode() + b"caf\xe9\n")  # Latin-1, not UTF-8
+        for _ in range(3):
+            assert rerank(channel, bearer(TOKEN)).results
+            assert refused(channel, bearer("rdk-wrong")).code() == Code.UNAUTHENTICATED
+        rotated = new_token()
+        write_tokens(path, rotated)  # a good file again is taken up
+        assert rerank(channel, bearer(rotated)).results
+        assert refused(channel, bearer(TOKEN)).code() == Code.UNAUTHENTICATED
+    warnings = [r.getMessage() for r in caplog.records if "token file" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "can't decode byte 0xe9" in warnings[0] and "keeping the current tokens" in warnings[0]
