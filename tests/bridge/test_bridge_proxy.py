@@ -8,6 +8,7 @@ import gzip
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -405,6 +406,22 @@ class BadEngine:
         return web.Response(body=self.body, content_type=self.content_type)
 
 
+@asynccontextmanager
+async def bad_engine(body: bytes, content_type: str) -> AsyncIterator[Engine]:
+    """A real HTTP server on loopback that answers every request 200 with ``body``."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", BadEngine(body, content_type).handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield Engine("opensearch", f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.parametrize(
     ("body", "content_type"),
     [
@@ -419,15 +436,7 @@ class BadEngine:
 async def test_an_engine_answering_nonsense_is_a_502(
     fake_sidecar: FakeSidecar, body: bytes, content_type: str
 ) -> None:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", BadEngine(body, content_type).handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        engine = Engine("opensearch", f"http://127.0.0.1:{port}")
+    async with bad_engine(body, content_type) as engine:
         async for proxy in start_proxy(engine, fake_sidecar.target):
             search = {"query": {"match": {"text": "files"}}, "ext": {"rerank": RERANK}}
             status, out = await proxy.call("POST", "/small/_search", search)
@@ -435,5 +444,17 @@ async def test_an_engine_answering_nonsense_is_a_502(
             msearch = "\n".join(json.dumps(line) for line in ({}, search)) + "\n"
             status, out = await proxy.call("POST", "/small/_msearch", msearch)
             assert status == 502 and out["error"]["type"] == "engine_response_exception"
-    finally:
-        await runner.cleanup()
+
+
+async def test_one_nonsense_msearch_item_is_a_502_item(fake_sidecar: FakeSidecar) -> None:
+    answer = {"responses": [{"hits": {"hits": ["not a hit"]}}, {"hits": {"hits": []}}]}
+    async with bad_engine(json.dumps(answer).encode(), "application/json") as engine:
+        async for proxy in start_proxy(engine, fake_sidecar.target):
+            search = {"query": {"match": {"text": "files"}}, "ext": {"rerank": RERANK}}
+            lines = [{}, search, {}, search]
+            msearch = "\n".join(json.dumps(line) for line in lines) + "\n"
+            status, out = await proxy.call("POST", "/_msearch", msearch)
+    assert status == 200
+    bad, good = out["responses"]
+    assert bad["status"] == 502 and bad["error"]["type"] == "engine_response_exception"
+    assert good["rerank"]["status"] == "reranked" and good["hits"]["hits"] == []
