@@ -5,8 +5,9 @@ arguments or, when none are given, from JSON lines on stdin. ``serve``, ``bridge
 and ``make-tiny-model`` hand all their arguments to the server or bridge package, imported
 only then, so the client works without those extras installed.
 
-Connection options (target, TLS, token) have environment variables (``RERANKD_TARGET``,
-``RERANKD_TLS_CA``, ...) so a pod can set them once; a flag beats its variable.
+Connection options (target, TLS, token) are those of :mod:`rerankd.connection`, shared with
+``rerankd eval`` and ``rerankd bridge``; each has an environment variable (``RERANKD_TARGET``,
+``RERANKD_TLS_CA``, ...) so a pod can set them once, and a flag beats its variable.
 
 Exit status: 0 on success, 1 when the server answers with an error (``error: CODE: details``
 on stderr), 2 for bad usage or input (including unreadable certificate or token files).
@@ -18,15 +19,15 @@ import argparse
 import dataclasses
 import importlib
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from rerankd import __version__
 from rerankd._types import TRUNCATIONS, Document, Usage
-from rerankd.client import _SCHEMES, DEFAULT_TARGET, Client, Targets
+from rerankd.client import Client
+from rerankd.connection import Connection, OptionError
+from rerankd.connection import add_arguments as add_connection_arguments
 from rerankd.errors import RerankdError
 
 _PASSTHROUGH = {
@@ -48,21 +49,6 @@ _PASSTHROUGH = {
         "build a tiny random cross-encoder for tests (all arguments go to it)",
     ),
 }
-
-
-# Connection options that name a file or a name: (flag, metavar, help); each also reads the
-# environment variable RERANKD_ + the flag in capitals (--tls-ca: RERANKD_TLS_CA).
-_SECURITY_OPTIONS = (
-    ("--token-file", "FILE", "file whose first line is the bearer token"),
-    ("--tls-ca", "FILE", "PEM CA bundle that signed the server's certificate; implies --tls"),
-    ("--tls-cert", "FILE", "PEM client certificate for mutual TLS, with --tls-key; implies --tls"),
-    ("--tls-key", "FILE", "PEM private key of --tls-cert"),
-    (
-        "--tls-server-name",
-        "NAME",
-        "name to verify the server's certificate against when it differs from the target's host",
-    ),
-)
 
 
 class _InputError(Exception):
@@ -99,34 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument(
-        "--target",
-        default=os.environ.get("RERANKD_TARGET", DEFAULT_TARGET),
-        help="server address: HOST:PORT, comma-separated HOST:PORT replicas balanced "
-        "round-robin, or any gRPC target such as dns:///NAME:PORT (env RERANKD_TARGET; "
-        "default %(default)s)",
-    )
-    connection.add_argument(
-        "--token",
-        default=os.environ.get("RERANKD_TOKEN", ""),
-        help="bearer token sent as 'authorization: Bearer TOKEN' (env RERANKD_TOKEN); "
-        "prefer --token-file, which keeps it out of the process list",
-    )
-    connection.add_argument(
-        "--tls",
-        action="store_true",
-        default=_env_flag("RERANKD_TLS"),
-        help="connect with TLS, trusting the system's CAs unless --tls-ca is given "
-        "(env RERANKD_TLS=1)",
-    )
-    for flag, metavar, help_text in _SECURITY_OPTIONS:
-        env = "RERANKD_" + flag.removeprefix("--").replace("-", "_").upper()
-        connection.add_argument(
-            flag,
-            default=os.environ.get(env, ""),
-            metavar=metavar,
-            help=f"{help_text} (env {env})",
-        )
+    add_connection_arguments(connection, target_help="server address")
     connection.add_argument(
         "--timeout",
         type=float,
@@ -182,40 +141,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _targets(value: str) -> Targets:
-    """``--target``: a scheme target as is; otherwise comma-separated ``host:port`` replicas."""
-    if value.startswith(_SCHEMES):
-        return value
-    entries = [entry.strip() for entry in value.split(",")]
-    return entries[0] if len(entries) == 1 else entries
-
-
 def _client(args: argparse.Namespace) -> Client:
     """Build the client from the connection options; unusable options are input errors."""
     try:
-        token = args.token
-        if args.token_file:
-            lines = Path(args.token_file).read_text(encoding="utf-8").splitlines()
-            token = lines[0].strip() if lines else ""
-            if not token:
-                raise _InputError(f"--token-file {args.token_file}: the first line is empty")
-        return Client(
-            _targets(args.target),
-            timeout=args.timeout,
-            token=token or None,
-            tls=args.tls,
-            root_certificates=Path(args.tls_ca) if args.tls_ca else None,
-            certificate_chain=Path(args.tls_cert) if args.tls_cert else None,
-            private_key=Path(args.tls_key) if args.tls_key else None,
-            tls_server_name=args.tls_server_name or None,
-        )
-    except OSError as err:
-        raise _InputError(f"cannot read {err.filename}: {err.strerror}") from None
-    except ValueError as err:
+        return Connection.from_args(args).client(timeout=args.timeout)
+    except OptionError as err:
         raise _InputError(str(err)) from None
 
 

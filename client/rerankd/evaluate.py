@@ -28,7 +28,6 @@ import argparse
 import base64
 import json
 import math
-import os
 import sys
 import time
 import urllib.error
@@ -41,7 +40,9 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from rerankd._types import Document
-from rerankd.client import _SCHEMES, DEFAULT_TARGET, Client, Targets
+from rerankd.client import Client
+from rerankd.connection import Connection, OptionError
+from rerankd.connection import add_arguments as add_connection_arguments
 from rerankd.errors import RerankdError
 
 CUTOFF = 10
@@ -668,31 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="candidates reranked per query; deeper finds more but costs linearly "
         "(default %(default)s)",
     )
-    parser.add_argument(
-        "--target",
-        default=os.environ.get("RERANKD_TARGET", DEFAULT_TARGET),
-        help="rerankd server: HOST:PORT, comma-separated replicas or a gRPC target "
-        "(env RERANKD_TARGET; default %(default)s)",
-    )
-    parser.add_argument(
-        "--token-file",
-        default=os.environ.get("RERANKD_TOKEN_FILE", ""),
-        metavar="FILE",
-        help="file whose first line is the bearer token (env RERANKD_TOKEN_FILE)",
-    )
-    parser.add_argument(
-        "--tls",
-        action="store_true",
-        default=os.environ.get("RERANKD_TLS", "").strip().lower() in {"1", "true", "yes", "on"},
-        help="connect with TLS, trusting the system's CAs unless --tls-ca is given "
-        "(env RERANKD_TLS=1)",
-    )
-    parser.add_argument(
-        "--tls-ca",
-        default=os.environ.get("RERANKD_TLS_CA", ""),
-        metavar="FILE",
-        help="PEM CA bundle of the server's certificate; turns TLS on (env RERANKD_TLS_CA)",
-    )
+    add_connection_arguments(parser, target_help="rerankd server")
     parser.add_argument("--model", default="", help="served model (default: the server's)")
     parser.add_argument(
         "--concurrency",
@@ -821,26 +798,9 @@ def _run(args: argparse.Namespace) -> tuple[Report, list[tuple[str, Scored]]]:
 
 def _client(args: argparse.Namespace) -> Client:
     """The rerankd client from the connection options; unusable options are input errors."""
-    target: Targets = args.target
-    if not args.target.startswith(_SCHEMES) and "," in args.target:
-        target = [entry.strip() for entry in args.target.split(",")]
     try:
-        token = os.environ.get("RERANKD_TOKEN") or None
-        if args.token_file:
-            lines = Path(args.token_file).read_text(encoding="utf-8").splitlines()
-            token = lines[0].strip() if lines else None
-            if not token:
-                raise InputError(f"--token-file {args.token_file}: the first line is empty")
-        return Client(
-            target,
-            timeout=args.timeout,
-            token=token,
-            tls=args.tls,
-            root_certificates=Path(args.tls_ca) if args.tls_ca else None,
-        )
-    except OSError as err:
-        raise InputError(f"cannot read {err.filename}: {err.strerror}") from None
-    except ValueError as err:
+        return Connection.from_args(args).client(timeout=args.timeout)
+    except OptionError as err:
         raise InputError(str(err)) from None
 
 

@@ -1,27 +1,36 @@
 """``rerankd bridge``: a transparent HTTP proxy in front of OpenSearch or Elasticsearch.
 
-Every request passes through unchanged (method, path, query string, headers, body, status),
-except ``_search`` and ``_msearch`` requests that ask for reranking, by an ``ext.rerank``
-block in the body (see :mod:`rerankd_bridge.spec`) or by a per-index entry in ``--config``.
-Those are sent on with ``ext.rerank`` removed and from/size widened to the rank window, and
-come back reranked with a ``"rerank"`` block (and an ``X-Rerankd-Rerank`` header naming its
-status). Any application in any language gets reranked results by changing only its URL.
+Every request passes through unchanged (method, path, query string, headers, body and its
+``Content-Encoding``, status), except ``_search`` and ``_msearch`` requests that ask for
+reranking, by an ``ext.rerank`` block in the body (see :mod:`rerankd_bridge.spec`) or by a
+per-index entry in ``--config``. Those are sent on with ``ext.rerank`` removed and from/size
+widened to the rank window, and come back reranked with a ``"rerank"`` block (and an
+``X-Rerankd-Rerank`` header naming its status), compressed as the request's
+``Accept-Encoding`` allows. Any application in any language gets reranked results by
+changing only its URL.
+
+The bridge's own errors are in the engine's error shape: a client's mistake (a bad
+``ext.rerank``, from/size, ``_msearch`` header) 400, a compressed body inflating past the limit
+413, an engine that is unreachable or answers a search with something that is not a search
+response 502. A body the bridge cannot read as JSON goes to the engine as it came.
 
 The same server answers the rerank endpoints of :mod:`rerankd_bridge.endpoints` (Cohere
-``/v1/rerank``, Elasticsearch ``/_inference/rerank``, TEI ``/rerank``) and serves its
-counters at ``GET /_rerankd/metrics``. Without ``--engine`` it serves only those.
+``/v1/rerank`` and ``/v2/rerank``, Elasticsearch ``/_inference/...``, TEI ``/rerank``,
+``/info``, ``/health``) and serves its counters at ``GET /_rerankd/metrics``. Without
+``--engine`` it serves only those. The sidecar is reached with the connection options every
+rerankd command shares (:mod:`rerankd.connection`: target, TLS, token).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import json
 import logging
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +40,22 @@ from multidict import CIMultiDict, MultiDict
 from yarl import URL
 
 from rerankd import AsyncClient
+from rerankd.connection import Connection, OptionError
+from rerankd.connection import add_arguments as add_connection_arguments
 from rerankd_bridge import endpoints
+from rerankd_bridge.endpoints import reply
 from rerankd_bridge.ranking import RerankOptions
-from rerankd_bridge.search import RerankFailed, SearchJob, rerank_async
+from rerankd_bridge.search import (
+    BadEngineResponse,
+    RerankFailed,
+    SearchJob,
+    rerank_async,
+    search_response,
+)
 from rerankd_bridge.spec import BridgeConfig, QuerySource, RerankSpec
 from rerankd_bridge.stats import STATS, RerankStats
 from rerankd_bridge.text import as_mapping
+from rerankd_bridge.wire import BodyTooLarge, error_body, inflate, loads
 
 __all__ = ["Bridge", "ProxySettings", "main"]
 
@@ -64,13 +83,15 @@ _HOP_BY_HOP = frozenset(
 class ProxySettings:
     """Everything the proxy is configured with (see ``main --help`` for each).
 
-    ``timeout`` is the deadline of the rerank endpoints and of the gRPC channel's calls by
-    default; a search's own deadline is its spec's ``timeout`` (``config`` defaults, then
-    ``ext.rerank.timeout_ms``). The command line sets both from ``--timeout-ms``.
+    ``reranker`` is the sidecar and how to reach it (target, TLS, token: the connection
+    options every rerankd command shares). ``timeout`` is the deadline of the rerank
+    endpoints and of the gRPC channel's calls by default; a search's own deadline is its
+    spec's ``timeout`` (``config`` defaults, then ``ext.rerank.timeout_ms``). The command
+    line sets both from ``--timeout-ms``.
     """
 
     engine: str | None
-    reranker: str
+    reranker: Connection = field(default_factory=Connection)
     host: str = "127.0.0.1"
     port: int = 9201
     config: BridgeConfig = field(default_factory=BridgeConfig)
@@ -79,8 +100,16 @@ class ProxySettings:
     max_body_bytes: int = 100 * 1024 * 1024
 
 
+class _EngineFault(Exception):
+    """The engine's answer cannot be used: the proxy answers 502."""
+
+
 class Bridge:
-    """The proxy server; ``async with Bridge(settings)`` starts it and ``port`` says where."""
+    """The proxy server; ``async with Bridge(settings)`` starts it and ``port`` says where.
+
+    Raises rerankd.connection.OptionError on start when the connection options cannot be
+    used (an unreadable certificate or token file).
+    """
 
     def __init__(self, settings: ProxySettings, stats: RerankStats = STATS) -> None:
         self.settings = settings
@@ -98,23 +127,27 @@ class Bridge:
         await self.aclose()
 
     async def start(self) -> None:
-        """Open the engine session and the reranker channel, then listen."""
+        """Open the reranker channel and the engine session, then listen."""
+        self._reranker = self.settings.reranker.async_client(timeout=self.settings.timeout)
         self._session = aiohttp.ClientSession(
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
         )
-        self._reranker = AsyncClient(self.settings.reranker, timeout=self.settings.timeout)
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        settings = self.settings
+        app = web.Application(client_max_size=settings.max_body_bytes)
         app.router.add_get("/_rerankd/metrics", self._metrics)
-        if self.settings.rerank_api:
-            endpoints.add_routes(app, self.reranker, self.settings.timeout)
+        if settings.rerank_api:
+            endpoints.add_routes(
+                app, self.reranker, settings.timeout, settings.max_body_bytes, self._proxy
+            )
         app.router.add_route("*", "/{tail:.*}", self._proxy)
-        self._runner = web.AppRunner(app, access_log=None)
+        # Bodies stay as sent (compressed ones too), so what is forwarded is what came in.
+        self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        site = web.TCPSite(self._runner, settings.host, settings.port)
         await site.start()
         server = site._server  # aiohttp exposes the bound port only here
-        if server is not None and self.settings.port == 0:
+        if server is not None and settings.port == 0:
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
@@ -138,22 +171,27 @@ class Bridge:
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
         if self.settings.engine is None:
-            return _error(404, "resource_not_found_exception", "no --engine: rerank endpoints only")
+            return _error(request, 404, "resource_not_found_exception", "no --engine")
         raw = await request.read()
         segments = [s for s in request.path.split("/") if s]
         endpoint = segments[-1] if segments and len(segments) <= 2 else ""
         index = segments[0] if len(segments) == 2 else None
         if request.method in ("GET", "POST") and endpoint in ("_search", "_msearch"):
+            encoding = request.headers.get("Content-Encoding", "")
             try:
-                text = _decoded(raw, request.headers)
-                if endpoint == "_search":
-                    answer = await self._search(request, text, index)
-                else:
-                    answer = await self._msearch(request, text, index)
-            except ValueError as err:
-                return _error(400, "illegal_argument_exception", str(err))
-            if answer is not None:
-                return answer
+                body = inflate(raw, encoding, self.settings.max_body_bytes)
+            except BodyTooLarge as err:
+                return _error(request, 413, "illegal_argument_exception", str(err))
+            if body is not None:  # else not ours to read: the engine answers as it would
+                search = self._search if endpoint == "_search" else self._msearch
+                try:
+                    answer = await search(request, body.decode(errors="replace"), index)
+                except _BadSearch as err:
+                    return _error(request, 400, "illegal_argument_exception", str(err))
+                except _EngineFault as err:
+                    return _error(request, 502, "engine_response_exception", str(err))
+                if answer is not None:
+                    return answer
         return await self._forward(request, request.url.raw_path_qs, raw, request.headers)
 
     async def _search(
@@ -162,28 +200,29 @@ class Bridge:
         body = _json_object(text)
         if body is None:
             return None
-        spec = self.settings.config.spec_for(index, as_mapping(body.get("ext")).get("rerank"))
-        if spec is None:
-            return None
-        params = MultiDict(request.query)
-        if "scroll" in params:
-            raise ValueError("ext.rerank cannot be combined with scroll")
-        for name in ("from", "size"):
-            if name in params:
-                body[name] = _int_param(params.popall(name)[-1], name)
-        if "q" in params and spec.query == QuerySource():
-            spec = RerankSpec(spec.options, QuerySource(text=params["q"]))
-        job = SearchJob.prepare(body, spec, self.stats)
-        upstream = await self._send(request, params, [job.engine_body()])
-        status, headers, payload = upstream
+        with _client_mistakes():
+            spec = self.settings.config.spec_for(index, as_mapping(body.get("ext")).get("rerank"))
+            if spec is None:
+                return None
+            params = MultiDict(request.query)
+            if "scroll" in params:
+                raise ValueError("ext.rerank cannot be combined with scroll")
+            for name in ("from", "size"):
+                if name in params:
+                    body[name] = _int_param(params.popall(name)[-1], name)
+            if "q" in params and spec.query == QuerySource():
+                spec = RerankSpec(spec.options, QuerySource(text=params["q"]))
+            job = SearchJob.prepare(body, spec, self.stats)
+        status, headers, payload = await self._send(request, params, [job.engine_body()])
         if status != 200:
             return _response(status, headers, payload)
-        answer = await self._finish(job, json.loads(payload))
+        response = _engine_search(_engine_json(payload, headers, self.settings.max_body_bytes))
+        answer = await self._finish(job, response)
         if "error" in answer and "status" in answer:
-            return _json(answer["status"], answer, headers)
-        reply = _json(200, answer, headers)
-        reply.headers["X-Rerankd-Rerank"] = str(answer["rerank"]["status"])
-        return reply
+            return reply(request, answer["status"], answer, _answer_headers(headers))
+        out = _answer_headers(headers)
+        out["X-Rerankd-Rerank"] = str(answer["rerank"]["status"])
+        return reply(request, 200, answer, out)
 
     async def _msearch(
         self, request: web.Request, text: str, index: str | None
@@ -197,13 +236,14 @@ class Bridge:
             header, body = _json_object(lines[i]), _json_object(lines[i + 1])
             if header is None or body is None:
                 return None
-            target = header.get("index", index)
-            target = ",".join(target) if isinstance(target, list) else target
-            spec = self.settings.config.spec_for(target, as_mapping(body.get("ext")).get("rerank"))
-            if spec is None:
-                bodies += [header, lines[i + 1]]
-                continue
-            job = SearchJob.prepare(body, spec, self.stats)
+            with _client_mistakes():
+                target = _msearch_index(header.get("index", index))
+                ext = as_mapping(body.get("ext")).get("rerank")
+                spec = self.settings.config.spec_for(target, ext)
+                if spec is None:
+                    bodies += [header, lines[i + 1]]
+                    continue
+                job = SearchJob.prepare(body, spec, self.stats)
             jobs[i // 2] = job
             bodies += [header, job.engine_body()]
         if not jobs:
@@ -211,21 +251,31 @@ class Bridge:
         status, headers, payload = await self._send(request, MultiDict(request.query), bodies)
         if status != 200:
             return _response(status, headers, payload)
-        answer = json.loads(payload)
-        responses = answer.get("responses", [])
+        answer = _engine_json(payload, headers, self.settings.max_body_bytes)
+        responses = answer.get("responses") if isinstance(answer, Mapping) else None
+        if not isinstance(responses, list):
+            raise _EngineFault("the engine's _msearch answer has no list of responses")
         done = await asyncio.gather(
-            *(self._finish(job, responses[i]) for i, job in jobs.items() if _ok(responses, i))
+            *(self._finish_item(job, responses[i]) for i, job in jobs.items() if _ok(responses, i))
         )
         for i, item in zip([i for i in jobs if _ok(responses, i)], done, strict=True):
             responses[i] = item
-        return _json(200, answer, headers)
+        return reply(request, 200, answer, _answer_headers(headers))
 
     async def _finish(self, job: SearchJob, response: dict[str, Any]) -> dict[str, Any]:
         """Rerank one engine answer; a strict failure becomes an engine-style error object."""
         try:
             return await rerank_async(job, response, self.reranker())
         except RerankFailed as err:
-            return _error_body(err.http_status, "rerank_exception", str(err))
+            return error_body(err.http_status, "rerank_exception", str(err))
+
+    async def _finish_item(self, job: SearchJob, item: Any) -> dict[str, Any]:
+        """:meth:`_finish` for one ``_msearch`` response; an unusable one becomes an error."""
+        try:
+            response = search_response(item)
+        except BadEngineResponse as err:
+            return error_body(502, "engine_response_exception", str(err))
+        return await self._finish(job, response)
 
     async def _send(
         self, request: web.Request, params: MultiDict[str], bodies: list[Any]
@@ -265,8 +315,23 @@ class Bridge:
             ) as upstream:
                 return upstream.status, CIMultiDict(upstream.headers), await upstream.read()
         except aiohttp.ClientError as err:
-            body = _error_body(502, "engine_unreachable", f"{url.origin()}: {err}")
+            body = error_body(502, "engine_unreachable", f"{url.origin()}: {err}")
             return 502, CIMultiDict({"Content-Type": "application/json"}), json.dumps(body).encode()
+
+
+class _BadSearch(ValueError):
+    """A search the bridge must refuse (400): a bad ext.rerank, from/size, index, ..."""
+
+
+@contextmanager
+def _client_mistakes() -> Iterator[None]:
+    """Turn the ValueError of reading a client's search into :class:`_BadSearch`."""
+    try:
+        yield
+    except _BadSearch:
+        raise
+    except ValueError as err:
+        raise _BadSearch(str(err)) from err
 
 
 def _ok(responses: list[Any], i: int) -> bool:
@@ -274,18 +339,39 @@ def _ok(responses: list[Any], i: int) -> bool:
     return isinstance(item, dict) and "error" not in item and item.get("status", 200) == 200
 
 
-def _decoded(raw: bytes, headers: Mapping[str, str]) -> str:
-    if headers.get("Content-Encoding", "").lower() == "gzip":
-        raw = gzip.decompress(raw)
-    return raw.decode("utf-8", errors="replace")
+def _engine_json(payload: bytes, headers: Mapping[str, str], limit: int) -> Any:
+    """The engine's JSON answer, decoded from any content encoding it used anyway."""
+    try:
+        data = inflate(payload, headers.get("Content-Encoding", ""), limit)
+        if data is None:
+            raise ValueError(f"Content-Encoding {headers.get('Content-Encoding')!r}")
+        return loads(data)
+    except ValueError as err:
+        raise _EngineFault(f"the engine's answer is not JSON ({err})") from None
+
+
+def _engine_search(value: Any) -> dict[str, Any]:
+    try:
+        return search_response(value)
+    except BadEngineResponse as err:
+        raise _EngineFault(str(err)) from None
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
-        value = json.loads(text) if text.strip() else {}
+        value = loads(text) if text.strip() else {}
     except ValueError:
         return None  # not ours to judge: the engine answers with its own error
     return value if isinstance(value, dict) else None
+
+
+def _msearch_index(value: Any) -> str | None:
+    """An ``_msearch`` header's ``index``: a name, names or absent, as one index expression."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    raise ValueError(f"an _msearch header's index must be a string or strings, not {value!r}")
 
 
 def _int_param(value: str, name: str) -> int:
@@ -299,25 +385,19 @@ def _forwardable(headers: Mapping[str, str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _HOP_BY_HOP)
 
 
+def _answer_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
+    """The engine's headers for an answer the bridge rewrote (and encodes itself)."""
+    out = _forwardable(upstream)
+    out.popall("Content-Encoding", None)
+    return out
+
+
 def _response(status: int, headers: Mapping[str, str], payload: bytes) -> web.Response:
     return web.Response(status=status, body=payload, headers=_forwardable(headers))
 
 
-def _json(status: int, payload: Any, headers: Mapping[str, str]) -> web.Response:
-    out = _forwardable(headers)
-    out.popall("Content-Encoding", None)
-    out.setdefault("Content-Type", "application/json; charset=UTF-8")
-    return web.Response(status=status, body=json.dumps(payload).encode(), headers=out)
-
-
-def _error_body(status: int, kind: str, reason: str) -> dict[str, Any]:
-    """An error in the engines' own shape, so clients raise their usual exceptions."""
-    cause = {"type": kind, "reason": reason}
-    return {"error": {"root_cause": [cause], **cause}, "status": status}
-
-
-def _error(status: int, kind: str, reason: str) -> web.Response:
-    return web.json_response(_error_body(status, kind, reason), status=status)
+def _error(request: web.Request, status: int, kind: str, reason: str) -> web.Response:
+    return reply(request, status, error_body(status, kind, reason))
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -333,7 +413,9 @@ def _parser() -> argparse.ArgumentParser:
         help="URL of OpenSearch/Elasticsearch to proxy, e.g. http://localhost:9200; "
         "without it only the rerank endpoints are served.",
     )
-    parser.add_argument("--reranker", default="localhost:50051", help="rerankd gRPC target.")
+    add_connection_arguments(
+        parser, target_flags=("--target", "--reranker"), target_help="the rerankd sidecar"
+    )
     parser.add_argument(
         "--listen",
         default="127.0.0.1:9201",
@@ -347,13 +429,14 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout-ms",
         type=int,
         default=2000,
-        help="Default reranker deadline; past it searches fall back to first-stage order. "
-        "Longer waits for slow rerankers, shorter bounds the added latency.",
+        help="Default reranker deadline (at most 600000); past it searches fall back to "
+        "first-stage order. Longer waits for slow rerankers, shorter bounds the added latency.",
     )
     parser.add_argument(
         "--no-rerank-api",
         action="store_true",
-        help="Do not serve /v1/rerank, /rerank and /_inference/rerank (forward them instead).",
+        help="Do not serve the rerank endpoints (/v1/rerank, /v2/rerank, /_inference/..., "
+        "/rerank, /info, /health); forward those paths to the engine instead.",
     )
     parser.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
@@ -368,10 +451,11 @@ def settings_from_args(argv: list[str] | None) -> ProxySettings:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         parser.error(f"--listen must be HOST:PORT, not {args.listen!r}")
-    if args.timeout_ms <= 0:
-        parser.error("--timeout-ms must be > 0")
     timeout = args.timeout_ms / 1000
-    base = RerankSpec(RerankOptions(timeout=timeout))
+    try:
+        base = RerankSpec(RerankOptions(timeout=timeout))
+    except ValueError as err:
+        parser.error(f"--timeout-ms {args.timeout_ms}: {err}")
     try:
         config = BridgeConfig.load(args.config, base) if args.config else BridgeConfig(base)
     except (OSError, ValueError) as err:
@@ -381,7 +465,7 @@ def settings_from_args(argv: list[str] | None) -> ProxySettings:
     )
     return ProxySettings(
         engine=args.engine,
-        reranker=args.reranker,
+        reranker=Connection.from_args(args),
         host=host.strip("[]"),
         port=int(port),
         config=config,
@@ -401,7 +485,7 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
         async with Bridge(settings) as bridge:
             print(
                 f"rerankd bridge listening on http://{settings.host}:{bridge.port} "
-                f"(engine {settings.engine or 'none'}, reranker {settings.reranker})",
+                f"(engine {settings.engine or 'none'}, reranker {settings.reranker.target})",
                 flush=True,
             )
             await stop.wait()
@@ -415,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(sys.argv[1:] if argv is None else argv)
     try:
         asyncio.run(serve(settings))
+    except OptionError as err:  # e.g. an unreadable --tls-ca or --token-file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 from rerankd_bridge.text import as_mapping, hit_text
+from rerankd_bridge.wire import Score
 
 __all__ = [
+    "MAX_TIMEOUT",
     "Candidate",
     "FetchPlan",
     "MissingText",
@@ -49,6 +51,13 @@ window in first-stage order, keeping the engine's ``_score``.
 
 _MISSING_TEXT: tuple[MissingText, ...] = ("empty", "last")
 
+MAX_TIMEOUT = 600.0
+"""The longest reranker deadline a search may ask for, in seconds (``timeout_ms`` 600000).
+
+A bound on the latency reranking adds; far beyond it gRPC's deadline arithmetic overflows
+and every call would end at once with DEADLINE_EXCEEDED.
+"""
+
 
 @dataclass(frozen=True)
 class RerankOptions:
@@ -65,6 +74,7 @@ class RerankOptions:
             dropped too (it has no reranker score), as in ``text_similarity_reranker``.
         strict: raise instead of falling back to first-stage order when reranking fails.
         timeout: seconds the reranker may take; past it the search falls back (or raises).
+            At most :data:`MAX_TIMEOUT`.
         model: the rerankd model name; empty for the server's default.
         raw_scores: ask for raw logits instead of activated scores.
     """
@@ -89,8 +99,11 @@ class RerankOptions:
             raise ValueError(
                 f"missing_text must be one of {_MISSING_TEXT}, not {self.missing_text!r}"
             )
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {self.timeout}")
+        if not 0 < self.timeout <= MAX_TIMEOUT:
+            raise ValueError(
+                f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds "
+                f"(timeout_ms {MAX_TIMEOUT * 1000:.0f}), not {self.timeout:g}"
+            )
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,7 @@ class Page:
     def of(cls, body: Mapping[str, Any]) -> Page:
         """The page of a search body (engine defaults: from 0, size 10)."""
         from_, size = body.get("from", 0), body.get("size", 10)
-        if not isinstance(from_, int) or not isinstance(size, int):
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (from_, size)):
             raise ValueError(f"from and size must be integers, not {from_!r} and {size!r}")
         return cls(from_, size)
 
@@ -207,7 +220,7 @@ def apply_ranking(
     hits_block = dict(as_mapping(response.get("hits")))
     hits_block["hits"] = order[page.from_ : page.from_ + page.size]
     if ranked:
-        hits_block["max_score"] = max(ranked.values())
+        hits_block["max_score"] = Score(max(ranked.values()))
     return {**response, "hits": hits_block, "rerank": dict(block)}
 
 
@@ -236,7 +249,7 @@ def _rescored(hit: Any, score: float | None, options: RerankOptions) -> Any:
             options.first_stage_score_field: [hit.get("_score")],
         }
     if score is not None:
-        new["_score"] = score
+        new["_score"] = Score(score)
     return new
 
 

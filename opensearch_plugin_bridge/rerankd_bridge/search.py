@@ -4,6 +4,10 @@
 send the reranker, how to rewrite the answer, what a failure turns into), so the sync and
 async library calls and the HTTP proxy share it and differ only in how they wait.
 
+Each candidate text is cut to what the model can read before it is sent (see
+:class:`TextBudget`; the model's limits come from ``GetModelInfo``, asked once per client and
+model), so one huge document never fails the whole window.
+
 Failure policy: when the reranker is unreachable, past its deadline, overloaded, or refuses
 the request, the caller gets the first-stage order, a ``"rerank": {"status": "skipped",
 "reason": ...}`` block and a count in :data:`~rerankd_bridge.stats.STATS`; the delay is
@@ -14,11 +18,12 @@ bounded by the options' timeout (the gRPC deadline). With ``strict`` the same ca
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rerankd import AsyncClient, Client, RerankdError, Reranked
+from rerankd import AsyncClient, Client, ModelInfo, RerankdError, Reranked
 from rerankd_bridge.ranking import (
     Candidate,
     FetchPlan,
@@ -33,24 +38,57 @@ from rerankd_bridge.ranking import (
 )
 from rerankd_bridge.spec import QuerySource, RerankSpec, parse_spec
 from rerankd_bridge.stats import STATS, RerankStats
-from rerankd_bridge.text import as_mapping
+from rerankd_bridge.text import as_mapping, clean_text, fit_text
 
 if TYPE_CHECKING:
     from elasticsearch import AsyncElasticsearch, Elasticsearch
     from opensearchpy import AsyncOpenSearch, OpenSearch
 
 __all__ = [
+    "BadEngineResponse",
     "RerankCall",
     "RerankFailed",
     "SearchJob",
+    "TextBudget",
+    "async_model_info",
     "async_rerank_search",
+    "model_info",
     "rerank_async",
     "rerank_search",
     "rerank_sync",
+    "search_response",
 ]
 
 # HTTP status the proxy gives a strict-mode failure, by skip reason.
 _HTTP_STATUS = {"deadline_exceeded": 504, "resource_exhausted": 429, "no_query_text": 400}
+
+CHARS_PER_TOKEN = 32
+"""Characters kept per model input token: real text has 3-6, so the cut never reaches what
+the model reads, and the server's own clip (the same bound, checked) does the exact work."""
+
+# Room in a request message for everything but the document texts, and per document.
+_MESSAGE_SLACK = 4096
+_PER_DOCUMENT_SLACK = 16
+
+
+class BadEngineResponse(Exception):
+    """The engine answered a search with something that is not a search response."""
+
+
+def search_response(value: Any) -> dict[str, Any]:
+    """``value`` when it has a search response's shape (an object; ``hits`` an object whose
+    ``hits`` is a list of objects), so reranking can read it.
+
+    Raises:
+        BadEngineResponse: anything else (an HTML page, an array, hits of another shape).
+    """
+    if not isinstance(value, Mapping):
+        raise BadEngineResponse(f"the engine's answer is a JSON {type(value).__name__}")
+    hits = value.get("hits", {})
+    inner = hits.get("hits", []) if isinstance(hits, Mapping) else None
+    if not isinstance(inner, list) or not all(isinstance(h, Mapping) for h in inner):
+        raise BadEngineResponse("the engine's answer has no list of hit objects under hits.hits")
+    return dict(value)
 
 
 class RerankFailed(Exception):
@@ -71,15 +109,44 @@ class RerankFailed(Exception):
 
 
 @dataclass(frozen=True)
+class TextBudget:
+    """How much of each document text one call can send: characters and UTF-8 bytes.
+
+    ``chars`` is ``max_input_tokens`` x :data:`CHARS_PER_TOKEN`; ``utf8_bytes`` keeps each
+    text within the server's per-document limit and the call within its message limit
+    (a window of long texts could otherwise exceed it and fail as a whole). 0: no bound.
+    """
+
+    chars: int = 0
+    utf8_bytes: int = 0
+
+    @classmethod
+    def of(cls, info: ModelInfo, query: str, documents: int) -> TextBudget:
+        """The budget for ``documents`` texts sent with ``query`` to the model of ``info``."""
+        limits = info.limits
+        share = limits.max_message_bytes - len(query.encode()) - _MESSAGE_SLACK
+        share = share // max(documents, 1) - _PER_DOCUMENT_SLACK
+        return cls(
+            chars=info.max_input_tokens * CHARS_PER_TOKEN,
+            utf8_bytes=max(1, min(limits.max_document_bytes, share)),
+        )
+
+    def fit(self, text: str) -> str:
+        """``text`` cut to this budget, its lone surrogates replaced (see ``fit_text``)."""
+        return fit_text(text, self.chars, self.utf8_bytes)
+
+
+@dataclass(frozen=True)
 class RerankCall:
     """One call the reranker must answer: the query and the window texts, by hit position."""
 
     query: str
     documents: tuple[Candidate, ...]
 
-    def texts(self) -> list[str]:
-        """The documents' texts in first-stage order (result indexes refer to this order)."""
-        return [c.text or "" for c in self.documents]
+    def texts(self, budget: TextBudget = TextBudget()) -> list[str]:
+        """The documents' texts in first-stage order (result indexes refer to this order),
+        each fitted to ``budget``."""
+        return [budget.fit(c.text or "") for c in self.documents]
 
 
 @dataclass
@@ -124,7 +191,7 @@ class SearchJob:
         if not self.plan.rerank or self.query is None:
             return None
         docs = to_score(candidates(response, self.options), self.options)
-        return RerankCall(self.query, tuple(docs)) if docs else None
+        return RerankCall(clean_text(self.query), tuple(docs)) if docs else None
 
     def finish(
         self,
@@ -199,14 +266,22 @@ def job_for(
 
 
 def rerank_sync(job: SearchJob, response: dict[str, Any], reranker: Client) -> dict[str, Any]:
-    """Finish ``job`` on the engine's ``response``, calling the reranker when needed."""
+    """Finish ``job`` on the engine's ``response``, calling the reranker when needed.
+
+    The options' timeout bounds both calls of a client's first search (``GetModelInfo``,
+    then ``Rerank``) together.
+    """
     call = job.call(response)
     if call is None:
         return job.finish(response, None, None)
+    options = job.options
     started = time.perf_counter()
     outcome: Reranked | RerankdError
     try:
-        outcome = reranker.rerank(call.query, call.texts(), **_rerank_kwargs(job.options))
+        info = model_info(reranker, options.model, options.timeout)
+        texts = call.texts(TextBudget.of(info, call.query, len(call.documents)))
+        left = _time_left(options, started)
+        outcome = reranker.rerank(call.query, texts, **_rerank_kwargs(options, left))
     except RerankdError as err:
         outcome = err
     return job.finish(response, call, outcome, (time.perf_counter() - started) * 1000)
@@ -219,13 +294,48 @@ async def rerank_async(
     call = job.call(response)
     if call is None:
         return job.finish(response, None, None)
+    options = job.options
     started = time.perf_counter()
     outcome: Reranked | RerankdError
     try:
-        outcome = await reranker.rerank(call.query, call.texts(), **_rerank_kwargs(job.options))
+        info = await async_model_info(reranker, options.model, options.timeout)
+        texts = call.texts(TextBudget.of(info, call.query, len(call.documents)))
+        left = _time_left(options, started)
+        outcome = await reranker.rerank(call.query, texts, **_rerank_kwargs(options, left))
     except RerankdError as err:
         outcome = err
     return job.finish(response, call, outcome, (time.perf_counter() - started) * 1000)
+
+
+# GetModelInfo answers per client and model name: the limits do not change while a server
+# runs, and a client outlives many searches.
+_MODEL_INFO: weakref.WeakKeyDictionary[Client | AsyncClient, dict[str, ModelInfo]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def model_info(client: Client, model: str, timeout: float) -> ModelInfo:
+    """``client.model_info(model)``, asked once per client and model (then remembered).
+
+    Raises the client's RerankdError when the server cannot answer.
+    """
+    known = _MODEL_INFO.setdefault(client, {})
+    if model not in known:
+        known[model] = client.model_info(model, timeout=timeout)
+    return known[model]
+
+
+async def async_model_info(client: AsyncClient, model: str, timeout: float) -> ModelInfo:
+    """The asyncio twin of :func:`model_info`."""
+    known = _MODEL_INFO.setdefault(client, {})
+    if model not in known:
+        known[model] = await client.model_info(model, timeout=timeout)
+    return known[model]
+
+
+def _time_left(options: RerankOptions, started: float) -> float:
+    """What is left of the options' timeout since ``started`` (a floor keeps it a deadline)."""
+    return max(options.timeout - (time.perf_counter() - started), 0.001)
 
 
 def rerank_search(
@@ -260,6 +370,7 @@ def rerank_search(
     Raises:
         RerankFailed: strict options and the reranking could not be done.
         ValueError: bad ``ext.rerank`` or from/size.
+        BadEngineResponse: the engine's answer is not a search response.
         Whatever ``client.search`` raises for engine errors, unchanged.
     """
     job = job_for(body, options, query, query_path, stats)
@@ -286,8 +397,8 @@ async def async_rerank_search(
     return await rerank_async(job, _as_dict(raw), reranker)
 
 
-def _rerank_kwargs(options: RerankOptions) -> dict[str, Any]:
-    return {"raw_scores": options.raw_scores, "model": options.model, "timeout": options.timeout}
+def _rerank_kwargs(options: RerankOptions, timeout: float) -> dict[str, Any]:
+    return {"raw_scores": options.raw_scores, "model": options.model, "timeout": timeout}
 
 
 def _checked(search_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -298,5 +409,6 @@ def _checked(search_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _as_dict(response: Any) -> dict[str, Any]:
-    """The JSON body of a client's answer (elasticsearch wraps it in ObjectApiResponse)."""
-    return dict(getattr(response, "body", response))
+    """The JSON body of a client's answer (elasticsearch wraps it in ObjectApiResponse),
+    checked by :func:`search_response`."""
+    return search_response(getattr(response, "body", response))

@@ -13,15 +13,22 @@ path is looked up the way OpenSearch's rerank processor does (``fields`` first, 
 Arrays are flattened, nested objects give their string leaves in document order, and numbers
 and booleans become their JSON text, so a hit never crashes extraction. Blank values count
 as absent.
+
+Before a text is sent, :func:`fit_text` makes it something the reranker accepts whatever the
+index holds: lone surrogates (valid in JSON as ``"\\ud83d"``, not encodable as UTF-8, so
+refused by protobuf) become U+FFFD, and a text far longer than the model can read is cut.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["as_mapping", "field_values", "hit_text", "lookup_path"]
+__all__ = ["as_mapping", "clean_text", "field_values", "fit_text", "hit_text", "lookup_path"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def hit_text(hit: Mapping[str, Any], fields: Sequence[str], separator: str = "\n") -> str | None:
@@ -75,6 +82,28 @@ def lookup_path(document: Any, path: str) -> Any:
         else:
             return None
     return node
+
+
+def clean_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD, so it encodes as UTF-8.
+
+    A Python string parsed from JSON holds a surrogate only when it was unpaired (JSON's
+    ``"\\ud83d\\ude00"`` pairs become one character).
+    """
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+def fit_text(text: str, max_chars: int, max_bytes: int) -> str:
+    """``text`` cleaned (:func:`clean_text`) and cut to ``max_chars`` characters and
+    ``max_bytes`` bytes of UTF-8, keeping its start (what truncation keeps); 0: no bound."""
+    if max_chars and len(text) > max_chars:
+        text = text[:max_chars]
+    text = clean_text(text)
+    if max_bytes and len(text) > max_bytes // 4:  # below that even 4-byte characters fit
+        encoded = text.encode()
+        if len(encoded) > max_bytes:
+            text = encoded[:max_bytes].decode(errors="ignore")  # drops a split last character
+    return text
 
 
 def as_mapping(value: Any) -> Mapping[str, Any]:

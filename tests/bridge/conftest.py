@@ -6,8 +6,11 @@ are started here as subprocesses on free ports and stopped at the end of the ses
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import signal
+import struct
 import subprocess
 import threading
 import urllib.request
@@ -21,6 +24,8 @@ from typing import Any
 import pytest
 from osmem_server import OsmemServer
 
+from rerankd_bridge.proxy import Bridge, ProxySettings
+from rerankd_bridge.stats import RerankStats
 from rerankd_server.process import free_port
 from rerankd_server.settings import Settings
 from support.fake_scorer import FakeScorer
@@ -191,3 +196,45 @@ def fake_sidecar() -> Iterator[FakeSidecar]:
 def dead_target() -> str:
     """A loopback target where nothing listens (a reranker that is down)."""
     return f"127.0.0.1:{free_port()}"
+
+
+@contextmanager
+def run_bridge(settings: ProxySettings, stats: RerankStats | None = None) -> Iterator[str]:
+    """A Bridge on a free port and its own event loop thread, for blocking clients (SDKs);
+    yields its base URL and stops it on exit."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="bridge-loop", daemon=True)
+    thread.start()
+    bridge = Bridge(dataclasses.replace(settings, port=0), stats or RerankStats())
+    try:
+        asyncio.run_coroutine_threadsafe(bridge.start(), loop).result(30)
+        yield f"http://127.0.0.1:{bridge.port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(bridge.aclose(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+JSON_SMART_DOUBLE_LIMIT = 18  # json-smart reads a longer number literal as BigDecimal
+
+
+def float32(value: float) -> float:
+    result: float = struct.unpack("<f", struct.pack("<f", value))[0]
+    return result
+
+
+class NumberLiteral(str):
+    """A number as it was written in a JSON text."""
+
+
+def number_literals(raw: bytes, names: set[str]) -> list[str]:
+    """The literal text of every number under a key in ``names``, in document order."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        found.extend(v for k, v in items if k in names and isinstance(v, NumberLiteral))
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs, parse_float=NumberLiteral, parse_int=NumberLiteral)
+    return found

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gzip
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import SMALL_CORPUS, Engine, FakeSidecar, dead_target
+from aiohttp import web
+from conftest import (
+    JSON_SMART_DOUBLE_LIMIT,
+    SMALL_CORPUS,
+    Engine,
+    FakeSidecar,
+    dead_target,
+    number_literals,
+)
 
+from rerankd.connection import Connection
 from rerankd_bridge.proxy import Bridge, ProxySettings, main
 from rerankd_bridge.ranking import RerankOptions
 from rerankd_bridge.spec import BridgeConfig, RerankSpec
 from rerankd_bridge.stats import RerankStats
+from rerankd_bridge.wire import float32_text
 from rerankd_server.settings import Settings
 from support.fake_scorer import FakeScorer
 from support.sidecar import RunningSidecar, run_sidecar
@@ -57,7 +70,7 @@ async def start_proxy(
 ) -> AsyncIterator[Proxy]:
     settings = ProxySettings(
         engine=engine.url if engine else None,
-        reranker=reranker,
+        reranker=Connection(reranker),
         port=0,
         config=config or BridgeConfig(),
     )
@@ -113,6 +126,17 @@ async def test_ext_rerank_reranks_and_is_stripped(proxy: Proxy, engine: Engine) 
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
     window = ids(engine.request("POST", "/small/_search", {"query": body["query"], "size": 8}))
     assert set(ids(out)) <= set(window)
+
+
+async def test_reranked_scores_are_written_as_short_float32(proxy: Proxy) -> None:
+    body = {"query": {"match": {"text": QUERY}}, "size": 5, "ext": {"rerank": RERANK}}
+    async with proxy.http.post(proxy.url + "/small/_search", json=body) as resp:
+        raw = await resp.read()
+    literals = number_literals(raw, {"_score", "max_score"})
+    assert len(literals) == 5 + 1
+    for literal in literals:
+        assert len(literal) <= JSON_SMART_DOUBLE_LIMIT
+        assert float32_text(float(literal)) == literal  # the shortest float32 form
 
 
 async def test_paging_through_the_proxy_is_consistent(proxy: Proxy, engine: Engine) -> None:
@@ -235,3 +259,202 @@ def test_cli_rejects_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def test_small_corpus_is_indexed_whole(engine: Engine) -> None:
     assert engine.request("GET", "/small/_count")["count"] == len(SMALL_CORPUS)
+
+
+# --- compressed traffic ------------------------------------------------------------------------
+
+
+async def test_gzip_bodies_pass_through_and_reranked_answers_are_gzipped(proxy: Proxy) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    mapping = gzip.compress(b'{"mappings": {"properties": {"text": {"type": "text"}}}}')
+    async with proxy.http.put(proxy.url + "/zipped", data=mapping, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+    try:
+        bulk = "\n".join(
+            json.dumps(line)
+            for i, text in enumerate(["ls lists files", "cp copies files", "mkdir"])
+            for line in ({"index": {"_index": "zipped", "_id": str(i)}}, {"text": text})
+        )
+        ndjson = {**headers, "Content-Type": "application/x-ndjson"}
+        data = gzip.compress((bulk + "\n").encode())
+        async with proxy.http.post(
+            proxy.url + "/_bulk?refresh=true", data=data, headers=ndjson
+        ) as resp:
+            assert resp.status == 200 and (await resp.json())["errors"] is False
+        search = {"query": {"match": {"text": "files"}}, "ext": {"rerank": RERANK}}
+        body = gzip.compress(json.dumps(search).encode())
+        asks = {**headers, "Accept-Encoding": "gzip"}
+        # aiohttp's client inflates the answer itself; the header says how it travelled.
+        async with proxy.http.post(proxy.url + "/zipped/_search", data=body, headers=asks) as r:
+            assert r.status == 200 and r.headers["Content-Encoding"] == "gzip"
+            out = await r.json()
+        assert out["rerank"]["status"] == "reranked" and sorted(ids(out)) == ["0", "1"]
+    finally:
+        await proxy.call("DELETE", "/zipped")
+
+
+async def test_a_compression_bomb_is_refused(proxy: Proxy) -> None:
+    bomb = gzip.compress(b" " * (2 << 20))
+    settings = proxy.bridge.settings
+    proxy.bridge.settings = dataclasses.replace(settings, max_body_bytes=1 << 20)
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with proxy.http.post(proxy.url + "/small/_search", data=bomb, headers=headers) as r:
+        assert r.status == 413 and "exceeds" in (await r.json())["error"]["reason"]
+
+
+# --- documents the engine returns that a reranker cannot take as they are -----------------------
+
+
+async def index_docs(engine: Engine, index: str, docs: dict[str, str]) -> None:
+    await asyncio.to_thread(engine.index_corpus, index, docs)
+
+
+async def test_a_lone_surrogate_in_an_indexed_text_does_not_break_reranking(
+    opensearch: Engine, tiny_sidecar: RunningSidecar
+) -> None:
+    """osmem-server stores it as OpenSearch does (noida-db refuses such a document)."""
+    docs = {"bad": "files \ud83d listed", "good": "ls lists files"}
+    await index_docs(opensearch, "surrogate", docs)
+    try:
+        body = {"query": {"match": {"text": "files"}}, "ext": {"rerank": RERANK}}
+        async for proxy in start_proxy(opensearch, tiny_sidecar.target):
+            status, out = await proxy.call("POST", "/surrogate/_search", body)
+        assert status == 200 and out["rerank"]["status"] == "reranked"
+        assert sorted(ids(out)) == ["bad", "good"]
+        # The hits come back as the engine sent them.
+        assert {h["_id"]: h["_source"]["text"] for h in out["hits"]["hits"]} == docs
+    finally:
+        await asyncio.to_thread(opensearch.request, "DELETE", "/surrogate")
+
+
+@pytest.mark.parametrize(
+    ("count", "size"),
+    [(1, 680_000), (40, 252_000)],  # past the per-document limit; past the message limit
+    ids=["one-680KB", "forty-252KB"],
+)
+async def test_huge_documents_are_cut_to_what_the_model_reads(
+    opensearch: Engine, tiny_sidecar: RunningSidecar, count: int, size: int
+) -> None:
+    docs = {f"big{i}": f"files {i} " + "listing of directory " * (size // 21) for i in range(count)}
+    docs["small"] = "ls lists files"
+    await index_docs(opensearch, "huge", docs)
+    try:
+        body = {
+            "query": {"match": {"text": "files"}},
+            "size": count + 1,
+            "ext": {
+                "rerank": {**RERANK, "window": count + 1, "strict": True, "timeout_ms": 60_000}
+            },
+        }
+        async for proxy in start_proxy(opensearch, tiny_sidecar.target):
+            status, out = await proxy.call("POST", "/huge/_search", body)
+        assert status == 200, out
+        assert out["rerank"]["status"] == "reranked" and out["rerank"]["scored"] == count + 1
+        assert sorted(ids(out)) == sorted(docs)
+    finally:
+        await asyncio.to_thread(opensearch.request, "DELETE", "/huge")
+
+
+# --- statuses: client mistakes 400, engine faults 502 -------------------------------------------
+
+
+async def test_a_body_nested_too_deeply_is_not_a_bridge_failure(proxy: Proxy) -> None:
+    """Not JSON the bridge can read: the engine answers it as it would without the bridge."""
+    deep = "[" * 100_000 + "]" * 100_000
+    status, _ = await proxy.call("POST", "/small/_search", deep)
+    assert 400 <= status < 500
+
+
+async def test_an_msearch_header_with_a_bad_index_is_a_400(proxy: Proxy) -> None:
+    lines = [{"index": ["small", 5]}, {"query": {"match_all": {}}, "ext": {"rerank": RERANK}}]
+    ndjson = "\n".join(json.dumps(line) for line in lines) + "\n"
+    status, out = await proxy.call("POST", "/_msearch", ndjson)
+    assert status == 400 and out["error"]["type"] == "illegal_argument_exception"
+    assert "index" in out["error"]["reason"]
+
+
+@pytest.mark.parametrize("timeout_ms", ["1e13", "10000000000000", "600001", "0", "-5", "1e400"])
+async def test_absurd_timeouts_are_a_400(proxy: Proxy, timeout_ms: str) -> None:
+    """Past gRPC's deadline arithmetic, 1e13 used to end every search at once, skipped."""
+    rerank = '{"timeout_ms": ' + timeout_ms + "}"  # the literal as a client writes it
+    body = '{"query": {"match": {"text": "files"}}, "ext": {"rerank": ' + rerank + "}}"
+    status, out = await proxy.call("POST", "/small/_search", body)
+    assert status == 400 and "timeout" in out["error"]["reason"]
+
+
+async def test_the_longest_timeout_allowed_still_reranks(proxy: Proxy) -> None:
+    body = {"query": {"match": {"text": "files"}}, "ext": {"rerank": {"timeout_ms": 600_000}}}
+    status, out = await proxy.call("POST", "/small/_search", body)
+    assert status == 200 and out["rerank"]["status"] == "reranked"
+
+
+def test_cli_rejects_an_absurd_timeout(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["--timeout-ms", str(10**13)])
+    assert raised.value.code == 2 and "600" in capsys.readouterr().err
+
+
+class BadEngine:
+    """An engine that answers every request 200 with ``body`` (what a broken one may do)."""
+
+    def __init__(self, body: bytes, content_type: str) -> None:
+        self.body = body
+        self.content_type = content_type
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=self.body, content_type=self.content_type)
+
+
+@asynccontextmanager
+async def bad_engine(body: bytes, content_type: str) -> AsyncIterator[Engine]:
+    """A real HTTP server on loopback that answers every request 200 with ``body``."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", BadEngine(body, content_type).handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield Engine("opensearch", f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"<html><body>502 Bad Gateway</body></html>", "text/html"),
+        (b"[1, 2, 3]", "application/json"),
+        (b'{"hits": {"hits": [1, 2]}}', "application/json"),
+        (b'{"hits": {"hits": {"0": {}}}}', "application/json"),
+        (b'{"hits": []}', "application/json"),
+    ],
+    ids=["html", "array", "hits-not-objects", "hits-an-object", "hits-a-list"],
+)
+async def test_an_engine_answering_nonsense_is_a_502(
+    fake_sidecar: FakeSidecar, body: bytes, content_type: str
+) -> None:
+    async with bad_engine(body, content_type) as engine:
+        async for proxy in start_proxy(engine, fake_sidecar.target):
+            search = {"query": {"match": {"text": "files"}}, "ext": {"rerank": RERANK}}
+            status, out = await proxy.call("POST", "/small/_search", search)
+            assert status == 502 and out["error"]["type"] == "engine_response_exception"
+            msearch = "\n".join(json.dumps(line) for line in ({}, search)) + "\n"
+            status, out = await proxy.call("POST", "/small/_msearch", msearch)
+            assert status == 502 and out["error"]["type"] == "engine_response_exception"
+
+
+async def test_one_nonsense_msearch_item_is_a_502_item(fake_sidecar: FakeSidecar) -> None:
+    answer = {"responses": [{"hits": {"hits": ["not a hit"]}}, {"hits": {"hits": []}}]}
+    async with bad_engine(json.dumps(answer).encode(), "application/json") as engine:
+        async for proxy in start_proxy(engine, fake_sidecar.target):
+            search = {"query": {"match": {"text": "files"}}, "ext": {"rerank": RERANK}}
+            lines = [{}, search, {}, search]
+            msearch = "\n".join(json.dumps(line) for line in lines) + "\n"
+            status, out = await proxy.call("POST", "/_msearch", msearch)
+    assert status == 200
+    bad, good = out["responses"]
+    assert bad["status"] == 502 and bad["error"]["type"] == "engine_response_exception"
+    assert good["rerank"]["status"] == "reranked" and good["hits"]["hits"] == []

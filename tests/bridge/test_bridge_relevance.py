@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from conftest import Engine, osmem
 
+from rerankd.connection import Connection
 from rerankd_bridge.proxy import Bridge, ProxySettings
 from rerankd_bridge.ranking import RerankOptions
 from rerankd_bridge.spec import BridgeConfig, RerankSpec
@@ -83,7 +84,7 @@ async def test_reranking_through_the_proxy_improves_ndcg(
     engine, queries = manpages
     config = BridgeConfig(RerankSpec(RerankOptions(timeout=60)))
     settings = ProxySettings(
-        engine=engine.url, reranker=trained_sidecar.target, port=0, config=config
+        engine=engine.url, reranker=Connection(trained_sidecar.target), port=0, config=config
     )
     stats = RerankStats()
     before, after = [], []

@@ -121,3 +121,43 @@ def test_tls_tokens_and_a_model_volume_are_wired_through() -> None:
 def test_unusable_values_fail_with_a_reason(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message):
         rendered(values)
+
+
+def _bridge(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bridge container and its pod spec, rendered with ``values``."""
+    [workload] = [doc for doc in rendered(values) if doc["kind"] == "Deployment"]
+    pod = workload["spec"]["template"]["spec"]
+    [bridge] = [c for c in pod["containers"] if c["name"] == "bridge"]
+    return bridge, pod
+
+
+def test_the_bridge_reaches_a_secured_sidecar_with_its_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rerankd.connection import Connection
+    from rerankd_bridge.proxy import settings_from_args
+
+    bridge, pod = _bridge({**SECURED, **SIDECAR})
+    env = {e["name"]: e["value"] for e in bridge["env"]}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert bridge["args"][0] == "bridge"
+    # What the bridge's own command line makes of the chart's arguments and variables.
+    settings = settings_from_args(bridge["args"][1:])
+    assert settings.reranker == Connection(
+        target="localhost:50051",
+        token_file="/etc/rerankd/auth/tokens",
+        tls_ca="/etc/rerankd/tls/ca.crt",
+        tls_cert="/etc/rerankd/tls/tls.crt",
+        tls_key="/etc/rerankd/tls/tls.key",
+        tls_server_name="rerankd.ns.svc",
+    )
+    mounts = {m["name"]: m["mountPath"] for m in bridge["volumeMounts"]}
+    assert mounts["auth"] == "/etc/rerankd/auth" and mounts["tls"] == "/etc/rerankd/tls"
+    assert {"auth", "tls"} <= {volume["name"] for volume in pod["volumes"]}
+
+
+def test_the_bridge_of_an_open_sidecar_gets_no_credentials() -> None:
+    bridge, _ = _bridge(SIDECAR)
+    assert "env" not in bridge
+    assert [m["name"] for m in bridge["volumeMounts"]] == ["tmp"]

@@ -26,6 +26,7 @@ from osmem_server import OsmemServer
 from rerankd.evaluate import Progress, engine_search, main, query_metrics
 from rerankd_server.process import free_port
 from rerankd_server.settings import Settings
+from support.certs import write_tls_files
 from support.fake_scorer import FakeScorer, token_id
 from support.sidecar import RunningSidecar, run_sidecar
 
@@ -189,6 +190,37 @@ def test_eval_reports_exact_metrics_before_and_after(
         ("q2", "b2", "2", "0", "rerankd"),
         ("q2", "b3", "3", "0", "rerankd"),
     ]
+
+
+def test_eval_reaches_a_sidecar_behind_mutual_tls_and_a_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The connection options of every rerankd command: mTLS, a server name, a token file."""
+    tls = write_tls_files(tmp_path / "tls")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# eval\nrdk-eval-token\n")
+    settings = Settings(
+        model="fake",
+        warmup=False,
+        max_document_bytes=300,
+        tls_cert=str(tls.server.cert),
+        tls_key=str(tls.server.key),
+        tls_client_ca=str(tls.ca_cert),
+        auth_token_file=str(tokens),
+    )
+    data, run_file = write_dataset(tmp_path, BAD_RUN)
+    with run_sidecar(settings, lambda _: GradeScorer()) as running:
+        code, out, err = run_eval(
+            capsys, str(data), "--run", str(run_file), "--json",
+            "--target", running.target, "--tls-server-name", "localhost",
+            "--tls-ca", str(tls.ca_cert),
+            "--tls-cert", str(tls.client.cert), "--tls-key", str(tls.client.key),
+            "--token-file", str(tokens),
+        )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads(out)["metrics"]
+    after = sum(AFTER[q]["ndcg@10"] for q in AFTER) / 3
+    assert metrics["ndcg@10"]["after"] == pytest.approx(after)
 
 
 def test_depth_limits_what_is_reranked_and_keeps_the_tail(

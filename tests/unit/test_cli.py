@@ -15,7 +15,7 @@ import pytest
 from fake_server import INFO, MODEL, Certificates, FakeServer, make_certificates
 from google.protobuf.json_format import MessageToDict
 
-from rerankd import cli
+from rerankd import cli, connection
 from rerankd.v1 import rerank_pb2 as pb
 
 USAGE = {
@@ -206,14 +206,14 @@ def test_comma_separated_targets_become_a_balanced_client(
     with FakeServer() as gone:
         dead = gone.target
     built: list[str] = []
-    real_client = cli.Client
+    real_client = connection.Client
 
     def recording_client(*args: Any, **kwargs: Any) -> Any:
         client = real_client(*args, **kwargs)
         built.append(client.target)
         return client
 
-    monkeypatch.setattr(cli, "Client", recording_client)
+    monkeypatch.setattr(connection, "Client", recording_client)
     with FakeServer() as alive:
         for _ in range(3):
             assert run(capsys, "info", "--target", f"{dead}, localhost:{alive.port}")[0] == 0
@@ -266,6 +266,17 @@ def test_mtls_and_a_token_file_from_flags(
     assert mtls_server.servicer.metadata[0]["authorization"] == "Bearer file-token"
 
 
+def test_a_token_file_in_the_servers_format_sends_its_first_token(
+    server: FakeServer, capsys: Any, tmp_path: Path
+) -> None:
+    """One mounted file serves ``serve --auth-token-file`` and every client command."""
+    token_file = tmp_path / "tokens"
+    token_file.write_text("# rotated monthly\n\n  first-token  \nsecond-token\n")
+    status, _, _ = run(capsys, "info", "--target", server.target, "--token-file", str(token_file))
+    assert status == 0
+    assert server.servicer.metadata[0]["authorization"] == "Bearer first-token"
+
+
 def test_tls_options_come_from_the_environment(
     mtls_server: FakeServer,
     pem_files: dict[str, Path],
@@ -299,7 +310,7 @@ def test_plaintext_to_a_tls_server_fails_and_tls_flag_needs_a_trusted_ca(
     [
         (["--tls-ca", "/nonexistent/ca.pem"], "cannot read /nonexistent/ca.pem"),
         (["--tls-cert", "/dev/null"], "both certificate_chain and private_key"),
-        (["--token-file", "/dev/null"], "the first line is empty"),
+        (["--token-file", "/dev/null"], "no token in it"),
         (["--tls-server-name", "x"], "needs TLS"),
     ],
 )
