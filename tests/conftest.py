@@ -21,7 +21,8 @@ from rerankd_server.tiny_models import build_tiny_model
 # name -> build_tiny_model arguments. "default" records no activation, leaving it to Sentence
 # Transformers' rule (Sigmoid for one label). The suite's default model ("modernbert") is in the
 # layout the Ettin rerankers ship in; the others cover the single-module classifier layout of
-# earlier cross-encoders (ModernBERT, and BERT with token_type_ids) and a BERT pooler chain.
+# earlier cross-encoders (ModernBERT, and BERT with token_type_ids), a BERT pooler chain and an
+# LLM reranker.
 TINY_MODELS: dict[str, dict[str, Any]] = {
     "modernbert": {"kind": "modernbert", "layout": "ettin", "activation": "default"},
     "ettin": {"kind": "modernbert", "layout": "ettin"},  # exactly the release: raw logits
@@ -34,6 +35,7 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
     "bert": {"kind": "bert", "layout": "classifier", "activation": "default"},
     "bert_identity": {"kind": "bert", "layout": "classifier", "activation": "torch.nn.Identity"},
     "bert_pooler_mean": {"kind": "bert", "layout": "pooler", "pooling": "mean"},
+    "causal": {"layout": "causal-lm"},  # a Qwen3-shaped LLM reranker: chat template, LogitScore
 }
 
 

@@ -10,7 +10,10 @@ files are exactly what a published model holds, in one of three layouts:
 * ``pooler``: a headless Transformer, Pooling, Dense (Tanh, with bias), Dense: BERT's pooler and
   classifier as modules;
 * ``classifier``: one sequence-classification Transformer (``AutoModelForSequenceClassification``),
-  the layout of most earlier cross-encoders.
+  the layout of most earlier cross-encoders;
+* ``causal-lm``: an LLM reranker shaped like Qwen3-Reranker: a Qwen3 causal LM
+  (``text-generation``) with a byte-level BPE tokenizer and a chat template that carries the
+  query and document roles, then LogitScore (``logit["yes"] - logit["no"]``).
 
 The weights are RANDOM: the scores mean nothing, but they are finite, differ between inputs and are
 reproducible for a given seed, which tests rely on.
@@ -31,7 +34,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 ModelKind = Literal["modernbert", "bert"]
-Layout = Literal["ettin", "pooler", "classifier"]
+Layout = Literal["ettin", "pooler", "classifier", "causal-lm"]
+LogitScoreTokens = Literal["yes-no", "yes"]
 PoolingMode = Literal["cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens"]
 
 #: Longest (query, document) pair in tokens, special tokens included. Kept small so tests can build
@@ -42,6 +46,24 @@ MODEL_MAX_LENGTH = 128
 MAX_POSITION_EMBEDDINGS = 512
 #: Largest vocabulary; CORPUS yields a little less.
 VOCAB_SIZE = 1500
+#: The causal model's longest input: its chat template alone takes about 60 tokens.
+CAUSAL_MAX_LENGTH = 256
+CAUSAL_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+#: Qwen3-Reranker's chat template in short, as Sentence Transformers reads one: the pair arrives
+#: as a "query" and a "document" message, a prompt as a "system" one (the instruction).
+CHAT_TEMPLATE = (
+    "{%- set query = messages | selectattr('role', 'eq', 'query') | map(attribute='content')"
+    " | first -%}"
+    "{%- set document = messages | selectattr('role', 'eq', 'document')"
+    " | map(attribute='content') | first -%}"
+    "{%- set instruction = messages | selectattr('role', 'eq', 'system')"
+    " | map(attribute='content') | first | default('Find the passage that answers the query') -%}"
+    "<|im_start|>system\nJudge whether the document meets the instruction for the query. "
+    'Answer only "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n<Instruct>: {{ instruction }}\n<Query>: {{ query }}\n"
+    "<Document>: {{ document }}<|im_end|>\n<|im_start|>assistant\n"
+    "{% if add_generation_prompt %}<think>\n\n</think>\n\n{% endif %}"
+)
 HIDDEN_SIZE = 32
 
 #: Weight scale. Hugging Face's default (0.02) gives near-equal scores on a model this small; this
@@ -147,6 +169,8 @@ def build_tiny_model(
     pooling: PoolingMode = "cls",
     activation: str | None = None,
     max_seq_length: int | None = None,
+    prompt: str | None = None,
+    logit_score: LogitScoreTokens = "yes-no",
     seed: int = 0,
 ) -> Path:
     """Write a random-weight cross-encoder to ``path``, saved by Sentence Transformers.
@@ -162,7 +186,12 @@ def build_tiny_model(
             ``activation_fn`` recorded at all, as older saves, so loaders apply the default
             rule. A dotted path such as ``"torch.nn.Identity"``: recorded as ``activation_fn``.
         max_seq_length: When given, the tokenizer's ``model_max_length`` (MODEL_MAX_LENGTH
-            otherwise), as Sentence Transformers saves a changed ``max_seq_length``.
+            otherwise, CAUSAL_MAX_LENGTH for ``causal-lm``), as Sentence Transformers saves a
+            changed ``max_seq_length``.
+        prompt: When given, recorded as the model's default prompt (prepended to the query;
+            a system message, the instruction, for ``causal-lm``).
+        logit_score: ``causal-lm`` only: the score is ``logit["yes"] - logit["no"]``
+            (``"yes-no"``) or ``logit["yes"]`` alone (``"yes"``).
         seed: Seeds the random weights; the same seed gives the same files.
 
     Returns:
@@ -177,6 +206,7 @@ def build_tiny_model(
         (kind, ModelKind, "kind"),
         (layout, Layout, "layout"),
         (pooling, PoolingMode, "pooling"),
+        (logit_score, LogitScoreTokens, "logit_score"),
     ):
         if value not in get_args(allowed):
             raise ValueError(f"{what} must be one of {get_args(allowed)}, got {value!r}")
@@ -187,10 +217,14 @@ def build_tiny_model(
 
     import torch
 
-    tokenizer = build_tokenizer(kind)
+    causal = layout == "causal-lm"
+    tokenizer = build_causal_tokenizer() if causal else build_tokenizer(kind)
     with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller
         torch.manual_seed(seed)
-        model = _build_backbone(kind, tokenizer, headless=layout != "classifier")
+        if causal:
+            model = _build_causal_lm(tokenizer)
+        else:
+            model = _build_backbone(kind, tokenizer, headless=layout != "classifier")
         return save_cross_encoder(
             path,
             model,
@@ -199,7 +233,9 @@ def build_tiny_model(
             pooling=pooling,
             activation=activation,
             max_seq_length=max_seq_length,
-            readme=_README.format(kind=kind, layout=layout, seed=seed),
+            prompt=prompt,
+            logit_score=logit_score,
+            readme=_README.format(kind="qwen3" if causal else kind, layout=layout, seed=seed),
         )
 
 
@@ -212,6 +248,8 @@ def save_cross_encoder(
     pooling: PoolingMode = "cls",
     activation: str | None = None,
     max_seq_length: int | None = None,
+    prompt: str | None = None,
+    logit_score: LogitScoreTokens = "yes-no",
     readme: str,
 ) -> Path:
     """Save ``backbone`` (headless, or a sequence classifier for ``classifier``) with
@@ -223,7 +261,9 @@ def save_cross_encoder(
         backbone.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         width = int(backbone.config.hidden_size)
-        cross_encoder = _cross_encoder(staging, layout, width, pooling, activation, max_seq_length)
+        cross_encoder = _cross_encoder(
+            staging, layout, width, pooling, activation, max_seq_length, prompt, logit_score
+        )
         out.mkdir(parents=True, exist_ok=True)
         cross_encoder.save_pretrained(str(out))
     if activation == "default":
@@ -242,22 +282,33 @@ def _cross_encoder(
     pooling: PoolingMode,
     activation: str | None,
     max_seq_length: int | None,
+    prompt: str | None,
+    logit_score: LogitScoreTokens,
 ) -> Any:
     """The CrossEncoder of ``layout`` around the backbone saved in ``staging``, built from
     Sentence Transformers' own modules (its head modules seeded by the caller)."""
     import torch
     from sentence_transformers import CrossEncoder
     from sentence_transformers.base.modules import Dense, Transformer
+    from sentence_transformers.cross_encoder.modules import LogitScore
     from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
 
-    task = "sequence-classification" if layout == "classifier" else "feature-extraction"
-    # Keep the backbone's dtype (a large benchmark model is saved in bf16).
-    model_kwargs = {"dtype": "auto"}
-    modules: list[torch.nn.Module] = [
-        Transformer(
-            staging, transformer_task=task, max_seq_length=max_seq_length, model_kwargs=model_kwargs
-        )
-    ]
+    task = {"classifier": "sequence-classification", "causal-lm": "text-generation"}.get(
+        layout, "feature-extraction"
+    )
+    # Keep the backbone's dtype (a large benchmark model is saved in bf16). The causal model's
+    # template reads add_generation_prompt, as real LLM rerankers' configs set it.
+    extra: dict[str, Any] = {"model_kwargs": {"dtype": "auto"}}
+    if layout == "causal-lm":
+        extra["processing_kwargs"] = {"chat_template": {"add_generation_prompt": True}}
+    transformer = Transformer(
+        staging, transformer_task=task, max_seq_length=max_seq_length, **extra
+    )
+    modules: list[torch.nn.Module] = [transformer]
+    if layout == "causal-lm":
+        ids = transformer.tokenizer.convert_tokens_to_ids
+        false = ids("no") if logit_score == "yes-no" else None
+        modules.append(LogitScore(true_token_id=ids("yes"), false_token_id=false))
     if layout == "ettin":
         modules += [
             Pooling(width, pooling_mode=pooling),
@@ -269,7 +320,7 @@ def _cross_encoder(
             Pooling(width, pooling_mode=pooling),
             Dense(width, width, bias=True, activation_function=torch.nn.Tanh()),
         ]
-    if layout != "classifier":
+    if layout in ("ettin", "pooler"):
         modules.append(
             Dense(width, 1, activation_function=torch.nn.Identity(), module_output_name="scores")
         )
@@ -283,7 +334,14 @@ def _cross_encoder(
         activation = "torch.nn.Identity" if layout == "ettin" else "torch.nn.Sigmoid"
     elif activation == "default":
         activation = "torch.nn.Sigmoid"  # what CrossEncoder chooses for one label
-    return CrossEncoder(modules=modules, activation_fn=_activation(activation), device="cpu")
+    prompts = {"query": prompt} if prompt is not None else None
+    return CrossEncoder(
+        modules=modules,
+        activation_fn=_activation(activation),
+        device="cpu",
+        prompts=prompts,
+        default_prompt_name="query" if prompt is not None else None,
+    )
 
 
 def _activation(path: str) -> Any:
@@ -357,6 +415,54 @@ def _vocabulary(words: Counter[str]) -> list[str]:
     return list(dict.fromkeys(tokens))[:VOCAB_SIZE]
 
 
+def build_causal_tokenizer() -> Any:
+    """A byte-level BPE tokenizer trained on CORPUS (deterministic: BPE training breaks its
+    ties by the pair itself), with Qwen's chat tokens and a reranker chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1200,
+        special_tokens=CAUSAL_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # "yes" and "no" must be single tokens: the answers LogitScore reads.
+    backend.train_from_iterator([*CORPUS.splitlines(), *["yes", "no"] * 20], trainer)
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=backend,
+        model_max_length=CAUSAL_MAX_LENGTH,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+    )
+
+
+def _build_causal_lm(tokenizer: Any) -> Any:
+    """A two-layer, 32-wide Qwen3 causal LM with tied embeddings (as Qwen3-Reranker-0.6B)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN_SIZE,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=INITIALIZER_RANGE,
+    )
+    return Qwen3ForCausalLM(config)
+
+
 def _build_backbone(kind: ModelKind, tokenizer: Any, *, headless: bool) -> Any:
     """A two-layer, 32-wide model, its ids matching ``tokenizer``: headless (``AutoModel``) or
     a sequence classifier with one label."""
@@ -408,8 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=get_args(Layout),
         default="ettin",
         help="module chain: ettin (headless > Pooling > Dense > LayerNorm > Dense, as the Ettin "
-        "rerankers ship), pooler (headless > Pooling > Dense(Tanh) > Dense) or classifier (one "
-        "sequence-classification model)",
+        "rerankers ship), pooler (headless > Pooling > Dense(Tanh) > Dense), classifier (one "
+        "sequence-classification model) or causal-lm (a Qwen3-shaped LLM reranker: chat "
+        "template, then LogitScore)",
     )
     parser.add_argument(
         "--kind", choices=get_args(ModelKind), default="modernbert", help="backbone architecture"
@@ -430,6 +537,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"the longest pair in tokens (default: {MODEL_MAX_LENGTH})",
     )
+    parser.add_argument(
+        "--prompt", default=None, help="record a default prompt (causal-lm: the instruction)"
+    )
+    parser.add_argument(
+        "--logit-score",
+        choices=get_args(LogitScoreTokens),
+        default="yes-no",
+        help='causal-lm: score logit["yes"] - logit["no"], or logit["yes"] alone',
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the random weights")
     args = parser.parse_args(argv)
     from transformers.utils import logging as transformers_logging
@@ -444,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
             pooling=args.pooling,
             activation=args.activation,
             max_seq_length=args.max_seq_length,
+            prompt=args.prompt,
+            logit_score=args.logit_score,
             seed=args.seed,
         )
     except ValueError as exc:

@@ -19,7 +19,12 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from rerankd_server import tiny_models
-from rerankd_server.tiny_models import MODEL_MAX_LENGTH, build_tiny_model, main
+from rerankd_server.tiny_models import (
+    CAUSAL_MAX_LENGTH,
+    MODEL_MAX_LENGTH,
+    build_tiny_model,
+    main,
+)
 
 PAIRS = [
     ("how do i list files in a directory", "Use ls to list the files in a directory."),
@@ -37,6 +42,7 @@ EXPECTED_ACTIVATION = {
     "bert": torch.nn.Sigmoid,
     "bert_identity": torch.nn.Identity,
     "bert_pooler_mean": torch.nn.Sigmoid,
+    "causal": torch.nn.Sigmoid,
 }
 ST = "sentence_transformers."
 CHAINS = {
@@ -54,6 +60,10 @@ CHAINS = {
         ST + "base.modules.dense.Dense",
     ],
     "modernbert_identity": [ST + "base.modules.transformer.Transformer"],
+    "causal": [
+        ST + "base.modules.transformer.Transformer",
+        ST + "cross_encoder.modules.logit_score.LogitScore",
+    ],
 }
 
 
@@ -65,7 +75,7 @@ def _json(path: Path) -> Any:
 def test_cross_encoder_loads_and_scores(tiny_models: dict[str, Path], name: str) -> None:
     model = CrossEncoder(str(tiny_models[name]), device="cpu")
     assert type(model.activation_fn) is EXPECTED_ACTIVATION[name]
-    assert model.max_seq_length == MODEL_MAX_LENGTH
+    assert model.max_seq_length == (CAUSAL_MAX_LENGTH if name == "causal" else MODEL_MAX_LENGTH)
     assert model.num_labels == 1
     scores = [float(s) for s in model.predict(PAIRS)]
     assert all(math.isfinite(s) for s in scores)
@@ -139,6 +149,30 @@ def test_the_ettin_layout_matches_the_release(tiny_models: dict[str, Path]) -> N
     assert (last["out_features"], last["module_output_name"]) == (1, "scores")
     st_config = _json(root / "config_sentence_transformers.json")
     assert st_config["activation_fn"] == "torch.nn.modules.linear.Identity"
+
+
+def test_the_causal_layout_is_an_llm_reranker(tiny_models: dict[str, Path]) -> None:
+    root = tiny_models["causal"]
+    config = _json(root / "sentence_bert_config.json")
+    assert config["transformer_task"] == "text-generation"
+    assert config["modality_config"]["message"]["format"] == "flat"
+    assert config["processing_kwargs"] == {"chat_template": {"add_generation_prompt": True}}
+    assert _json(root / "config.json")["architectures"] == ["Qwen3ForCausalLM"]
+    model = CrossEncoder(str(root), device="cpu")
+    score = _json(root / "1_LogitScore" / "config.json")
+    assert model.tokenizer.convert_ids_to_tokens([score["true_token_id"]]) == ["yes"]
+    assert model.tokenizer.convert_ids_to_tokens([score["false_token_id"]]) == ["no"]
+    assert model.tokenizer.padding_side == "left"
+    rendered = model.tokenizer.decode(model.preprocess([("list files", "ls")])["input_ids"][0])
+    assert "<Query>: list files\n<Document>: ls<|im_end|>" in rendered
+    assert rendered.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_default_activation_is_not_written(tiny_models: dict[str, Path]) -> None:
+    st_config = _json(tiny_models["modernbert"] / "config_sentence_transformers.json")
+    assert st_config["model_type"] == "CrossEncoder"
+    assert "activation_fn" not in st_config
+    assert "max_seq_length" not in _json(tiny_models["modernbert"] / "sentence_bert_config.json")
 
 
 @pytest.mark.parametrize("max_seq_length", [16, 200])

@@ -29,6 +29,7 @@ from rerankd_server.scoring.base import FloatArray, ScorerInfo, TokenizedPairs, 
 from rerankd_server.scoring.modules import (
     Chain,
     Dense,
+    LogitScore,
     Pooling,
     build_chain,
     pack_padded,
@@ -46,7 +47,13 @@ from rerankd_server.scoring.packed import (
     reference_attention,
     varlen_attention,
 )
-from rerankd_server.scoring.pairs import PairEncoder, TokenizerUnsupported, clone
+from rerankd_server.scoring.pairs import (
+    ChatEncoder,
+    PairEncoder,
+    TokenizerUnsupported,
+    clone,
+    infer_message_format,
+)
 from rerankd_server.scoring.st_config import (
     TransformerSpec,
     load_activation,
@@ -149,9 +156,10 @@ class HFCrossEncoder:
             "token_type_ids" in tokenizer.model_input_names and "token_type_ids" in forward_params
         )
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._pad_left = tokenizer.padding_side == "left"
+        # A causal LM reads its answer at the last position: Sentence Transformers pads left.
+        self._causal = spec.task == "text-generation"
+        self._pad_left = self._causal or tokenizer.padding_side == "left"
         self._max_len = max_len
-        self._prompt = st_config.prompt
         default_side = "left" if tokenizer.truncation_side == "left" else "right"
         self._sides = {
             Truncation.DEFAULT: default_side,
@@ -160,17 +168,10 @@ class HFCrossEncoder:
             Truncation.NONE: default_side,
         }
         backend: Tokenizer = tokenizer.backend_tokenizer
-        lower = spec.do_lower_case
-        try:
-            self._pairs = PairEncoder(backend, max_len, lower, self._uses_type_ids)
-        except TokenizerUnsupported as exc:
-            raise ModelLoadError(f"{source}: its tokenizer cannot be served: {exc}") from exc
-        self._spans_tokenizer = clone(backend, None, default_side, lower)
-        special = self._pairs.template.size
-        if self._prompt:
-            self._set_prompt_length(tokenizer)
-            # The prompt comes with every pair, like the special tokens (chunk budgets count it).
-            special += len(self._spans_tokenizer.encode(self._prompt, add_special_tokens=False))
+        self._spans_tokenizer = clone(backend, None, default_side, spec.do_lower_case)
+        self._pairs = self._pair_encoder(source, tokenizer, spec, max_len, st_config.prompt)
+        if st_config.prompt:
+            self._set_prompt_length(tokenizer, st_config.prompt)
         self._packed: PackedModernBert | None = None
         self._packed_chain = self._chain
         self._packed_kernel = ""
@@ -189,7 +190,7 @@ class HFCrossEncoder:
             device=str(self._device),
             attention_implementation=attention,
             padded=self._packed is None,
-            pair_special_tokens=special,
+            pair_special_tokens=self._pairs.special_tokens,
             modules=" > ".join(
                 [f"Transformer({type(self._model).__name__})", *self._chain.describe()]
             ),
@@ -203,11 +204,16 @@ class HFCrossEncoder:
             ModelLoadError: it cannot be loaded, or its checkpoint lacks weights it needs or
                 holds weights it does not have.
         """
-        from transformers import AutoModel, AutoModelForSequenceClassification
-
-        auto = (
-            AutoModel if spec.task == "feature-extraction" else AutoModelForSequenceClassification
+        from transformers import (
+            AutoModel,
+            AutoModelForCausalLM,
+            AutoModelForSequenceClassification,
         )
+
+        auto = {
+            "feature-extraction": AutoModel,
+            "text-generation": AutoModelForCausalLM,
+        }.get(spec.task, AutoModelForSequenceClassification)
         kwargs = {
             "dtype": _DTYPES[placement.dtype],
             "trust_remote_code": False,
@@ -243,10 +249,12 @@ class HFCrossEncoder:
         writers = [
             step
             for step in self._chain.steps
-            if isinstance(step, Dense) and step.output_name == "scores"
+            if isinstance(step, LogitScore)
+            or (isinstance(step, Dense) and step.output_name == "scores")
         ]
         if writers:
-            labels = int(writers[-1].linear.out_features)
+            last = writers[-1]
+            labels = int(last.linear.out_features) if isinstance(last, Dense) else 1
         elif self._spec.module_output_name == "scores":
             labels = int(getattr(self._model.config, "num_labels", 1))
         else:
@@ -259,14 +267,40 @@ class HFCrossEncoder:
             )
         return labels
 
-    def _set_prompt_length(self, tokenizer: Any) -> None:
+    def _pair_encoder(
+        self, source: str, tokenizer: Any, spec: TransformerSpec, max_len: int, prompt: str
+    ) -> PairEncoder | ChatEncoder:
+        """How pairs become tokens: through the chat template for a causal LM that reads chat
+        messages, else as the tokenizer encodes a text pair.
+
+        Raises:
+            ModelLoadError: the tokenizer's pairs cannot be reproduced, or the model reads
+                chat messages but has no chat template.
+        """
+        backend: Tokenizer = tokenizer.backend_tokenizer
+        lower = spec.do_lower_case
+        if spec.message_format is None:
+            try:
+                return PairEncoder(backend, max_len, lower, self._uses_type_ids, prompt)
+            except TokenizerUnsupported as exc:
+                raise ModelLoadError(f"{source}: its tokenizer cannot be served: {exc}") from exc
+        template = getattr(tokenizer, "chat_template", None)
+        if not isinstance(template, str) or not template:
+            raise ModelLoadError(
+                f"{source} reads chat messages but its tokenizer has no chat template "
+                "(chat_template.jinja or tokenizer_config.json)"
+            )
+        message_format = spec.message_format
+        if message_format == "auto":
+            message_format = infer_message_format(template, self._model.config.model_type)
+        return ChatEncoder(
+            tokenizer, backend, max_len, message_format, spec.chat_kwargs, prompt, lower
+        )
+
+    def _set_prompt_length(self, tokenizer: Any, prompt: str) -> None:
         """Tell Pooling how many leading tokens are the prompt, measured as Sentence
         Transformers does: the prompt alone with special tokens, less a trailing one."""
-        ids = (
-            clone(tokenizer.backend_tokenizer, self._max_len, "right", False)
-            .encode(self._prompt)
-            .ids
-        )
+        ids = self._spans_tokenizer.encode(prompt, add_special_tokens=True).ids
         length = len(ids) - (1 if ids and ids[-1] in set(tokenizer.all_special_ids) else 0)
         for step in self._chain.steps:
             if isinstance(step, Pooling):
@@ -317,9 +351,8 @@ class HFCrossEncoder:
         return self._info
 
     def tokenize(self, pairs: Sequence[tuple[str, str]], truncation: Truncation) -> TokenizedPairs:
-        """Tokenize as CrossEncoder does, each query and document once (``pairs.PairEncoder``)."""
-        if self._prompt:  # Sentence Transformers prepends the model's prompt to the query
-            pairs = [(self._prompt + query, text) for query, text in pairs]
+        """Tokenize as CrossEncoder does, with work bounded by what the model reads
+        (``scoring.pairs``)."""
         ids, type_ids, truncated = self._pairs.encode(pairs, self._sides[truncation])
         return TokenizedPairs(ids=ids, type_ids=type_ids, truncated=truncated)
 
@@ -390,9 +423,16 @@ class HFCrossEncoder:
 
     def _padded_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v.to(self._device, non_blocking=True) for k, v in batch.items()}
+        if self._causal:
+            # Positions count from each row's first real token, so a pair scores the same in
+            # any batch (Sentence Transformers' positions shift with left padding: its scores
+            # move by ~1e-5 with its batch size; these equal its scores of one pair alone).
+            mask = inputs["attention_mask"]
+            inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+            inputs["logits_to_keep"] = 1  # type: ignore[assignment]  # LogitScore reads the last
         output = getattr(self._model(**inputs), self._spec.method_output_name)
         name = self._spec.module_output_name
-        if output.ndim == 3:  # token embeddings: packed by the mask for the chain
+        if name == "token_embeddings":  # packed by the mask for the chain
             features = pack_padded(output.float(), inputs["attention_mask"], name)
         else:
             features = {name: output.float()}

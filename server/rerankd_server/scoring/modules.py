@@ -193,6 +193,27 @@ class Dropout(nn.Module):
         return features
 
 
+class LogitScore(nn.Module):
+    """Sentence Transformers' LogitScore: a causal LM's next-token logits at the last position
+    become the score, ``logit[true] - logit[false]`` (or ``logit[true]`` alone)."""
+
+    def __init__(self, true_id: int, false_id: int | None, input_name: str) -> None:
+        super().__init__()
+        self.true_id, self.false_id, self.input_name = true_id, false_id, input_name
+
+    def describe(self) -> str:
+        tokens = f"{self.true_id}" if self.false_id is None else f"{self.true_id} - {self.false_id}"
+        return f"LogitScore({tokens})"
+
+    def forward(self, features: Features) -> Features:
+        logits = features[self.input_name][:, -1]
+        scores = logits[:, self.true_id]
+        if self.false_id is not None:
+            scores = scores - logits[:, self.false_id]
+        features["scores"] = scores.unsqueeze(1)
+        return features
+
+
 class Chain(nn.Module):
     """The modules after the Transformer, run in order on a features dict."""
 
@@ -340,10 +361,19 @@ def _normalize(config: dict[str, Any]) -> Normalize:
     return Normalize(input_name, config.get("module_output_name") or input_name)
 
 
+def _logit_score(config: dict[str, Any]) -> LogitScore:
+    false = config.get("false_token_id")
+    true = config["true_token_id"]
+    if not isinstance(true, int) or not (false is None or isinstance(false, int)):
+        raise ValueError(f"token ids {true!r} and {false!r} are not integers")
+    return LogitScore(true, false, config.get("module_input_name", "causal_logits"))
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "Pooling": _pooling,
     "Dense": _dense,
     "LayerNorm": _layer_norm,
     "Normalize": _normalize,
     "Dropout": lambda config: Dropout(),
+    "LogitScore": _logit_score,
 }

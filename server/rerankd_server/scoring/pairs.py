@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tokenizers import Encoding, Tokenizer
 from tokenizers.normalizers import Lowercase
@@ -171,12 +172,18 @@ class PairEncoder:
     documents took gigabytes).
     """
 
-    def __init__(self, backend: Tokenizer, max_len: int, lower: bool, uses_types: bool) -> None:
-        """Raises:
-        TokenizerUnsupported: the post-processor's pairs are not ``prefix A middle B suffix``
-            with one type id per part, or assembling them differs from the tokenizer.
+    def __init__(
+        self, backend: Tokenizer, max_len: int, lower: bool, uses_types: bool, prompt: str = ""
+    ) -> None:
+        """``prompt``: the model's prompt, which Sentence Transformers prepends to each query.
+
+        Raises:
+            TokenizerUnsupported: the post-processor's pairs are not ``prefix A middle B
+                suffix`` with one type id per part, or assembling them differs from the
+                tokenizer.
         """
         self._max_len = max_len
+        self._prompt = ""  # set once the assembly is checked (the check compares bare pairs)
         self._plain = clone(backend, None, "right", lower)
         self._uses_types = uses_types
         self._clip_chars = max_len * CLIP_CHARS_PER_TOKEN
@@ -187,6 +194,10 @@ class PairEncoder:
             )
         self.template = template
         self._check(clone(backend, max_len, "right", lower), clone(backend, max_len, "left", lower))
+        self._prompt = prompt
+        prompt_tokens = len(self._plain.encode(prompt, add_special_tokens=False).ids)
+        #: Tokens each pair adds to its texts (chunk budgets count them): specials, the prompt.
+        self.special_tokens = template.size + prompt_tokens
 
     def _check(self, right: Tokenizer, left: Tokenizer) -> None:
         """Assembled pairs must equal the tokenizer's own, truncation included, on both sides."""
@@ -203,6 +214,8 @@ class PairEncoder:
 
     def encode(self, pairs: Sequence[tuple[str, str]], side: str) -> Encoded:
         """Ids, type ids (None without them) and whether each pair was truncated."""
+        if self._prompt:
+            pairs = [(self._prompt + query, text) for query, text in pairs]
         template = self.template
         budget = self._max_len - template.size
         distinct = list(dict.fromkeys(query for query, _ in pairs))
@@ -253,3 +266,135 @@ def _kept(ids: list[int], keep: int, side: str) -> list[int]:
     if side == "right":
         return ids[:keep]
     return ids[max(0, len(ids) - keep) :] if keep else []
+
+
+#: Model types whose templates want flat messages though they look otherwise (Sentence
+#: Transformers' list).
+_FLAT_MODEL_TYPES = {"apertus", "deepseek_v3", "gpt_oss", "seed_oss"}
+_STRUCTURED_PATTERNS = ("content[0]", ".type", "'type'", '"type"', "item.type", "message.content[")
+
+
+def infer_message_format(template: str, model_type: str) -> str:
+    """``flat`` (a message's content is a string) or ``structured`` (a list of typed parts),
+    as Sentence Transformers infers it when a model's config does not say."""
+    if model_type in _FLAT_MODEL_TYPES:
+        return "flat"
+    return "structured" if any(p in template for p in _STRUCTURED_PATTERNS) else "flat"
+
+
+class ChatEncoder:
+    """Tokenizes (query, document) pairs through the model's chat template, as Sentence
+    Transformers does for a causal-LM reranker; thread-safe.
+
+    Each pair becomes a ``query`` and a ``document`` message (after a ``system`` message holding
+    the model's prompt, when it has one), is rendered by the tokenizer's own
+    ``apply_chat_template`` and tokenized without special tokens. A row cut to the max length
+    gets the template's suffix (its tokens after the document, e.g. the assistant prefill)
+    written back over its last tokens, as Sentence Transformers restores it, so the model
+    always reads its answer prompt last. Texts far longer than the model reads are clipped
+    before rendering and the cut checked, as for ``PairEncoder``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        backend: Tokenizer,
+        max_len: int,
+        message_format: str,
+        chat_kwargs: dict[str, Any],
+        prompt: str,
+        lower: bool,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._plain = clone(backend, None, "right", lower)
+        self._max_len = max_len
+        self._structured = message_format == "structured"
+        kwargs = dict(chat_kwargs)
+        self._restore = bool(kwargs.pop("restore_suffix", True))
+        self._kwargs = kwargs
+        self._prompt = prompt
+        self._clip_chars = max_len * CLIP_CHARS_PER_TOKEN
+        self._suffix = self._suffix_ids()
+        #: Tokens each pair adds to its texts (chunk budgets count them): the whole template.
+        self.special_tokens = len(self._encode([self.render("", "")])[0].ids)
+
+    def _message(self, role: str, text: str) -> dict[str, Any]:
+        content: Any = [{"type": "text", "text": text}] if self._structured else text
+        return {"role": role, "content": content}
+
+    def render(self, query: str, document: str) -> str:
+        """The text the model reads for one pair, before tokenizing."""
+        messages = [self._message("query", query), self._message("document", document)]
+        if self._prompt:
+            messages.insert(0, self._message("system", self._prompt))
+        text: str = self._tokenizer.apply_chat_template(messages, tokenize=False, **self._kwargs)
+        return text
+
+    def _encode(self, texts: list[str], offsets: bool = False) -> list[Encoding]:
+        encode = self._plain.encode_batch if offsets else self._plain.encode_batch_fast
+        encodings: list[Encoding] = encode(texts, add_special_tokens=False)
+        return encodings
+
+    def _suffix_ids(self) -> list[int]:
+        """The template's tokens after the pair: the common token tail of two renders with
+        different contents (none when the renders never differ)."""
+        first, second = (e.ids for e in self._encode([self.render(f, f) for f in ("0", "1 2 3 4")]))
+        count = 0
+        for left, right in zip(reversed(first), reversed(second), strict=False):
+            if left != right:
+                break
+            count += 1
+        return first[len(first) - count :] if 0 < count < min(len(first), len(second)) else []
+
+    def encode(self, pairs: Sequence[tuple[str, str]], side: str) -> Encoded:
+        """Ids, no type ids, and whether each pair was truncated."""
+        limit = self._clip_chars
+        cut = [(clip(q, limit, side), clip(d, limit, side)) for q, d in pairs]
+        clipped = [
+            i for i, (q, d) in enumerate(cut) if q is not pairs[i][0] or d is not pairs[i][1]
+        ]
+        texts = [self.render(q, d) for q, d in cut]
+        encodings = self._encode(texts)
+        if clipped:
+            checked = self._encode([texts[i] for i in clipped], offsets=True)
+            for i, enc in zip(clipped, checked, strict=True):
+                if self._cut_is_exact(enc, texts[i], cut[i], pairs[i], side):
+                    encodings[i] = enc
+                else:  # a cut that could matter: the whole texts, as the tokenizer takes them
+                    encodings[i] = self._encode([self.render(*pairs[i])])[0]
+        ids, truncated = [], []
+        for enc in encodings:
+            row = enc.ids
+            over = len(row) > self._max_len
+            if over:
+                row = row[: self._max_len] if side == "right" else row[len(row) - self._max_len :]
+            if self._restore and len(row) >= self._max_len and self._suffix:
+                keep = min(len(self._suffix), len(row))
+                row[len(row) - keep :] = self._suffix[len(self._suffix) - keep :]
+            ids.append(row)
+            truncated.append(over)
+        return ids, None, truncated
+
+    def _cut_is_exact(
+        self,
+        enc: Encoding,
+        text: str,
+        cut: tuple[str, str],
+        whole: tuple[str, str],
+        side: str,
+    ) -> bool:
+        """Whether the clipped texts' render keeps the tokens the whole texts' render would:
+        truncation stops (or, keeping the end, starts) well inside every cut."""
+        if len(enc.ids) <= self._max_len:
+            return False
+        edges = []
+        for piece, original in zip(cut, whole, strict=True):
+            if piece is original:
+                continue
+            at = text.find(piece)
+            if at < 0:
+                return False
+            edges.append(at + len(piece) if side == "right" else at)
+        if side == "right":
+            return enc.offsets[self._max_len - 1][1] < min(edges) - CLIP_MARGIN
+        return enc.offsets[len(enc.ids) - self._max_len][0] > max(edges) + CLIP_MARGIN

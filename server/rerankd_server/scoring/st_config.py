@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -38,13 +38,24 @@ log = logging.getLogger(__name__)
 _TOO_LARGE = int(1e20)  # transformers' VERY_LARGE_INTEGER marks "no limit"
 
 #: Module classes rerankd builds itself (``scoring.modules``), by their Sentence Transformers name.
-KNOWN_MODULES = ("Transformer", "Pooling", "Dense", "LayerNorm", "Normalize", "Dropout")
+KNOWN_MODULES = (
+    "Transformer",
+    "Pooling",
+    "Dense",
+    "LayerNorm",
+    "Normalize",
+    "Dropout",
+    "LogitScore",
+)
 
 #: Transformer tasks served, with the model output each reads and the feature it writes.
 TASK_OUTPUTS = {
     "sequence-classification": ("logits", "scores"),
     "feature-extraction": ("last_hidden_state", "token_embeddings"),
+    "text-generation": ("logits", "causal_logits"),
 }
+#: Size kwargs of the chat template, which rerankd sets itself from the model's max length.
+_SIZE_KWARGS = {"padding", "truncation", "max_length", "return_tensors"}
 
 # Sentence Transformers' names for the Transformer's config file, newest first.
 _TRANSFORMER_CONFIGS = (
@@ -82,6 +93,11 @@ class TransformerSpec:
     module_output_name: str  # the feature it is stored as: "scores" or "token_embeddings"
     max_seq_length: int | None
     do_lower_case: bool
+    #: How a pair becomes text: None as a text pair (the tokenizer's own pair encoding); else
+    #: "flat" or "structured" chat messages through the tokenizer's chat template ("auto":
+    #: as Sentence Transformers infers it from the template).
+    message_format: str | None = None
+    chat_kwargs: dict[str, Any] = field(default_factory=dict)  # to apply_chat_template
 
 
 @dataclass(frozen=True)
@@ -198,23 +214,30 @@ def _transformer(source: str, path: str, task: str | None) -> TransformerSpec:
         )
     method_output, module_output = TASK_OUTPUTS[task]
     modality = config.get("modality_config") or {"text": {}}
-    text = modality.get("text") if isinstance(modality, dict) else None
+    allowed = (
+        [{"text"}, {"text", "message"}, {"message"}] if task == "text-generation" else [{"text"}]
+    )
+    entries = list(modality.values()) if isinstance(modality, dict) else []
     if (
-        not isinstance(text, dict)
-        or set(modality) != {"text"}
-        or text.get("method", "forward") != "forward"
+        not isinstance(modality, dict)
+        or set(modality) not in allowed
+        or not all(isinstance(entry, dict) for entry in entries)
+        or any(entry.get("method", "forward") != "forward" for entry in entries)
     ):
         raise ModelLoadError(
             f"{source}: its Transformer reads {sorted(modality)}; rerankd serves text pairs "
-            "through the model's forward"
+            "through the model's forward (and, for a causal LM, chat messages)"
         )
-    method_output = text.get("method_output_name", method_output)
+    read = {entry.get("method_output_name", method_output) for entry in entries}
     module_output = config.get("module_output_name", module_output)
-    if method_output != TASK_OUTPUTS[task][0]:
+    if read != {method_output}:
         raise ModelLoadError(
-            f"{source}: its Transformer reads the model's {method_output!r}; for {task} rerankd "
-            f"reads {TASK_OUTPUTS[task][0]!r}"
+            f"{source}: its Transformer reads the model's {sorted(map(str, read))}; for {task} "
+            f"rerankd reads {method_output!r}"
         )
+    message = modality.get("message")
+    message_format = str(message.get("format", "auto")) if isinstance(message, dict) else None
+    chat_kwargs = _chat_kwargs(source, config.get("processing_kwargs") or {})
     max_seq = config.get("max_seq_length")
     return TransformerSpec(
         path=path,
@@ -223,7 +246,28 @@ def _transformer(source: str, path: str, task: str | None) -> TransformerSpec:
         module_output_name=str(module_output),
         max_seq_length=int(max_seq) if max_seq else None,
         do_lower_case=bool(config.get("do_lower_case", False)),
+        message_format=message_format,
+        chat_kwargs=chat_kwargs,
     )
+
+
+def _chat_kwargs(source: str, processing: Any) -> dict[str, Any]:
+    """The Transformer's ``processing_kwargs``: only chat-template arguments change how a pair
+    becomes tokens in a way rerankd reproduces; anything else is refused, never ignored."""
+    chat = processing.get("chat_template", {}) if isinstance(processing, dict) else None
+    text = processing.get("text", {}) if isinstance(processing, dict) else None
+    others = set(processing) - {"chat_template", "text"} if isinstance(processing, dict) else {0}
+    if (
+        not isinstance(chat, dict)
+        or others
+        or text not in ({}, {"logits_to_keep": 1})
+        or _SIZE_KWARGS & set(chat)
+    ):
+        raise ModelLoadError(
+            f"{source}: its Transformer's processing_kwargs {processing!r} are not served "
+            "(rerankd takes chat_template arguments other than the size ones)"
+        )
+    return dict(chat)
 
 
 def resolve_config(source: str, model_config: Any, num_labels: int) -> CrossEncoderConfig:
