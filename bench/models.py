@@ -39,7 +39,11 @@ ETTIN: dict[str, EttinShape] = {
     "ettin-150m": EttinShape(768, 22, 12, 1152, 3240.0),
     "ettin-1b": EttinShape(1792, 28, 28, 3840, 930.0),
 }
-MODEL_NAMES = ("tiny", *ETTIN, "manpages")
+#: An LLM reranker of Qwen3-Reranker-0.6B's shape (hidden/layers/heads/KV heads/head dim/
+#: intermediate of 1024/28/16/8/128/3072, vocabulary 151,669, tied embeddings; as recalled),
+#: saved as Sentence Transformers saves one: a chat template, then LogitScore("yes" - "no").
+QWEN3_RERANKER = "qwen3-reranker-0.6b"
+MODEL_NAMES = ("tiny", *ETTIN, QWEN3_RERANKER, "manpages")
 ETTIN_VOCAB = 50368
 
 
@@ -58,6 +62,8 @@ def model_path(name: str, max_seq_length: int = 8000) -> Path:
         return _tiny(CACHE / "tiny", 512)
     if name in ETTIN:
         return build_ettin(name, CACHE / f"{name}-{max_seq_length}", max_seq_length)
+    if name == QWEN3_RERANKER:
+        return build_qwen3_reranker(CACHE / f"{name}-{max_seq_length}", max_seq_length)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
 
 
@@ -112,4 +118,41 @@ def build_ettin(name: str, path: Path, max_seq_length: int = 8000, dtype: str = 
             tokenizer,
             layout="ettin",
             readme=f"Random {name}-shaped reranker in the Ettin layout, for benchmarks only.\n",
+        )
+
+
+def build_qwen3_reranker(path: Path, max_seq_length: int = 8000, dtype: str = "float32") -> Path:
+    """Write a random LLM reranker of Qwen3-Reranker-0.6B's shape to ``path`` (once), with the
+    tiny model's chat template and byte-level tokenizer (ids below 1,200)."""
+    if (path / "1_LogitScore" / "config.json").exists():
+        return path
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from rerankd_server.tiny_models import build_causal_tokenizer, save_cross_encoder
+
+    tokenizer = build_causal_tokenizer()
+    tokenizer.model_max_length = max_seq_length
+    config = Qwen3Config(
+        vocab_size=151_669,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=max(max_seq_length, 40_960),
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model: Any = Qwen3ForCausalLM(config).to(getattr(torch, dtype))
+        return save_cross_encoder(
+            path,
+            model,
+            tokenizer,
+            layout="causal-lm",
+            readme="Random Qwen3-Reranker-0.6B-shaped LLM reranker, for benchmarks only.\n",
         )
