@@ -200,7 +200,7 @@ def test_the_server_exits_2_with_one_line_and_never_serves(
     path = broken(name)
     started = time.monotonic()
     with pytest.raises(ServerStartError) as err:
-        start_server(path, ready_timeout=120)
+        start_server(path, ready_timeout=120).stop()  # (stopped, should it ever serve)
     output = str(err.value)
     assert "exited with code 2" in output
     assert time.monotonic() - started < 100  # it exited, far from the ready timeout
