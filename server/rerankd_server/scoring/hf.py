@@ -102,10 +102,11 @@ class HFCrossEncoder:
     """A loaded cross-encoder; see ``scoring.base.Scorer`` for the threading contract.
 
     The model is its Sentence Transformers module chain (``st_config.read_layout``): a
-    Transformer, loaded as a sequence classifier (its logits are the scores) or as a headless
+    Transformer, loaded as a sequence classifier (its logits are the scores), as a headless
     ``AutoModel`` whose token embeddings feed the modules after it (``scoring.modules``), as the
-    Ettin rerankers ship. Every weight of the backbone and of each module must load: a model
-    with a missing or unexpected weight is refused, never served with a random layer.
+    Ettin rerankers ship, or as a causal LM whose last-position logits feed LogitScore (LLM
+    rerankers). Every weight of the backbone and of each module must load: a model with a
+    missing or unexpected weight is refused, never served with a random layer.
     """
 
     def __init__(self, source: str, placement: Placement, name: str = "") -> None:
