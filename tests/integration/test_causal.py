@@ -16,7 +16,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import torch
 from sentence_transformers import CrossEncoder
 
 from rerankd.v1 import rerank_pb2 as pb
@@ -25,6 +24,7 @@ from rerankd_server.errors import ModelLoadError
 from rerankd_server.scoring.hf import HFCrossEncoder, Placement
 from rerankd_server.settings import Settings
 from rerankd_server.tiny_models import build_tiny_model
+from support.reference import predict
 from support.sidecar import run_sidecar
 
 QUERY = "how do I list the files in a directory"
@@ -57,12 +57,9 @@ def served(
 def reference(
     path: Path, pairs: list[tuple[str, str]], *, raw: bool, side: str = "right"
 ) -> np.ndarray:
-    model = CrossEncoder(str(path), device="cpu")
-    model.tokenizer.truncation_side = side
-    activation = torch.nn.Identity() if raw else None
     # One pair per batch: Sentence Transformers' left padding shifts positions, which moves its
     # own scores by ~1e-5 between batch sizes; rerankd scores every pair as it scores it alone.
-    return np.asarray(model.predict(pairs, activation_fn=activation, batch_size=1))
+    return predict(path, pairs, raw=raw, side=side, batch_size=1)
 
 
 @pytest.mark.parametrize("raw", [False, True])

@@ -15,12 +15,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import torch
 from sentence_transformers import CrossEncoder
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.settings import Settings
+from support.reference import predict
 from support.sidecar import run_sidecar
 
 QUERY = "how do I list the files in a directory"
@@ -77,12 +77,7 @@ def served(
 def reference(
     path: Path, pairs: list[tuple[str, str]], *, raw: bool, side: str = "right"
 ) -> np.ndarray:
-    model = CrossEncoder(str(path), device="cpu")
-    model.tokenizer.truncation_side = side
-    activation = torch.nn.Identity() if raw else None
-    return np.asarray(
-        model.predict(pairs, activation_fn=activation, batch_size=4), dtype=np.float64
-    )
+    return predict(path, pairs, raw=raw, side=side)
 
 
 @pytest.mark.parametrize("raw", [False, True])
