@@ -4,11 +4,12 @@ A 64 KiB query paired with 1,000 empty documents, or documents of hundreds of ki
 a single ASCII space, used to be tokenized whole for every pair: one such call ran for tens of
 seconds, grew the server by gigabytes, and held the tokenizer while other callers waited. Here
 the real server (a subprocess, so its memory can be read) answers them while a one-document
-call, sent meanwhile, is answered about as fast as alone.
+call sent meanwhile waits only for the batches ahead of it.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -38,6 +39,13 @@ UNSPACED = {
     "carriage returns": kilobytes("\r".join(WORDS * 12_000)),
     "ideographic spaces": kilobytes("\u3000".join(WORDS * 12_000)),
 }
+
+
+def cpu_seconds(server: ServerProcess) -> float:
+    """CPU time the server process has used, all its threads together: a cost that other
+    processes on a loaded machine barely change, unlike wall-clock time."""
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(server: ServerProcess) -> float:
@@ -95,16 +103,23 @@ def test_a_long_query_with_a_thousand_empty_documents(
     assert [len(r.results) for r in responses] == [1000, 1000]
     assert all(r.usage.truncated_pairs == 1000 for r in responses)
     # Every pair reads at most the model's 128 tokens: the server holds no copy of the
-    # query per pair (that took gigabytes) and other calls are answered between batches.
+    # query per pair (that took gigabytes) ...
     assert rss_mib(server) - before < 300
-    assert statistics.median(latencies) < 60 * alone, (alone, latencies)
+    # ... and a call sent meanwhile waits for at most the batches ahead of it (the one running
+    # and the one prepared), not for the tokenizer: its time alone plus a few batch times.
+    batch = max(r.usage.inference_time_us / r.usage.batches for r in responses) / 1e6
+    assert statistics.median(latencies) < 5 * (alone + batch), (alone, batch, latencies)
 
 
-def median_seconds(stub: rerank_pb2_grpc.RerankServiceStub, request: pb.RerankRequest) -> float:
+def server_cost(
+    server: ServerProcess, stub: rerank_pb2_grpc.RerankServiceStub, request: pb.RerankRequest
+) -> float:
+    """Median CPU seconds the server spends on ``request`` (three runs)."""
+
     def once() -> float:
-        started = time.perf_counter()
+        used = cpu_seconds(server)
         stub.Rerank(request, timeout=300)
-        return time.perf_counter() - started
+        return cpu_seconds(server) - used
 
     return statistics.median(once() for _ in range(3))
 
@@ -113,18 +128,13 @@ def median_seconds(stub: rerank_pb2_grpc.RerankServiceStub, request: pb.RerankRe
 def test_long_documents_without_ascii_spaces(
     server: ServerProcess, stub: rerank_pb2_grpc.RerankServiceStub, name: str
 ) -> None:
-    """They cost about what documents of the same size with spaces cost (measured side by side;
-    both are cut to what the model reads before tokenizing)."""
+    """They cost about what documents of the same size with spaces cost (the server's CPU
+    time, measured side by side: both are cut to what the model reads before tokenizing)."""
     spaced = kilobytes(" ".join(WORDS * 12_000))
     cost = {
-        kind: median_seconds(
-            stub, pb.RerankRequest(query="q", documents=[pb.Document(text=text)] * 12)
+        kind: server_cost(
+            server, stub, pb.RerankRequest(query="q", documents=[pb.Document(text=text)] * 12)
         )
         for kind, text in (("spaced", spaced), (name, UNSPACED[name]))
     }
-    assert cost[name] < 4 * cost["spaced"], cost
-    alone = statistics.median(one_document(stub) for _ in range(9))
-    docs = [pb.Document(text=UNSPACED[name])] * 12
-    responses, latencies = under_load(stub, pb.RerankRequest(query="q", documents=docs), copies=1)
-    assert len(responses[0].results) == 12
-    assert statistics.median(latencies) < 60 * alone, (alone, latencies)
+    assert cost[name] < 4 * cost["spaced"] + 0.05, cost
