@@ -1,43 +1,36 @@
-"""The batching scheduler: one asyncio task turns the pairs of all callers into model batches.
+"""The batching scheduler: callers' pairs -> the fair queue -> model batches -> scores.
 
-Pairs of every admitted request wait in a fair queue ordered by start tags in token units.
-A request's pairs, sorted longest first, get tags s, s + len(pair 0), ...; its start s is
-the later of the queue's virtual time (the tag of the last batch's head) and the previous
-request's start plus min(its tokens, a quantum of a few batch budgets). So requests up to a
-quantum run first come, first served (none finishes later than it would alone in a queue),
-a large request is split across batches and requests arriving after it interleave with it
-after its first quantum,
-while a stream of later requests advances through virtual time as fast as the large one
-and can never starve it: each pair waits behind a bounded amount of later work. The first
-``lookahead_pairs`` of that order, and no further than ``lookahead_batches`` budgets of tokens
-past the head, form the window from which ``batching.select_batch`` picks a batch (head always
-included) under the token budget: lengths are grouped within the window, and requests still
-finish nearly in order.
+Two plain loops on the event loop, joined by a queue of capacity one (the shape of
+text-embeddings-inference's queue task):
 
-Three threads do the blocking work: a tokenizer pool, one preparation thread that collates
-the next batch while the model runs the current one (a channel of capacity one, as in
-text-embeddings-inference), and one model thread. Pairs whose caller cancelled or whose
-deadline passed are dropped before they are collated and again before the model runs.
+* the batcher takes the next batch from the fair queue (``batching.FairQueue``: order, window,
+  deadlines and batch choice are policy and live there) and, while the model computes the
+  current batch, collates it on the preparation thread; a batch formed for an idle model is
+  collated on the model thread instead, in the same hop as its forward pass;
+* the model loop runs each batch on the model thread (forward, then the model's activation,
+  so every torch computation stays on that thread) and hands out the scores.
+
+Each loop fails exactly the callers of the batch it holds when anything in it raises, and goes
+on. ``submit`` tokenizes on the tokenizer threads, admits by queue bounds and by the estimated
+wait, and waits for its job's future; a caller that leaves marks its job dead, so its pairs
+are skipped before they are collated and again before the model runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import heapq
 import itertools
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from rerankd_server.batching import BatchLimits, batch_cost, is_full, select_batch
+from rerankd_server.batching import BatchLimits, FairQueue, IntArray, QueuedJob, QueueLimits
+from rerankd_server.batching import batch_cost as _cost
 from rerankd_server.errors import (
     DeadlineExpired,
     InvalidRequest,
@@ -47,16 +40,14 @@ from rerankd_server.errors import (
     RerankdServerError,
 )
 from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs, Truncation
+from rerankd_server.workers import Worker
 
 log = logging.getLogger(__name__)
-
-SPEED_WINDOW = 32  # batches the model speed estimate looks back over
-SPEED_EVIDENCE = 4  # batches measured before any call is dropped as hopeless
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """Batch limits plus the admission bounds."""
+    """Batch limits, the fair queue's reach, and the admission bounds."""
 
     limits: BatchLimits
     lookahead_pairs: int = 512
@@ -65,6 +56,8 @@ class SchedulerConfig:
     cross_request: bool = True  # False: a batch holds one request's pairs (benchmark ablation)
     fair_quantum_batches: int = 4  # a request's head start over later ones, in batch budgets
     lookahead_batches: int = 4  # how far past the head the window reaches, in batch budgets
+    max_queue_wait: float = 0.0  # refuse a call facing more estimated seconds of work; 0: off
+    tokenizer_threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -82,9 +75,10 @@ class Usage:
 
 @dataclass(frozen=True)
 class Outcome:
-    """Raw float32 logits in request order, and the usage."""
+    """Raw float32 logits and the model's activation of them, in request order; the usage."""
 
     logits: FloatArray
+    scores: FloatArray
     usage: Usage
 
 
@@ -103,53 +97,21 @@ class SchedulerStats:
     on_batch: Callable[[int, int, int], None] | None = None  # (pairs, real, computed tokens)
 
 
-class _Job:
-    """One admitted request inside the scheduler."""
+class _Job(QueuedJob):
+    """One admitted request: its tokens, the scores gathered so far, its caller's future."""
 
-    def __init__(
-        self, seq: int, tokens: TokenizedPairs, vstart: float, deadline: float | None, now: float
-    ) -> None:
-        self.seq = seq
+    def __init__(self, seq: int, tokens: TokenizedPairs, start: int, deadline: float | None):
+        super().__init__(seq, tokens.lengths(), start, deadline)
         self.tokens = tokens
-        self.lengths = tokens.lengths()
-        self.order = sorted(range(len(self.lengths)), key=lambda i: (-self.lengths[i], i))
-        self.tags = list(
-            itertools.accumulate((self.lengths[i] for i in self.order), initial=vstart)
-        )
-        self.dispatched = bytearray(len(self.order))
-        self.cursor = 0
-        self.logits = np.zeros(len(self.lengths), dtype=np.float32)
+        self.lengths = np.asarray(tokens.lengths(), dtype=np.int64)
+        self.raw = np.zeros(len(self.lengths), dtype=np.float32)
+        self.scores = np.zeros(len(self.lengths), dtype=np.float32)
         self.remaining = len(self.lengths)
-        self.pending_tokens = sum(self.lengths)
-        self.future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.deadline = deadline
-        self.admitted_at = now
+        loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Outcome] = loop.create_future()
+        self.admitted_at = self.last_end = loop.time()
         self.first_start: float | None = None
-        self.last_end = now
         self.batches = 0
-        self.dead = False
-
-    def pending(self) -> Iterator[tuple[float, int, int, _Job]]:
-        """Undispatched positions in this job's order, as (tag, seq, position, job)."""
-        for pos in range(self.cursor, len(self.order)):
-            if not self.dispatched[pos]:
-                yield self.tags[pos], self.seq, pos, self
-
-    def mark_dispatched(self, pos: int) -> None:
-        self.dispatched[pos] = 1
-        self.pending_tokens -= self.lengths[self.order[pos]]
-        while self.cursor < len(self.order) and self.dispatched[self.cursor]:
-            self.cursor += 1
-
-    def tokens_before(self, tag: float) -> int:
-        """Pending tokens whose start tags are below ``tag`` (an estimate: pairs already taken
-        out of order past the cursor are counted too)."""
-        end = bisect.bisect_left(self.tags, tag, self.cursor, len(self.order))
-        return round(self.tags[end] - self.tags[self.cursor])
-
-    @property
-    def exhausted(self) -> bool:
-        return self.cursor >= len(self.order)
 
     def fail(self, error: BaseException) -> None:
         self.dead = True
@@ -159,13 +121,14 @@ class _Job:
 
 @dataclass
 class _Batch:
-    entries: list[tuple[_Job, int]]  # (job, index of the pair in its request)
-    model_input: Any
+    groups: list[tuple[_Job, IntArray]]  # each job with the indices of its pairs, in order
+    pairs: int
     real_tokens: int
     computed_tokens: int
+    model_input: Any = field(default=None)  # None: collated on the model thread
 
 
-def model_executor() -> ThreadPoolExecutor:
+def model_executor() -> Worker:
     """The one thread a model runs on: load, warm-up and every batch.
 
     CPU PyTorch parallelises each operator with OpenMP, and OpenMP gives every thread that
@@ -173,45 +136,41 @@ def model_executor() -> ThreadPoolExecutor:
     thread left a second team behind, and the model thread's operators then ran about 9%
     slower (measured: 141 against 154 pairs/s on the same batches, docs/benchmarks.md).
     """
-    return ThreadPoolExecutor(1, thread_name_prefix="rerankd-model")
+    return Worker(1, "rerankd-model")
 
 
 class BatchScheduler:
-    """Forms cross-request batches under a token budget and runs them on one model thread.
-
-    Use as ``async with BatchScheduler(scorer, config) as scheduler: await scheduler.submit(...)``.
-    """
+    """``async with BatchScheduler(scorer, config) as scheduler: await scheduler.submit(...)``."""
 
     def __init__(
-        self,
-        scorer: Scorer,
-        config: SchedulerConfig,
-        model_thread: ThreadPoolExecutor | None = None,
+        self, scorer: Scorer, config: SchedulerConfig, model_thread: Worker | None = None
     ) -> None:
-        """``model_thread``: the single-thread executor that loaded and warmed up the model,
-        so every torch computation of the model runs on one thread (see ``model_executor``);
-        the scheduler owns it from here on and shuts it down."""
+        """``model_thread``: the thread that loaded and warmed up the model (``model_executor``),
+        so every torch computation of the model runs on one thread; owned from here on."""
         self._scorer = scorer
         self._config = config
         self.stats = SchedulerStats()
-        self._active: list[_Job] = []
+        self._queue: FairQueue[_Job] = FairQueue(
+            QueueLimits(
+                config.limits,
+                config.lookahead_pairs,
+                config.lookahead_batches,
+                config.fair_quantum_batches,
+                config.cross_request,
+            )
+        )
         self._seq = itertools.count()
-        self._vtime = 0.0
-        self._next_start = 0.0
-        self._token_times: deque[float] = deque(maxlen=SPEED_WINDOW)  # s per computed token
-        self._quantum = config.fair_quantum_batches * config.limits.max_batch_tokens
-        self._horizon = config.lookahead_batches * config.limits.max_batch_tokens
+        self._jobs: set[_Job] = set()  # admitted and unanswered
         self._pairs_in_flight = 0
         self._tokens_in_flight = 0
-        self._prepared: _Batch | None = None
-        self._preparing = False
-        self._model_busy = False
+        self._running: _Batch | None = None  # the batch on the model thread
+        self._ready: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        self._changed = asyncio.Event()  # new work, or the model took or finished a batch
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._tokenize_pool = ThreadPoolExecutor(2, thread_name_prefix="rerankd-tokenize")
-        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="rerankd-prepare")
-        self._model_pool = model_thread or model_executor()
+        self._tokenizer = Worker(config.tokenizer_threads, "rerankd-tokenize")
+        self._prepare = Worker(1, "rerankd-prepare")
+        self._model = model_thread or model_executor()
 
     async def __aenter__(self) -> BatchScheduler:
         await self.start()
@@ -230,22 +189,29 @@ class BatchScheduler:
         """Tokens admitted and not yet finished."""
         return self._tokens_in_flight
 
+    @property
+    def queued_requests(self) -> int:
+        """Requests admitted (tokenized) and not yet answered."""
+        return len(self._jobs)
+
     async def start(self) -> None:
-        """Start the scheduling task on the running loop."""
-        self._task = asyncio.create_task(self._run(), name="rerankd-scheduler")
+        """Start the two loops on the running loop."""
+        self._tasks = [
+            asyncio.create_task(self._batcher(), name="rerankd-batcher"),
+            asyncio.create_task(self._model_loop(), name="rerankd-model-loop"),
+        ]
 
     async def aclose(self) -> None:
-        """Stop scheduling; calls still waiting fail with NotReady. Waits for the model thread."""
+        """Stop; calls still waiting fail with NotReady. Waits for the threads to finish."""
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for job in self._active:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for job in list(self._jobs):
             job.fail(NotReady("server is shutting down"))
-        self._active.clear()
         loop = asyncio.get_running_loop()
-        for pool in (self._tokenize_pool, self._prepare_pool, self._model_pool):
-            await loop.run_in_executor(None, pool.shutdown)
+        for worker in (self._tokenizer, self._prepare, self._model):
+            await loop.run_in_executor(None, worker.shutdown)
 
     async def submit(
         self,
@@ -253,7 +219,7 @@ class BatchScheduler:
         truncation: Truncation,
         deadline: float | None = None,
     ) -> Outcome:
-        """Score ``pairs``; returns raw logits in request order.
+        """Score ``pairs``; returns raw logits and activated scores in request order.
 
         Args:
             pairs: (query, text) pairs.
@@ -262,12 +228,13 @@ class BatchScheduler:
         Raises:
             InvalidRequest: over-long pair with truncation NONE, or a request larger than the
                 queue bound itself.
-            Overloaded: admitting the request would exceed the queue bound.
-            DeadlineExpired: the deadline passed first.
+            Overloaded: admitting the request would exceed a queue bound, or the work queued
+                ahead of it would outlast its deadline or ``max_queue_wait``.
+            DeadlineExpired: the deadline passed first, or the call cannot finish before it.
             NotReady: the scheduler is closing.
-            ModelFailure: the model failed or gave a non-finite score.
+            ModelFailure: the scorer failed or gave a wrong or non-finite result.
         """
-        if self._closing or self._task is None:
+        if self._closing or not self._tasks:
             raise NotReady("server is not accepting work")
         count = len(pairs)
         if count > self._config.max_queue_pairs:
@@ -275,23 +242,19 @@ class BatchScheduler:
                 f"{count} pairs exceed the queue bound of {self._config.max_queue_pairs}"
             )
         if self._pairs_in_flight + count > self._config.max_queue_pairs:
-            self.stats.pairs_shed += count
-            raise Overloaded(f"queue full ({self._pairs_in_flight} pairs waiting); retry later")
+            self._shed(count, f"queue full ({self._pairs_in_flight} pairs waiting)")
+        self._check_wait(count, deadline)
         self._pairs_in_flight += count
         total = 0
         job: _Job | None = None
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline):
-                tokens = await loop.run_in_executor(
-                    self._tokenize_pool, self._scorer.tokenize, pairs, truncation
-                )
-                total = self._admit_tokens(tokens, truncation)
-                start = max(self._vtime, self._next_start)
-                self._next_start = start + min(total, self._quantum)
-                job = _Job(next(self._seq), tokens, start, deadline, loop.time())
-                self._active.append(job)
-                self._wakeup.set()
+                tokens = await self._tokenize(pairs, truncation)
+                total = self._admit_tokens(tokens, truncation, count)
+                job = _Job(next(self._seq), tokens, self._queue.start_tag(total), deadline)
+                self._jobs.add(job)
+                self._queue.add(job)
+                self._changed.set()
                 return await job.future
         except TimeoutError:
             if job is not None:
@@ -304,11 +267,45 @@ class BatchScheduler:
                 self.stats.pairs_cancelled += job.remaining
             raise
         finally:
+            if job is not None:
+                self._jobs.discard(job)
             self._pairs_in_flight -= count
             self._tokens_in_flight -= total
 
-    def _admit_tokens(self, tokens: TokenizedPairs, truncation: Truncation) -> int:
-        """Check truncation and the token bound; reserve the tokens. Returns them."""
+    async def _tokenize(self, pairs: Sequence[tuple[str, str]], truncation: Truncation) -> Any:
+        try:
+            return await self._tokenizer.run(self._scorer.tokenize, pairs, truncation)
+        except Exception as exc:
+            log.error("tokenizing %d pairs failed", len(pairs), exc_info=exc)
+            raise ModelFailure(f"tokenization failed: {exc}") from exc
+
+    def _shed(self, pairs: int, why: str, retry_after: float | None = None) -> None:
+        self.stats.pairs_shed += pairs
+        if retry_after is None:
+            retry_after = self._queue.wait_ahead(self._running_tokens())
+        raise Overloaded(f"{why}; retry later", retry_after=retry_after)
+
+    def _running_tokens(self) -> int:
+        return self._running.computed_tokens if self._running is not None else 0
+
+    def _check_wait(self, pairs: int, deadline: float | None) -> None:
+        """Refuse at once when the work queued ahead would outlast the deadline or
+        ``max_queue_wait``: waiting would only end in DEADLINE_EXCEEDED, or past the bound."""
+        budget = self._config.max_queue_wait or math.inf
+        if deadline is not None:
+            budget = min(budget, deadline - asyncio.get_running_loop().time())
+        rate = self._queue.speed.seconds_per_token()
+        if rate is None or budget <= 0 or self._tokens_in_flight * rate <= budget:
+            return  # speed unknown, deadline already passed (reported as such), or all fits
+        wait = self._queue.wait_ahead(self._running_tokens())
+        if wait is not None and wait > budget:
+            why = f"about {wait:.3f}s of queued work ahead, more than this call's {budget:.3f}s"
+            self._shed(pairs, why, retry_after=wait - budget)
+
+    def _admit_tokens(self, tokens: TokenizedPairs, truncation: Truncation, count: int) -> int:
+        """Check the tokenizer's answer, truncation and the token bound; reserve the tokens."""
+        if not len(tokens.ids) == len(tokens.truncated) == count:
+            raise ModelFailure(f"the tokenizer returned {len(tokens.ids)} inputs for {count} pairs")
         if truncation is Truncation.NONE and any(tokens.truncated):
             first = tokens.truncated.index(True)
             raise InvalidRequest(
@@ -321,216 +318,142 @@ class BatchScheduler:
                 f"{total} tokens exceed the queue bound of {self._config.max_queue_tokens}"
             )
         if self._tokens_in_flight + total > self._config.max_queue_tokens:
-            self.stats.pairs_shed += len(tokens.ids)
-            raise Overloaded(f"queue full ({self._tokens_in_flight} tokens waiting); retry later")
+            self._shed(count, f"queue full ({self._tokens_in_flight} tokens waiting)")
         self._tokens_in_flight += total
         return total
 
-    async def _run(self) -> None:
+    async def _batcher(self) -> None:
+        """Form the next batch, prepare it, queue it for the model; fail its callers if any
+        of that raises (a policy bug fails every queued caller: any of them may be at fault)."""
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
+            batch: _Batch | None = None
             try:
-                if self._prepared is not None and not self._model_busy:
-                    self._start_model(self._prepared)
-                    self._prepared = None
-                if self._prepared is None and not self._preparing:
-                    self._start_prepare()
-            except Exception as exc:  # a bug here must fail the callers, never hang them
-                log.exception("scheduler step failed; failing the queued requests")
-                for job in self._active:
-                    job.fail(ModelFailure(f"scheduler error: {exc}"))
-                self._active.clear()
-                self._prepared = None
+                batch = self._batch(await self._next_groups())
+                if self._running is not None:  # collate while the model computes
+                    batch.model_input = await self._prepare.run(self._collate, batch.groups)
+                await self._ready.put(batch)
+            except Exception as exc:
+                log.exception("forming a batch failed; failing its callers")
+                jobs = [job for job, _ in batch.groups] if batch else list(self._queue.jobs)
+                _fail(jobs, f"scheduler error: {exc}")
 
-    def _live_window(self) -> list[tuple[float, int, int, _Job]]:
-        """The first ``lookahead_pairs`` live pairs in tag order; drops dead jobs."""
-        now = asyncio.get_running_loop().time()
-        live = [job for job in self._active if not job.dead and not job.exhausted]
-        queued = sum(job.pending_tokens for job in live)
-        rate = self._seconds_per_token()  # once per step, not per job
-        for job in live:
-            if job.deadline is not None:
-                self._expire_if_hopeless(job, live, queued, rate, now)
-        live = [job for job in live if not job.dead]
-        self._active = live
-        merged = heapq.merge(*(job.pending() for job in live), key=lambda item: item[:3])
-        window = list(itertools.islice(merged, self._config.lookahead_pairs))
-        if window:  # look ahead a bounded amount of work, so requests still finish nearly in order
-            horizon = window[0][0] + self._horizon
-            window = [item for item in window if item[0] < horizon]
-        if not self._config.cross_request and window:
-            head_job = window[0][3]
-            window = [item for item in window if item[3] is head_job]
-        return window
+    async def _next_groups(self) -> list[tuple[_Job, IntArray]]:
+        """Wait until the model can take another batch and the queue has one for it."""
+        while True:
+            if not self._ready.full():
+                for job, message in self._queue.expire(asyncio.get_running_loop().time()):
+                    if message:  # else the deadline passed: the caller's submit reports it
+                        self.stats.pairs_expired += job.remaining
+                        job.fail(DeadlineExpired(message))
+                groups = self._queue.next_batch(model_busy=self._running is not None)
+                if groups:
+                    return groups
+            self._changed.clear()
+            await self._changed.wait()
 
-    def _seconds_per_token(self) -> float | None:
-        """Model seconds per computed token at the fastest of the last ``SPEED_WINDOW``
-        batches, or None before ``SPEED_EVIDENCE`` batches ran. A drop cannot be undone, so the
-        estimate errs towards keeping work: a mean let one slow batch (a first call at a new
-        shape, a CPU shared with tokenization) fail calls that would have finished (CI caught
-        it in the SIGTERM drain test), while the fastest recent batch still follows a device
-        that stays slower."""
-        if len(self._token_times) < SPEED_EVIDENCE:
-            return None
-        return min(self._token_times)
+    async def _model_loop(self) -> None:
+        """Run prepared batches one after another; fail a batch's callers if it raises."""
+        while True:
+            batch = await self._ready.get()
+            self._running = batch
+            self._changed.set()  # room for the next prepared batch
+            try:
+                await self._run(batch)
+            except Exception as exc:
+                log.error("model batch of %d pairs failed", batch.pairs, exc_info=exc)
+                failure = exc if isinstance(exc, ModelFailure) else f"model failed: {exc}"
+                _fail([job for job, _ in batch.groups], failure)
+            finally:
+                self._running = None
+                self._changed.set()
 
-    def _expire_if_hopeless(
-        self, job: _Job, live: list[_Job], queued: int, rate: float | None, now: float
-    ) -> None:
-        """Drop a job whose deadline has passed, or that cannot finish in time: the work it
-        waits for (its own pending tokens and the other jobs' tokens queued ahead of its last
-        pair) at ``rate`` (``_seconds_per_token``; None: not known yet) ends after its deadline.
-        Computing it would only waste the model on an answer nobody will read."""
-        assert job.deadline is not None
-        if now >= job.deadline:
-            job.dead = True  # its submit() times out and reports DEADLINE_EXCEEDED
-            return
-        if rate is None or now + queued * rate < job.deadline:
-            return  # even the whole queue fits (the common case, checked without a scan)
-        last_tag = job.tags[len(job.order) - 1]
-        ahead = sum(
-            other.tokens_before(last_tag) for other in live if other is not job and not other.dead
-        )
-        needed = (job.pending_tokens + ahead) * rate
-        if now + needed < job.deadline:
-            return
-        self.stats.pairs_expired += job.remaining
-        job.fail(
-            DeadlineExpired(
-                f"cannot finish before the deadline: about {needed:.3f}s of model time for this "
-                f"call and the work queued ahead of it, and {job.deadline - now:.3f}s to go"
-            )
-        )
-
-    def _start_prepare(self) -> None:
-        window = self._live_window()
-        if not window:
-            return
-        lengths = [job.lengths[job.order[pos]] for _, _, pos, job in window]
-        chosen = select_batch(lengths, self._config.limits)
-        chosen_lengths = [lengths[i] for i in chosen]
-        if self._model_busy and not is_full(chosen_lengths, self._config.limits):
-            return  # more pairs may arrive before the model is free; decide then
-        self._vtime = max(self._vtime, window[0][0])
-        entries = []
-        for i in chosen:
-            _, _, pos, job = window[i]
-            job.mark_dispatched(pos)
-            entries.append((job, job.order[pos]))
-        self._preparing = True
-        future = asyncio.get_running_loop().run_in_executor(
-            self._prepare_pool, self._collate, entries
-        )
-        future.add_done_callback(lambda done: self._prepared_done(entries, done))
-
-    def _collate(self, entries: list[tuple[_Job, int]]) -> Any:
-        ids = [job.tokens.ids[i] for job, i in entries]
-        has_types = entries[0][0].tokens.type_ids is not None
-        type_ids = [job.tokens.type_ids[i] for job, i in entries] if has_types else None  # type: ignore[index]
-        return self._scorer.collate(ids, type_ids)
-
-    def _prepared_done(self, entries: list[tuple[_Job, int]], done: asyncio.Future[Any]) -> None:
-        self._preparing = False
-        error = done.exception()
-        if error is not None:
-            self._fail_batch(entries, error)
-        else:
-            self._prepared = self._batch(entries, done.result())
-        self._wakeup.set()
-
-    def _batch(self, entries: list[tuple[_Job, int]], model_input: Any) -> _Batch:
-        lengths = [job.lengths[i] for job, i in entries]
-        cost = batch_cost(lengths, self._config.limits.padded)
-        return _Batch(entries, model_input, sum(lengths), cost)
-
-    def _start_model(self, batch: _Batch) -> None:
-        alive = [(job, i) for job, i in batch.entries if not job.dead]
+    async def _run(self, batch: _Batch) -> None:
+        alive = [(job, idx) for job, idx in batch.groups if not job.dead]
         if not alive:
             return
-        forward: Callable[[], FloatArray]
-        if len(alive) == len(batch.entries):
-            model_input = batch.model_input
-            forward = lambda: self._scorer.forward(model_input)  # noqa: E731
-        else:  # some callers left after collation: do not compute their pairs
-            batch = self._batch(alive, None)
-            forward = lambda: self._scorer.forward(self._collate(alive))  # noqa: E731
+        if len(alive) < len(batch.groups):  # some callers left after collation: skip them
+            batch = self._batch(alive)
+        now = asyncio.get_running_loop().time()
+        for job, _ in alive:
+            job.first_start = now if job.first_start is None else job.first_start
+        raw, scores, seconds = await self._model.run(self._compute, batch)
+        self._scatter(batch, raw, scores, seconds)
 
-        def timed() -> tuple[FloatArray, float]:
-            """The logits and the model's own seconds, measured on its thread: timing on the
-            loop would add the loop's delay in noticing, which a busy loop makes many times
-            the forward of a small model, and the deadline estimate would drop live work."""
-            began = time.perf_counter()
-            logits = forward()
-            return logits, time.perf_counter() - began
+    def _batch(self, groups: list[tuple[_Job, IntArray]]) -> _Batch:
+        lengths = np.concatenate([job.lengths[idx] for job, idx in groups])
+        cost = _cost(lengths.tolist(), self._config.limits.padded)
+        return _Batch(groups, len(lengths), int(lengths.sum()), cost)
 
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for job in {job.seq: job for job, _ in alive}.values():
-            if job.first_start is None:
-                job.first_start = started
-        self._model_busy = True
-        future = loop.run_in_executor(self._model_pool, timed)
-        future.add_done_callback(lambda done: self._model_done(batch, done))
+    def _collate(self, groups: list[tuple[_Job, IntArray]]) -> Any:
+        ids = [job.tokens.ids[i] for job, idx in groups for i in idx.tolist()]
+        if groups[0][0].tokens.type_ids is None:
+            return self._scorer.collate(ids, None)
+        types = [job.tokens.type_ids[i] for job, idx in groups for i in idx.tolist()]  # type: ignore[index]
+        return self._scorer.collate(ids, types)
 
-    def _model_done(self, batch: _Batch, done: asyncio.Future[tuple[FloatArray, float]]) -> None:
-        self._model_busy = False
-        if self._prepared is not None and not self._closing:
-            # Hand the model its next batch before scattering these results, not a loop turn
-            # later: on a fast device that turn was a tenth of its time (simgpu, docs).
-            prepared, self._prepared = self._prepared, None
-            try:
-                self._start_model(prepared)
-            except Exception as exc:  # a bug must fail these callers, never hang them
-                log.exception("starting a batch failed")
-                self._fail_batch(prepared.entries, ModelFailure(f"scheduler error: {exc}"))
-        self._wakeup.set()
-        error = done.exception()
-        if error is not None:
-            log.error("model batch of %d pairs failed", len(batch.entries), exc_info=error)
-            self._fail_batch(batch.entries, ModelFailure(f"model failed: {error}"))
-            return
-        logits, seconds = done.result()
-        if batch.computed_tokens:
-            self._token_times.append(seconds / batch.computed_tokens)
+    def _compute(self, batch: _Batch) -> tuple[FloatArray, FloatArray, float]:
+        """On the model thread: collate if not done yet, forward (timed on this thread: the
+        loop's delay in noticing the end would inflate the speed estimate), activate."""
+        model_input = batch.model_input
+        if model_input is None:
+            model_input = self._collate(batch.groups)
+        began = time.perf_counter()
+        raw = np.asarray(self._scorer.forward(model_input), dtype=np.float32)
+        seconds = time.perf_counter() - began
+        return raw, np.asarray(self._scorer.activate(raw), dtype=np.float32), seconds
+
+    def _scatter(self, batch: _Batch, raw: FloatArray, scores: FloatArray, seconds: float) -> None:
+        """Hand each job its scores; a job with a non-finite one fails alone."""
+        for what, values in (("scores", raw), ("activated scores", scores)):
+            if values.shape != (batch.pairs,):
+                raise ModelFailure(
+                    f"the model returned {what} of shape {values.shape} for {batch.pairs} pairs"
+                )
+        self._queue.speed.record(seconds, batch.computed_tokens)
         stats = self.stats
         stats.batches += 1
-        stats.pairs_scored += len(batch.entries)
+        stats.pairs_scored += batch.pairs
         stats.real_tokens += batch.real_tokens
         stats.computed_tokens += batch.computed_tokens
-        dead = sum(job.lengths[i] for job, i in batch.entries if job.dead)
-        stats.cancelled_compute_tokens += dead  # callers left while their pairs were computed
         if stats.on_batch is not None:
-            stats.on_batch(len(batch.entries), batch.real_tokens, batch.computed_tokens)
+            stats.on_batch(batch.pairs, batch.real_tokens, batch.computed_tokens)
         now = asyncio.get_running_loop().time()
-        jobs: dict[int, _Job] = {}
-        for (job, i), value in zip(batch.entries, logits.tolist(), strict=True):
-            jobs[job.seq] = job
-            if job.dead:
-                continue
-            if not math.isfinite(value):
-                job.fail(
-                    ModelFailure(f"the model produced a non-finite score ({value}) for input {i}")
-                )
-                continue
-            job.logits[i] = value
-            job.remaining -= 1
-        for job in jobs.values():
+        finite = np.isfinite(raw) & np.isfinite(scores)
+        offset = 0
+        for job, idx in batch.groups:
+            part = slice(offset, offset + len(idx))
+            offset += len(idx)
             job.batches += 1
             job.last_end = now
-            if job.remaining == 0 and not job.dead and not job.future.done():
-                job.future.set_result(Outcome(job.logits, _usage(job)))
+            if job.dead:  # the caller left while its pairs were computed
+                stats.cancelled_compute_tokens += int(job.lengths[idx].sum())
+                continue
+            if not finite[part].all():
+                bad = int(np.argmin(finite[part]))
+                job.fail(
+                    ModelFailure(
+                        f"the model produced a non-finite score ({raw[part][bad]}) "
+                        f"for input {idx[bad]}"
+                    )
+                )
+                continue
+            job.raw[idx] = raw[part]
+            job.scores[idx] = scores[part]
+            job.remaining -= len(idx)
+            if job.remaining == 0 and not job.future.done():
+                job.future.set_result(Outcome(job.raw, job.scores, _usage(job)))
 
-    def _fail_batch(self, entries: list[tuple[_Job, int]], error: BaseException) -> None:
-        failure = error if isinstance(error, RerankdServerError) else ModelFailure(str(error))
-        for job, _ in entries:
-            job.fail(failure)
+
+def _fail(jobs: Sequence[_Job], error: RerankdServerError | str) -> None:
+    failure = ModelFailure(error) if isinstance(error, str) else error
+    for job in jobs:
+        job.fail(failure)
 
 
 def _usage(job: _Job) -> Usage:
     start = job.first_start if job.first_start is not None else job.last_end
     return Usage(
-        input_tokens=sum(job.lengths),
+        input_tokens=job.total_tokens,
         truncated_pairs=sum(job.tokens.truncated),
         queue_time_us=round((start - job.admitted_at) * 1e6),
         inference_time_us=round((job.last_end - start) * 1e6),

@@ -161,7 +161,7 @@ class RerankServicer:
             _normalization(request.raw_scores, request.normalization),
             _deadline(context),
         )
-        return pb.ScoreResponse(scores=scores, model=model.name, usage=_usage_pb(usage))
+        return pb.ScoreResponse(scores=scores.tolist(), model=model.name, usage=_usage_pb(usage))
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: Any
