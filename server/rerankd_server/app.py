@@ -79,6 +79,7 @@ def scheduler_config(
         lookahead_batches=settings.lookahead_batches,
         max_queue_pairs=settings.max_queue_pairs,
         max_queue_tokens=settings.max_queue_tokens,
+        max_queue_wait=settings.max_queue_wait,
         cross_request=settings.cross_request_batching,
     )
 

@@ -44,8 +44,10 @@ class ChunkChoice:
     end_byte: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ranked:
+    """One result: the document's index in the request, its score, the chunk that decided it."""
+
     index: int
     score: float
     chunk: ChunkChoice | None = None
@@ -105,9 +107,13 @@ class Reranker:
             scores, usage = await self.score(
                 [(query, t) for t in texts], options.truncation, options.normalization, deadline
             )
-            ranked = [Ranked(i, s) for i, s in enumerate(scores.tolist())]
-        else:
-            ranked, usage = await self._rerank_chunked(query, texts, options, deadline)
+            # Best first, ties by index, in numpy; objects only for the results returned.
+            order = np.lexsort((np.arange(len(scores)), -scores))[: options.top_n or None]
+            if options.min_score is not None:
+                order = order[scores[order] >= options.min_score]
+            ranked = list(map(Ranked, order.tolist(), scores[order].tolist()))
+            return ranked, usage
+        ranked, usage = await self._rerank_chunked(query, texts, options, deadline)
         ranked.sort(key=lambda r: (-r.score, r.index))
         if options.top_n:
             ranked = ranked[: options.top_n]
