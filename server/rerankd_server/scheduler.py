@@ -274,6 +274,8 @@ class BatchScheduler:
 
     async def _tokenize(self, pairs: Sequence[tuple[str, str]], truncation: Truncation) -> Any:
         try:
+            if self._scorer.info.light_tokenize:
+                return self._scorer.tokenize(pairs, truncation)
             return await self._tokenizer.run(self._scorer.tokenize, pairs, truncation)
         except Exception as exc:
             log.error("tokenizing %d pairs failed", len(pairs), exc_info=exc)

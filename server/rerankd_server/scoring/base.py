@@ -56,6 +56,9 @@ class ScorerInfo:
     attention_implementation: str
     padded: bool
     pair_special_tokens: int = 3  # tokens a (query, document) pair adds, e.g. [CLS] [SEP] [SEP]
+    #: ``tokenize`` does no real work (ids given, a benchmark's no-op scorer): the scheduler
+    #: calls it on the event loop rather than paying a thread hop to find that out.
+    light_tokenize: bool = False
 
 
 class Scorer(Protocol):
