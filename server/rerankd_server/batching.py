@@ -319,7 +319,7 @@ class FairQueue(Generic[J]):
                 continue
             if now >= job.deadline:
                 dropped.append((job, ""))
-            elif rate is not None and now + queued * rate >= job.deadline:
+            elif rate is not None and now + queued * rate >= job.deadline:  # else all fits
                 last_tag = int(job.tags[len(job.order) - 1])
                 ahead = sum(o.tokens_before(last_tag) for o in live if o is not job and not o.dead)
                 needed = (job.pending_tokens + ahead) * rate
@@ -332,8 +332,7 @@ class FairQueue(Generic[J]):
                             f"{job.deadline - now:.3f}s to go",
                         )
                     )
-            else:
-                continue
+        for job, _ in dropped:
             job.dead = True
         return dropped
 

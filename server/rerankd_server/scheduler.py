@@ -251,6 +251,7 @@ class BatchScheduler:
             async with asyncio.timeout_at(deadline):
                 tokens = await self._tokenize(pairs, truncation)
                 total = self._admit_tokens(tokens, truncation, count)
+                self._check_wait(count, deadline, total)
                 job = _Job(next(self._seq), tokens, self._queue.start_tag(total), deadline)
                 self._jobs.add(job)
                 self._queue.add(job)
@@ -290,19 +291,28 @@ class BatchScheduler:
     def _running_tokens(self) -> int:
         return self._running.computed_tokens if self._running is not None else 0
 
-    def _check_wait(self, pairs: int, deadline: float | None) -> None:
-        """Refuse at once when the work queued ahead would outlast the deadline or
-        ``max_queue_wait``: waiting would only end in DEADLINE_EXCEEDED, or past the bound."""
-        budget = self._config.max_queue_wait or math.inf
-        if deadline is not None:
-            budget = min(budget, deadline - asyncio.get_running_loop().time())
+    def _check_wait(self, pairs: int, deadline: float | None, own_tokens: int = 0) -> None:
+        """Refuse at once (a retry later can succeed) when the work queued ahead would take
+        longer than ``max_queue_wait``, or, with the call's own ``own_tokens`` once they are
+        known, end after its deadline. A call whose own work alone outlasts its deadline is
+        left to the deadline check, which answers DEADLINE_EXCEEDED: no retry would help."""
         rate = self._queue.speed.seconds_per_token()
-        if rate is None or budget <= 0 or self._tokens_in_flight * rate <= budget:
-            return  # speed unknown, deadline already passed (reported as such), or all fits
-        wait = self._queue.wait_ahead(self._running_tokens())
-        if wait is not None and wait > budget:
-            why = f"about {wait:.3f}s of queued work ahead, more than this call's {budget:.3f}s"
-            self._shed(pairs, why, retry_after=wait - budget)
+        most = self._config.max_queue_wait or math.inf
+        left = math.inf if deadline is None else deadline - asyncio.get_running_loop().time()
+        own = own_tokens * rate if rate is not None else 0.0
+        if (
+            rate is None
+            or left <= own
+            or (self._tokens_in_flight + own_tokens) * rate <= min(most, left)
+        ):
+            return  # speed unknown, hopeless on its own (or already late), or everything fits
+        ahead = self._queue.wait_ahead(self._running_tokens()) or 0.0
+        if ahead > most:
+            why = f"about {ahead:.3f}s of queued work ahead, more than --max-queue-wait {most}s"
+            self._shed(pairs, why, retry_after=ahead - most)
+        if ahead + own > left:
+            why = f"about {ahead:.3f}s of queued work ahead, and {left:.3f}s to the deadline"
+            self._shed(pairs, why, retry_after=ahead + own - left)
 
     def _admit_tokens(self, tokens: TokenizedPairs, truncation: Truncation, count: int) -> int:
         """Check the tokenizer's answer, truncation and the token bound; reserve the tokens."""

@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 
 from rerankd_server.batching import (
     BatchLimits,
+    FairQueue,
+    QueuedJob,
+    QueueLimits,
     batch_cost,
     fixed_batch_cost,
     is_full,
@@ -112,3 +115,40 @@ def test_is_full() -> None:
     assert is_full([30, 30, 30], limits)  # another 30 would cost 120
     assert not is_full([10, 10], limits)
     assert batch_cost([], True) == 0
+
+
+def _queue_with_a_large_job() -> tuple[FairQueue[QueuedJob], QueuedJob]:
+    """A queue whose speed is known (0.1 ms per token) holding 1 s of work without deadline;
+    a quantum is 4 budgets of 100 tokens."""
+    queue: FairQueue[QueuedJob] = FairQueue(QueueLimits(BatchLimits(100, 8, padded=False)))
+    for _ in range(4):
+        queue.speed.record(0.01, 100)
+    big = QueuedJob(0, [10] * 1000, queue.start_tag(10_000), None)
+    queue.add(big)
+    return queue, big
+
+
+def test_a_job_that_fair_queuing_lets_finish_in_time_is_kept() -> None:
+    queue, big = _queue_with_a_large_job()
+    # The whole queue would outlast the deadline, but this job starts one quantum (400 tokens,
+    # 0.04 s) into the large one: it finishes in time and must not be dropped.
+    small = QueuedJob(1, [10], queue.start_tag(10), deadline=0.2)
+    queue.add(small)
+    assert queue.expire(now=0.0) == []
+    assert not small.dead and not big.dead
+    # A call arriving now waits for the 410 tokens of the large one before its start, and the
+    # small one.
+    assert queue.wait_ahead(in_flight_tokens=0) == pytest.approx(0.1 * 1e-3 * 420)
+
+
+def test_a_job_that_cannot_finish_in_time_is_dropped_with_the_reason() -> None:
+    queue, big = _queue_with_a_large_job()
+    hopeless = QueuedJob(1, [10] * 10, queue.start_tag(100), deadline=0.03)
+    passed = QueuedJob(2, [10], queue.start_tag(10), deadline=0.0)
+    queue.add(hopeless)
+    queue.add(passed)
+    dropped = dict(queue.expire(now=0.0))
+    assert dropped[passed] == ""  # the deadline passed: its caller reports that
+    assert "cannot finish before the deadline" in dropped[hopeless]
+    assert hopeless.dead and passed.dead and not big.dead
+    assert queue.live() == [big]

@@ -362,7 +362,7 @@ async def test_work_stuck_behind_a_queue_it_cannot_outrun_is_refused_at_once() -
     assert scheduler.stats.pairs_shed == 16
 
 
-async def test_work_that_cannot_finish_behind_the_queue_is_dropped_before_it_runs() -> None:
+async def test_work_the_queue_ahead_would_make_late_is_refused_once_its_size_is_known() -> None:
     scorer = SlowFake()
     async with BatchScheduler(scorer, config(budget=200, size=8)) as scheduler:
         await scheduler.submit([("q", doc(15, "warm"))] * 48, Truncation.DEFAULT)  # learn speed
@@ -374,10 +374,10 @@ async def test_work_that_cannot_finish_behind_the_queue_is_dropped_before_it_run
         ]
         await wait_until(lambda: scheduler.queued_requests >= 2)
         loop = asyncio.get_running_loop()
-        # The queue ahead fits the deadline, so the call is admitted; with its own ~0.6 s it
-        # does not, and as the queue drains the deadline comes closer at least as fast.
+        # The queue ahead fits the deadline, and so does the call's own ~0.6 s, but not both:
+        # refused (a retry may succeed) once tokenized, not left to time out.
         deadline = loop.time() + 0.9
-        with pytest.raises(DeadlineExpired, match="queued ahead"):
+        with pytest.raises(Overloaded, match="to the deadline"):
             await scheduler.submit([("q", doc(15, "late"))] * 64, Truncation.DEFAULT, deadline)
         assert loop.time() < deadline
         await asyncio.gather(*ahead)
@@ -386,20 +386,19 @@ async def test_work_that_cannot_finish_behind_the_queue_is_dropped_before_it_run
 
 async def test_max_queue_wait_refuses_calls_without_a_deadline() -> None:
     scorer = SlowFake()
-    cfg = SchedulerConfig(BatchLimits(200, 8, True), max_queue_wait=0.5)
+    cfg = SchedulerConfig(BatchLimits(200, 8, True), max_queue_wait=0.3)
     async with BatchScheduler(scorer, cfg) as scheduler:
         await scheduler.submit([("q", doc(15, "warm"))] * 48, Truncation.DEFAULT)  # learn speed
-        ahead = [  # six calls within a quantum each, served first: ~1.8 s
-            asyncio.create_task(
-                scheduler.submit([("q", doc(15, f"a{i}_"))] * 32, Truncation.DEFAULT)
-            )
-            for i in range(6)
-        ]
-        await wait_until(lambda: scheduler.queued_requests >= 6)
-        with pytest.raises(Overloaded, match="queued work ahead") as refused:
+        # One large call, ~1.5 s of work (its own work is no wait, so it is admitted); a call
+        # after it waits for its first quantum, four budgets (~0.4 s).
+        ahead = asyncio.create_task(
+            scheduler.submit([("q", doc(15, "ahead"))] * 160, Truncation.DEFAULT)
+        )
+        await wait_until(lambda: scheduler.queued_requests >= 1)
+        with pytest.raises(Overloaded, match="max-queue-wait") as refused:
             await scheduler.submit([("q", doc(15, "late"))], Truncation.DEFAULT)
         assert refused.value.retry_after is not None and refused.value.retry_after > 0
-        await asyncio.gather(*ahead)
+        await ahead
         # Once the queue drained, the same call is served.
         assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1
 
