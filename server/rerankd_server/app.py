@@ -26,17 +26,19 @@ from rerankd_server.batching import (
     CUDA_BATCH_OVERHEAD_SHARE,
     MEASURED_OVERHEAD_SHARE,
     BatchLimits,
+    SchedulerConfig,
 )
 from rerankd_server.cache import ScoreCache
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.logs import configure as configure_logging
 from rerankd_server.metrics import Metrics
 from rerankd_server.reranking import Reranker
-from rerankd_server.scheduler import BatchScheduler, SchedulerConfig, model_executor
+from rerankd_server.scheduler import BatchScheduler
 from rerankd_server.scoring.base import Scorer
 from rerankd_server.security import BearerTokenInterceptor, ReloadingCertificates, TokenFile
 from rerankd_server.servicer import SERVICE_NAME, RerankServicer, handlers
 from rerankd_server.settings import Settings, parse_settings
+from rerankd_server.workers import model_executor
 
 log = logging.getLogger("rerankd")
 

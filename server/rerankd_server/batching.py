@@ -27,6 +27,7 @@ Batch selection (``select_batch``) from the window's lengths:
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
@@ -193,14 +194,18 @@ IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
-class QueueLimits:
-    """How the fair queue orders and windows pairs."""
+class SchedulerConfig:
+    """Batch limits, the fair queue's reach, and the admission bounds."""
 
-    batch: BatchLimits
+    limits: BatchLimits
     lookahead_pairs: int = 512
-    lookahead_batches: int = 4  # how far past the head the window reaches, in batch budgets
-    fair_quantum_batches: int = 4  # a request's head start over later ones, in batch budgets
+    max_queue_pairs: int = 16384
+    max_queue_tokens: int = 8_000_000
     cross_request: bool = True  # False: a batch holds one request's pairs (benchmark ablation)
+    fair_quantum_batches: int = 4  # a request's head start over later ones, in batch budgets
+    lookahead_batches: int = 4  # how far past the head the window reaches, in batch budgets
+    max_queue_wait: float = 0.0  # most estimated seconds of work ahead of a call; 0: no bound
+    tokenizer_threads: int = 2
 
 
 class QueuedJob:
@@ -271,15 +276,15 @@ class FairQueue(Generic[J]):
     """Start-time fair queuing of every admitted request's pairs, in token units (see the
     module docstring); the scheduler adds jobs and takes batches."""
 
-    def __init__(self, limits: QueueLimits) -> None:
-        self.limits = limits
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
         self.jobs: list[J] = []  # in arrival order
         self.speed = SpeedEstimate()
         self._vtime = 0
         self._next_start = 0
-        budget = limits.batch.max_batch_tokens
-        self._quantum = limits.fair_quantum_batches * budget
-        self._horizon = limits.lookahead_batches * budget
+        budget = config.limits.max_batch_tokens
+        self._quantum = config.fair_quantum_batches * budget
+        self._horizon = config.lookahead_batches * budget
 
     def start_tag(self, tokens: int) -> int:
         """The start tag of a request of ``tokens`` arriving now (call once per request)."""
@@ -295,16 +300,31 @@ class FairQueue(Generic[J]):
         self.jobs = [job for job in self.jobs if not job.dead and not job.exhausted]
         return self.jobs
 
-    def wait_ahead(self, in_flight_tokens: int) -> float | None:
-        """Estimated model seconds of the work a request arriving now would wait behind:
-        ``in_flight_tokens`` already in batches, and the queued pairs whose tags come before
-        its start. None while the model's speed is not known."""
+    def refusal(
+        self, now: float, deadline: float | None, own_tokens: int, in_flight_tokens: int
+    ) -> tuple[str, float] | None:
+        """Why to refuse a call at once, and in how many seconds a retry may succeed; None to
+        admit it. Refused: the work queued ahead would take longer than ``max_queue_wait``,
+        or, with the call's own ``own_tokens`` (0 before they are known), end after its
+        deadline. A call whose own work alone outlasts its deadline is left to ``expire``
+        (DEADLINE_EXCEEDED): no retry would help. ``in_flight_tokens``: every admitted token,
+        a bound checked first so the common case needs no scan of the queue."""
         rate = self.speed.seconds_per_token()
         if rate is None:
             return None
+        most = self.config.max_queue_wait or math.inf
+        left = math.inf if deadline is None else deadline - now
+        own = own_tokens * rate
+        if left <= own or (in_flight_tokens + own_tokens) * rate <= min(most, left):
+            return None
         start = max(self._vtime, self._next_start)
-        ahead = sum(job.tokens_before(start) for job in self.live())
-        return (in_flight_tokens + ahead) * rate
+        ahead = sum(job.tokens_before(start) for job in self.live()) * rate
+        if ahead > most:
+            return f"about {ahead:.3f}s of queued work ahead, more than {most}s", ahead - most
+        if ahead + own > left:
+            why = f"about {ahead:.3f}s of queued work ahead, and {left:.3f}s to the deadline"
+            return why, ahead + own - left
+        return None
 
     def expire(self, now: float) -> list[tuple[J, str]]:
         """Jobs to drop before the next batch: deadline passed (message ""), or their own
@@ -343,20 +363,20 @@ class FairQueue(Generic[J]):
         live = self.live()
         if not live:
             return []
-        limit = self.limits.lookahead_pairs
+        limit = self.config.lookahead_pairs
         pending = [job.pending(limit) for job in live]
         owner = np.repeat(np.arange(len(live)), [len(p) for p in pending])
         positions = np.concatenate(pending)
         tags = np.concatenate([job.tags[p] for job, p in zip(live, pending, strict=True)])
         window = np.lexsort((owner, tags))[:limit]  # tag order, ties by arrival
         window = window[tags[window] < tags[window[0]] + self._horizon]
-        if not self.limits.cross_request:
+        if not self.config.cross_request:
             window = window[owner[window] == owner[window[0]]]
         lengths = np.concatenate(
             [job.sorted_lengths[p] for job, p in zip(live, pending, strict=True)]
         )[window]
-        picked = select_batch(lengths.tolist(), self.limits.batch)
-        if model_busy and not is_full(lengths[picked].tolist(), self.limits.batch):
+        picked = select_batch(lengths.tolist(), self.config.limits)
+        if model_busy and not is_full(lengths[picked].tolist(), self.config.limits):
             return []
         chosen = window[picked]
         self._vtime = max(self._vtime, int(tags[window[0]]))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from rerankd_server.batching import BatchLimits, FairQueue, IntArray, QueuedJob, QueueLimits
-from rerankd_server.batching import batch_cost as _cost
+from rerankd_server.batching import FairQueue, IntArray, QueuedJob, SchedulerConfig, batch_cost
 from rerankd_server.errors import (
     DeadlineExpired,
     InvalidRequest,
@@ -40,24 +38,9 @@ from rerankd_server.errors import (
     RerankdServerError,
 )
 from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs, Truncation
-from rerankd_server.workers import Worker
+from rerankd_server.workers import Worker, model_executor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Batch limits, the fair queue's reach, and the admission bounds."""
-
-    limits: BatchLimits
-    lookahead_pairs: int = 512
-    max_queue_pairs: int = 16384
-    max_queue_tokens: int = 8_000_000
-    cross_request: bool = True  # False: a batch holds one request's pairs (benchmark ablation)
-    fair_quantum_batches: int = 4  # a request's head start over later ones, in batch budgets
-    lookahead_batches: int = 4  # how far past the head the window reaches, in batch budgets
-    max_queue_wait: float = 0.0  # refuse a call facing more estimated seconds of work; 0: off
-    tokenizer_threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -128,17 +111,6 @@ class _Batch:
     model_input: Any = field(default=None)  # None: collated on the model thread
 
 
-def model_executor() -> Worker:
-    """The one thread a model runs on: load, warm-up and every batch.
-
-    CPU PyTorch parallelises each operator with OpenMP, and OpenMP gives every thread that
-    starts parallel work a team of workers of its own. Loading or warming up on another
-    thread left a second team behind, and the model thread's operators then ran about 9%
-    slower (measured: 141 against 154 pairs/s on the same batches, docs/benchmarks.md).
-    """
-    return Worker(1, "rerankd-model")
-
-
 class BatchScheduler:
     """``async with BatchScheduler(scorer, config) as scheduler: await scheduler.submit(...)``."""
 
@@ -150,15 +122,7 @@ class BatchScheduler:
         self._scorer = scorer
         self._config = config
         self.stats = SchedulerStats()
-        self._queue: FairQueue[_Job] = FairQueue(
-            QueueLimits(
-                config.limits,
-                config.lookahead_pairs,
-                config.lookahead_batches,
-                config.fair_quantum_batches,
-                config.cross_request,
-            )
-        )
+        self._queue: FairQueue[_Job] = FairQueue(config)
         self._seq = itertools.count()
         self._jobs: set[_Job] = set()  # admitted and unanswered
         self._pairs_in_flight = 0
@@ -284,35 +248,22 @@ class BatchScheduler:
 
     def _shed(self, pairs: int, why: str, retry_after: float | None = None) -> None:
         self.stats.pairs_shed += pairs
-        if retry_after is None:
-            retry_after = self._queue.wait_ahead(self._running_tokens())
+        rate = self._queue.speed.seconds_per_token()
+        if retry_after is None and rate is not None:  # about when the queue has drained
+            retry_after = self._tokens_in_flight * rate
         raise Overloaded(f"{why}; retry later", retry_after=retry_after)
 
-    def _running_tokens(self) -> int:
-        return self._running.computed_tokens if self._running is not None else 0
-
     def _check_wait(self, pairs: int, deadline: float | None, own_tokens: int = 0) -> None:
-        """Refuse at once (a retry later can succeed) when the work queued ahead would take
-        longer than ``max_queue_wait``, or, with the call's own ``own_tokens`` once they are
-        known, end after its deadline. A call whose own work alone outlasts its deadline is
-        left to the deadline check, which answers DEADLINE_EXCEEDED: no retry would help."""
-        rate = self._queue.speed.seconds_per_token()
-        most = self._config.max_queue_wait or math.inf
-        left = math.inf if deadline is None else deadline - asyncio.get_running_loop().time()
-        own = own_tokens * rate if rate is not None else 0.0
-        if (
-            rate is None
-            or left <= own
-            or (self._tokens_in_flight + own_tokens) * rate <= min(most, left)
-        ):
-            return  # speed unknown, hopeless on its own (or already late), or everything fits
-        ahead = self._queue.wait_ahead(self._running_tokens()) or 0.0
-        if ahead > most:
-            why = f"about {ahead:.3f}s of queued work ahead, more than --max-queue-wait {most}s"
-            self._shed(pairs, why, retry_after=ahead - most)
-        if ahead + own > left:
-            why = f"about {ahead:.3f}s of queued work ahead, and {left:.3f}s to the deadline"
-            self._shed(pairs, why, retry_after=ahead + own - left)
+        """Refuse at once when the queue ahead makes the call wait too long or end late."""
+        running = self._running.computed_tokens if self._running is not None else 0
+        refusal = self._queue.refusal(
+            asyncio.get_running_loop().time(),
+            deadline,
+            own_tokens,
+            self._tokens_in_flight + running,
+        )
+        if refusal is not None:
+            self._shed(pairs, *refusal)
 
     def _admit_tokens(self, tokens: TokenizedPairs, truncation: Truncation, count: int) -> int:
         """Check the tokenizer's answer, truncation and the token bound; reserve the tokens."""
@@ -393,7 +344,7 @@ class BatchScheduler:
 
     def _batch(self, groups: list[tuple[_Job, IntArray]]) -> _Batch:
         lengths = np.concatenate([job.lengths[idx] for job, idx in groups])
-        cost = _cost(lengths.tolist(), self._config.limits.padded)
+        cost = batch_cost(lengths.tolist(), self._config.limits.padded)
         return _Batch(groups, len(lengths), int(lengths.sum()), cost)
 
     def _collate(self, groups: list[tuple[_Job, IntArray]]) -> Any:

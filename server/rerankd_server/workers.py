@@ -91,3 +91,14 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
     else:
         future.set_exception(error)
+
+
+def model_executor() -> Worker:
+    """The one thread a model runs on: load, warm-up and every batch.
+
+    CPU PyTorch parallelises each operator with OpenMP, and OpenMP gives every thread that
+    starts parallel work a team of workers of its own. Loading or warming up on another
+    thread left a second team behind, and the model thread's operators then ran about 9%
+    slower (measured: 141 against 154 pairs/s on the same batches, docs/benchmarks.md).
+    """
+    return Worker(1, "rerankd-model")

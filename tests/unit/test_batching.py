@@ -13,7 +13,7 @@ from rerankd_server.batching import (
     BatchLimits,
     FairQueue,
     QueuedJob,
-    QueueLimits,
+    SchedulerConfig,
     batch_cost,
     fixed_batch_cost,
     is_full,
@@ -120,7 +120,7 @@ def test_is_full() -> None:
 def _queue_with_a_large_job() -> tuple[FairQueue[QueuedJob], QueuedJob]:
     """A queue whose speed is known (0.1 ms per token) holding 1 s of work without deadline;
     a quantum is 4 budgets of 100 tokens."""
-    queue: FairQueue[QueuedJob] = FairQueue(QueueLimits(BatchLimits(100, 8, padded=False)))
+    queue: FairQueue[QueuedJob] = FairQueue(SchedulerConfig(BatchLimits(100, 8, padded=False)))
     for _ in range(4):
         queue.speed.record(0.01, 100)
     big = QueuedJob(0, [10] * 1000, queue.start_tag(10_000), None)
@@ -138,7 +138,9 @@ def test_a_job_that_fair_queuing_lets_finish_in_time_is_kept() -> None:
     assert not small.dead and not big.dead
     # A call arriving now waits for the 410 tokens of the large one before its start, and the
     # small one.
-    assert queue.wait_ahead(in_flight_tokens=0) == pytest.approx(0.1 * 1e-3 * 420)
+    refusal = queue.refusal(now=0.0, deadline=0.03, own_tokens=10, in_flight_tokens=10_020)
+    assert refusal is not None and "queued work ahead" in refusal[0]
+    assert refusal[1] == pytest.approx(0.1 * 1e-3 * 430 - 0.03)
 
 
 def test_a_job_that_cannot_finish_in_time_is_dropped_with_the_reason() -> None:

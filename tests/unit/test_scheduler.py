@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rerankd_server.batching import BatchLimits, batch_cost
+from rerankd_server.batching import BatchLimits, SchedulerConfig, batch_cost
 from rerankd_server.errors import (
     DeadlineExpired,
     InvalidRequest,
@@ -20,7 +20,7 @@ from rerankd_server.errors import (
     NotReady,
     Overloaded,
 )
-from rerankd_server.scheduler import BatchScheduler, SchedulerConfig
+from rerankd_server.scheduler import BatchScheduler
 from rerankd_server.scoring.base import Truncation
 from support.fake_scorer import FAULT_WORD, FakeScorer, expected_logit, token_id
 
@@ -386,18 +386,22 @@ async def test_work_the_queue_ahead_would_make_late_is_refused_once_its_size_is_
 
 async def test_max_queue_wait_refuses_calls_without_a_deadline() -> None:
     scorer = SlowFake()
-    cfg = SchedulerConfig(BatchLimits(200, 8, True), max_queue_wait=0.3)
+    cfg = SchedulerConfig(BatchLimits(200, 8, True), max_queue_wait=0.1)
     async with BatchScheduler(scorer, cfg) as scheduler:
         await scheduler.submit([("q", doc(15, "warm"))] * 48, Truncation.DEFAULT)  # learn speed
+        scorer.gate.clear()  # hold the model: the queue stays as built
+        forwards = scorer.events.count("forward 8")
         # One large call, ~1.5 s of work (its own work is no wait, so it is admitted); a call
-        # after it waits for its first quantum, four budgets (~0.4 s).
+        # after it waits for the rest of its first quantum (four budgets, ~0.4 s, less the
+        # batch in the model and the one prepared).
         ahead = asyncio.create_task(
             scheduler.submit([("q", doc(15, "ahead"))] * 160, Truncation.DEFAULT)
         )
-        await wait_until(lambda: scheduler.queued_requests >= 1)
-        with pytest.raises(Overloaded, match="max-queue-wait") as refused:
+        await wait_until(lambda: scorer.events.count("forward 8") > forwards)
+        with pytest.raises(Overloaded, match="queued work ahead") as refused:
             await scheduler.submit([("q", doc(15, "late"))], Truncation.DEFAULT)
         assert refused.value.retry_after is not None and refused.value.retry_after > 0
+        scorer.gate.set()
         await ahead
         # Once the queue drained, the same call is served.
         assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1
