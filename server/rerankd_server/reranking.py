@@ -16,7 +16,8 @@ import numpy as np
 from rerankd_server.batching import SchedulerConfig
 from rerankd_server.cache import ScoreCache
 from rerankd_server.chunking import Reduce, document_budget, plan_chunks, reduce_scores
-from rerankd_server.scheduler import BatchScheduler, Usage
+from rerankd_server.jobs import Usage
+from rerankd_server.scheduler import BatchScheduler
 from rerankd_server.scoring.base import FloatArray, Scorer, Truncation
 
 

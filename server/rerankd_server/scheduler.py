@@ -1,19 +1,14 @@
 """The batching scheduler: callers' pairs -> the fair queue -> model batches -> scores.
 
-Two plain loops on the event loop, joined by a queue of capacity one (the shape of
-text-embeddings-inference's queue task):
-
-* the batcher takes the next batch from the fair queue (``batching.FairQueue``: order, window,
-  deadlines and batch choice are policy and live there) and, while the model computes the
-  current batch, collates it on the preparation thread; a batch formed for an idle model is
-  collated on the model thread instead, in the same hop as its forward pass;
-* the model loop runs each batch on the model thread (forward, then the model's activation,
-  so every torch computation stays on that thread) and hands out the scores.
-
-Each loop fails exactly the callers of the batch it holds when anything in it raises, and goes
-on. ``submit`` tokenizes on the tokenizer threads, admits by queue bounds and by the estimated
-wait, and waits for its job's future; a caller that leaves marks its job dead, so its pairs
-are skipped before they are collated and again before the model runs.
+Two plain loops joined by a queue of capacity one (text-embeddings-inference's shape): the
+batcher takes the next batch from the fair queue (``batching.FairQueue``: order, window,
+deadlines, admission and batch choice are policy and live there) and collates it on the
+preparation thread while the model computes the current one (a batch for an idle model is
+collated on the model thread, in the same hop as its forward pass); the model loop runs each
+batch on the model thread (forward, then the model's activation: every torch computation stays
+there) and hands out the scores. Each loop fails exactly the callers of the batch it holds when
+anything in it raises, and goes on. A caller that leaves marks its job dead: its pairs are
+skipped before they are collated and again before the model runs.
 """
 
 from __future__ import annotations
@@ -22,113 +17,42 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from rerankd_server.batching import FairQueue, IntArray, QueuedJob, SchedulerConfig, batch_cost
+from rerankd_server.batching import FairQueue, IntArray, SchedulerConfig
 from rerankd_server.errors import (
     DeadlineExpired,
     InvalidRequest,
     ModelFailure,
     NotReady,
     Overloaded,
-    RerankdServerError,
 )
+from rerankd_server.jobs import Batch, Job, Outcome, SchedulerStats, fail_all
 from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs, Truncation
 from rerankd_server.workers import Worker, model_executor
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Usage:
-    """What one request cost (reported back to the caller)."""
-
-    input_tokens: int
-    truncated_pairs: int
-    queue_time_us: int
-    inference_time_us: int
-    batches: int
-    cached_pairs: int = 0
-    scored_pairs: int = 0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """Raw float32 logits and the model's activation of them, in request order; the usage."""
-
-    logits: FloatArray
-    scores: FloatArray
-    usage: Usage
-
-
-@dataclass
-class SchedulerStats:
-    """Counters since start; the metrics layer reads them."""
-
-    batches: int = 0
-    pairs_scored: int = 0
-    real_tokens: int = 0
-    computed_tokens: int = 0
-    pairs_shed: int = 0
-    pairs_cancelled: int = 0
-    pairs_expired: int = 0
-    cancelled_compute_tokens: int = 0
-    on_batch: Callable[[int, int, int], None] | None = None  # (pairs, real, computed tokens)
-
-
-class _Job(QueuedJob):
-    """One admitted request: its tokens, the scores gathered so far, its caller's future."""
-
-    def __init__(self, seq: int, tokens: TokenizedPairs, start: int, deadline: float | None):
-        super().__init__(seq, tokens.lengths(), start, deadline)
-        self.tokens = tokens
-        self.lengths = np.asarray(tokens.lengths(), dtype=np.int64)
-        self.raw = np.zeros(len(self.lengths), dtype=np.float32)
-        self.scores = np.zeros(len(self.lengths), dtype=np.float32)
-        self.remaining = len(self.lengths)
-        loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[Outcome] = loop.create_future()
-        self.admitted_at = self.last_end = loop.time()
-        self.first_start: float | None = None
-        self.batches = 0
-
-    def fail(self, error: BaseException) -> None:
-        self.dead = True
-        if not self.future.done():
-            self.future.set_exception(error)
-
-
-@dataclass
-class _Batch:
-    groups: list[tuple[_Job, IntArray]]  # each job with the indices of its pairs, in order
-    pairs: int
-    real_tokens: int
-    computed_tokens: int
-    model_input: Any = field(default=None)  # None: collated on the model thread
-
-
 class BatchScheduler:
     """``async with BatchScheduler(scorer, config) as scheduler: await scheduler.submit(...)``."""
 
-    def __init__(
-        self, scorer: Scorer, config: SchedulerConfig, model_thread: Worker | None = None
-    ) -> None:
+    def __init__(self, scorer: Scorer, config: SchedulerConfig, model_thread: Worker | None = None):
         """``model_thread``: the thread that loaded and warmed up the model (``model_executor``),
         so every torch computation of the model runs on one thread; owned from here on."""
         self._scorer = scorer
         self._config = config
         self.stats = SchedulerStats()
-        self._queue: FairQueue[_Job] = FairQueue(config)
+        self._queue: FairQueue[Job] = FairQueue(config)
         self._seq = itertools.count()
-        self._jobs: set[_Job] = set()  # admitted and unanswered
+        self._jobs: set[Job] = set()  # admitted and unanswered
         self._pairs_in_flight = 0
         self._tokens_in_flight = 0
-        self._running: _Batch | None = None  # the batch on the model thread
-        self._ready: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        self._running: Batch | None = None  # the batch on the model thread
+        self._ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         self._changed = asyncio.Event()  # new work, or the model took or finished a batch
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -144,18 +68,15 @@ class BatchScheduler:
         await self.aclose()
 
     @property
-    def queue_pairs(self) -> int:
-        """Pairs admitted and not yet finished."""
+    def queue_pairs(self) -> int:  # admitted and not yet answered, as are the two below
         return self._pairs_in_flight
 
     @property
     def queue_tokens(self) -> int:
-        """Tokens admitted and not yet finished."""
         return self._tokens_in_flight
 
     @property
-    def queued_requests(self) -> int:
-        """Requests admitted (tokenized) and not yet answered."""
+    def queued_requests(self) -> int:  # tokenized ones
         return len(self._jobs)
 
     async def start(self) -> None:
@@ -183,21 +104,14 @@ class BatchScheduler:
         truncation: Truncation,
         deadline: float | None = None,
     ) -> Outcome:
-        """Score ``pairs``; returns raw logits and activated scores in request order.
+        """Raw logits and activated scores of (query, text) ``pairs``, in request order.
+        ``deadline``: absolute ``loop.time()`` after which the work is useless.
 
-        Args:
-            pairs: (query, text) pairs.
-            truncation: how over-long pairs are handled; NONE refuses them.
-            deadline: absolute ``loop.time()`` after which the work is useless.
-        Raises:
-            InvalidRequest: over-long pair with truncation NONE, or a request larger than the
-                queue bound itself.
-            Overloaded: admitting the request would exceed a queue bound, or the work queued
-                ahead of it would outlast its deadline or ``max_queue_wait``.
-            DeadlineExpired: the deadline passed first, or the call cannot finish before it.
-            NotReady: the scheduler is closing.
-            ModelFailure: the scorer failed or gave a wrong or non-finite result.
-        """
+        Raises InvalidRequest (an over-long pair with truncation NONE, a request above a queue
+        bound itself), Overloaded (a queue bound, or the work ahead outlasts the deadline or
+        ``max_queue_wait``), DeadlineExpired (it passed, or the call cannot finish before it),
+        NotReady (closing), ModelFailure (the scorer failed or gave a wrong or non-finite
+        result)."""
         if self._closing or not self._tasks:
             raise NotReady("server is not accepting work")
         count = len(pairs)
@@ -210,13 +124,13 @@ class BatchScheduler:
         self._check_wait(count, deadline)
         self._pairs_in_flight += count
         total = 0
-        job: _Job | None = None
+        job: Job | None = None
         try:
             async with asyncio.timeout_at(deadline):
                 tokens = await self._tokenize(pairs, truncation)
                 total = self._admit_tokens(tokens, truncation, count)
                 self._check_wait(count, deadline, total)
-                job = _Job(next(self._seq), tokens, self._queue.start_tag(total), deadline)
+                job = Job(next(self._seq), tokens, self._queue.start_tag(total), deadline)
                 self._jobs.add(job)
                 self._queue.add(job)
                 self._changed.set()
@@ -255,13 +169,8 @@ class BatchScheduler:
 
     def _check_wait(self, pairs: int, deadline: float | None, own_tokens: int = 0) -> None:
         """Refuse at once when the queue ahead makes the call wait too long or end late."""
-        running = self._running.computed_tokens if self._running is not None else 0
-        refusal = self._queue.refusal(
-            asyncio.get_running_loop().time(),
-            deadline,
-            own_tokens,
-            self._tokens_in_flight + running,
-        )
+        now = asyncio.get_running_loop().time()
+        refusal = self._queue.refusal(now, deadline, own_tokens, self._tokens_in_flight)
         if refusal is not None:
             self._shed(pairs, *refusal)
 
@@ -289,18 +198,18 @@ class BatchScheduler:
         """Form the next batch, prepare it, queue it for the model; fail its callers if any
         of that raises (a policy bug fails every queued caller: any of them may be at fault)."""
         while True:
-            batch: _Batch | None = None
+            batch: Batch | None = None
             try:
-                batch = self._batch(await self._next_groups())
+                batch = Batch.of(await self._next_groups(), self._config.limits.padded)
                 if self._running is not None:  # collate while the model computes
                     batch.model_input = await self._prepare.run(self._collate, batch.groups)
                 await self._ready.put(batch)
             except Exception as exc:
                 log.exception("forming a batch failed; failing its callers")
                 jobs = [job for job, _ in batch.groups] if batch else list(self._queue.jobs)
-                _fail(jobs, f"scheduler error: {exc}")
+                fail_all(jobs, f"scheduler error: {exc}")
 
-    async def _next_groups(self) -> list[tuple[_Job, IntArray]]:
+    async def _next_groups(self) -> list[tuple[Job, IntArray]]:
         """Wait until the model can take another batch and the queue has one for it."""
         while True:
             if not self._ready.full():
@@ -325,36 +234,32 @@ class BatchScheduler:
             except Exception as exc:
                 log.error("model batch of %d pairs failed", batch.pairs, exc_info=exc)
                 failure = exc if isinstance(exc, ModelFailure) else f"model failed: {exc}"
-                _fail([job for job, _ in batch.groups], failure)
+                fail_all([job for job, _ in batch.groups], failure)
             finally:
                 self._running = None
                 self._changed.set()
 
-    async def _run(self, batch: _Batch) -> None:
+    async def _run(self, batch: Batch) -> None:
+        """Run a batch, without the pairs of callers that left meanwhile, and scatter it."""
         alive = [(job, idx) for job, idx in batch.groups if not job.dead]
         if not alive:
             return
         if len(alive) < len(batch.groups):  # some callers left after collation: skip them
-            batch = self._batch(alive)
+            batch = Batch.of(alive, self._config.limits.padded)
         now = asyncio.get_running_loop().time()
         for job, _ in alive:
             job.first_start = now if job.first_start is None else job.first_start
         raw, scores, seconds = await self._model.run(self._compute, batch)
         self._scatter(batch, raw, scores, seconds)
 
-    def _batch(self, groups: list[tuple[_Job, IntArray]]) -> _Batch:
-        lengths = np.concatenate([job.lengths[idx] for job, idx in groups])
-        cost = batch_cost(lengths.tolist(), self._config.limits.padded)
-        return _Batch(groups, len(lengths), int(lengths.sum()), cost)
-
-    def _collate(self, groups: list[tuple[_Job, IntArray]]) -> Any:
+    def _collate(self, groups: list[tuple[Job, IntArray]]) -> Any:
         ids = [job.tokens.ids[i] for job, idx in groups for i in idx.tolist()]
         if groups[0][0].tokens.type_ids is None:
             return self._scorer.collate(ids, None)
         types = [job.tokens.type_ids[i] for job, idx in groups for i in idx.tolist()]  # type: ignore[index]
         return self._scorer.collate(ids, types)
 
-    def _compute(self, batch: _Batch) -> tuple[FloatArray, FloatArray, float]:
+    def _compute(self, batch: Batch) -> tuple[FloatArray, FloatArray, float]:
         """On the model thread: collate if not done yet, forward (timed on this thread: the
         loop's delay in noticing the end would inflate the speed estimate), activate."""
         model_input = batch.model_input
@@ -365,7 +270,7 @@ class BatchScheduler:
         seconds = time.perf_counter() - began
         return raw, np.asarray(self._scorer.activate(raw), dtype=np.float32), seconds
 
-    def _scatter(self, batch: _Batch, raw: FloatArray, scores: FloatArray, seconds: float) -> None:
+    def _scatter(self, batch: Batch, raw: FloatArray, scores: FloatArray, seconds: float) -> None:
         """Hand each job its scores; a job with a non-finite one fails alone."""
         for what, values in (("scores", raw), ("activated scores", scores)):
             if values.shape != (batch.pairs,):
@@ -381,45 +286,10 @@ class BatchScheduler:
         if stats.on_batch is not None:
             stats.on_batch(batch.pairs, batch.real_tokens, batch.computed_tokens)
         now = asyncio.get_running_loop().time()
-        finite = np.isfinite(raw) & np.isfinite(scores)
         offset = 0
         for job, idx in batch.groups:
             part = slice(offset, offset + len(idx))
             offset += len(idx)
-            job.batches += 1
-            job.last_end = now
             if job.dead:  # the caller left while its pairs were computed
                 stats.cancelled_compute_tokens += int(job.lengths[idx].sum())
-                continue
-            if not finite[part].all():
-                bad = int(np.argmin(finite[part]))
-                job.fail(
-                    ModelFailure(
-                        f"the model produced a non-finite score ({raw[part][bad]}) "
-                        f"for input {idx[bad]}"
-                    )
-                )
-                continue
-            job.raw[idx] = raw[part]
-            job.scores[idx] = scores[part]
-            job.remaining -= len(idx)
-            if job.remaining == 0 and not job.future.done():
-                job.future.set_result(Outcome(job.raw, job.scores, _usage(job)))
-
-
-def _fail(jobs: Sequence[_Job], error: RerankdServerError | str) -> None:
-    failure = ModelFailure(error) if isinstance(error, str) else error
-    for job in jobs:
-        job.fail(failure)
-
-
-def _usage(job: _Job) -> Usage:
-    start = job.first_start if job.first_start is not None else job.last_end
-    return Usage(
-        input_tokens=job.total_tokens,
-        truncated_pairs=sum(job.tokens.truncated),
-        queue_time_us=round((start - job.admitted_at) * 1e6),
-        inference_time_us=round((job.last_end - start) * 1e6),
-        batches=job.batches,
-        scored_pairs=len(job.lengths),
-    )
+            job.deliver(idx, raw[part], scores[part], now)

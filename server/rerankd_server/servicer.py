@@ -31,9 +31,9 @@ from rerankd_server.errors import (
     Overloaded,
     RerankdServerError,
 )
+from rerankd_server.jobs import Usage
 from rerankd_server.metrics import Observer
 from rerankd_server.reranking import ChunkOptions, Normalization, Reranker, RerankOptions
-from rerankd_server.scheduler import Usage
 from rerankd_server.scoring.base import Truncation
 from rerankd_server.settings import Settings
 
