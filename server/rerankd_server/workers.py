@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -80,8 +79,10 @@ class Worker(concurrent.futures.Executor):
                 result, error = fn(*args), None
             except BaseException as exc:
                 result, error = None, exc
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for it
+            try:
                 loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # a closed loop: nobody waits for it
+                continue
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
