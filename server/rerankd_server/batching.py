@@ -221,6 +221,8 @@ class QueuedJob:
         self.tags: IntArray = start + np.concatenate(([0], np.cumsum(self.sorted_lengths)))
         self.dispatched = np.zeros(len(lens), dtype=bool)
         self.cursor = 0  # every position before it is dispatched
+        self.scattered = False  # pairs were taken out of order: ``dispatched`` says which
+        self._positions: IntArray = np.arange(len(lens))
         self.total_tokens = int(lens.sum())
         self.pending_tokens = self.total_tokens
         self.dead = False  # the caller left, failed or expired: skip what is left
@@ -229,12 +231,28 @@ class QueuedJob:
     def exhausted(self) -> bool:
         return self.cursor >= len(self.order)
 
-    def pending(self, limit: int) -> IntArray:
-        """The first ``limit`` positions not yet dispatched."""
-        return self.cursor + np.flatnonzero(~self.dispatched[self.cursor :])[:limit]
+    def pending(self, limit: int) -> tuple[IntArray, IntArray, IntArray]:
+        """The first ``limit`` positions not yet dispatched, their tags and lengths (views
+        of the arrays while nothing was taken out of order: no copies per batch)."""
+        if not self.scattered:
+            window = slice(self.cursor, min(len(self.order), self.cursor + limit))
+            return self._positions[window], self.tags[window], self.sorted_lengths[window]
+        positions = self.cursor + np.flatnonzero(~self.dispatched[self.cursor :])[:limit]
+        return positions, self.tags[positions], self.sorted_lengths[positions]
 
     def dispatch(self, positions: IntArray) -> IntArray:
-        """Mark positions as taken into a batch; returns their pair indices."""
+        """Mark positions (ascending) as taken into a batch; returns their pair indices.
+        ``dispatched`` is kept only once pairs were taken out of order: before that, the
+        cursor alone says what is left (a few scalar operations per job and batch)."""
+        first, count = int(positions[0]), len(positions)
+        if not self.scattered and first == self.cursor and int(positions[-1]) == first + count - 1:
+            end = first + count  # the usual case: the next pairs in order
+            self.pending_tokens -= int(self.tags[end] - self.tags[first])
+            self.cursor = end
+            return self.order[first:end]
+        if not self.scattered:
+            self.dispatched[: self.cursor] = True
+            self.scattered = True
         self.dispatched[positions] = True
         self.pending_tokens -= int(self.sorted_lengths[positions].sum())
         rest = np.flatnonzero(~self.dispatched[self.cursor :])
@@ -365,23 +383,26 @@ class FairQueue(Generic[J]):
             return []
         limit = self.config.lookahead_pairs
         pending = [job.pending(limit) for job in live]
-        owner = np.repeat(np.arange(len(live)), [len(p) for p in pending])
-        positions = np.concatenate(pending)
-        tags = np.concatenate([job.tags[p] for job, p in zip(live, pending, strict=True)])
+        owner = np.repeat(np.arange(len(live)), [len(p) for p, _, _ in pending])
+        positions = np.concatenate([p for p, _, _ in pending])
+        tags = np.concatenate([t for _, t, _ in pending])
         window = np.lexsort((owner, tags))[:limit]  # tag order, ties by arrival
         window = window[tags[window] < tags[window[0]] + self._horizon]
         if not self.config.cross_request:
             window = window[owner[window] == owner[window[0]]]
-        lengths = np.concatenate(
-            [job.sorted_lengths[p] for job, p in zip(live, pending, strict=True)]
-        )[window]
+        lengths = np.concatenate([n for _, _, n in pending])[window]
         picked = select_batch(lengths.tolist(), self.config.limits)
         if model_busy and not is_full(lengths[picked].tolist(), self.config.limits):
             return []
         chosen = window[picked]
         self._vtime = max(self._vtime, int(tags[window[0]]))
-        groups = []
-        for k in np.unique(owner[chosen]).tolist():
-            job = live[k]
-            groups.append((job, job.dispatch(positions[chosen[owner[chosen] == k]])))
-        return groups
+        chosen = chosen[np.argsort(owner[chosen], kind="stable")]  # by job, in tag order
+        owners = owner[chosen]
+        cuts = np.flatnonzero(owners[1:] != owners[:-1]) + 1
+        starts = [0, *cuts.tolist()]
+        return [
+            (live[k], live[k].dispatch(part))
+            for k, part in zip(
+                owners[starts].tolist(), np.split(positions[chosen], cuts), strict=True
+            )
+        ]

@@ -154,3 +154,28 @@ def test_a_job_that_cannot_finish_in_time_is_dropped_with_the_reason() -> None:
     assert "cannot finish before the deadline" in dropped[hopeless]
     assert hopeless.dead and passed.dead and not big.dead
     assert queue.live() == [big]
+
+
+@given(
+    st.lists(st.lists(st.integers(1, MAX_LEN), min_size=1, max_size=30), min_size=1, max_size=8),
+    windows_and_limits(max_window=1),
+    st.integers(1, 64),
+)
+def test_the_fair_queue_dispatches_every_pair_once_within_the_limits(
+    requests: list[list[int]], case: tuple[list[int], BatchLimits], lookahead: int
+) -> None:
+    _, limits = case
+    queue: FairQueue[QueuedJob] = FairQueue(SchedulerConfig(limits, lookahead_pairs=lookahead))
+    jobs = []
+    for seq, lengths in enumerate(requests):
+        jobs.append(QueuedJob(seq, lengths, queue.start_tag(sum(lengths)), None))
+        queue.add(jobs[-1])
+    taken: dict[int, list[int]] = {job.seq: [] for job in jobs}
+    while groups := queue.next_batch(model_busy=False):
+        lengths = [requests[job.seq][i] for job, idx in groups for i in idx.tolist()]
+        assert len(lengths) <= limits.max_batch_size
+        assert batch_cost(lengths, limits.padded) <= limits.max_batch_tokens
+        for job, idx in groups:
+            taken[job.seq] += idx.tolist()
+    assert all(sorted(taken[job.seq]) == list(range(len(requests[job.seq]))) for job in jobs)
+    assert all(job.exhausted and job.pending_tokens == 0 for job in jobs)
