@@ -374,12 +374,28 @@ class FairQueue(Generic[J]):
             job.dead = True
         return dropped
 
+    def _could_fill(self, live: list[J]) -> bool:
+        """Whether the queued pairs could make a full batch (``is_full``): a bound from their
+        count, tokens and longest length, cheap enough to check on every arrival while the
+        model is busy, before the window is built."""
+        limits = self.config.limits
+        pairs = tokens = longest = 0
+        for job in live:
+            pairs += len(job.order) - job.cursor
+            tokens += job.pending_tokens
+            longest = max(longest, int(job.sorted_lengths[job.cursor]))
+        if pairs >= limits.max_batch_size:
+            return True
+        if limits.padded:  # full: longest x (count + 1) over the budget
+            return longest * (pairs + 1) > limits.max_batch_tokens
+        return tokens + longest > limits.max_batch_tokens  # full: no room for the shortest
+
     def next_batch(self, model_busy: bool) -> list[tuple[J, IntArray]]:
         """The next batch as (job, pair indices) groups, or [] when there is nothing to run.
         While the model is busy only a full batch is taken: more pairs may arrive before the
         model is free, and the batch is decided then."""
         live = self.live()
-        if not live:
+        if not live or (model_busy and not self._could_fill(live)):
             return []
         limit = self.config.lookahead_pairs
         pending = [job.pending(limit) for job in live]

@@ -179,3 +179,23 @@ def test_the_fair_queue_dispatches_every_pair_once_within_the_limits(
             taken[job.seq] += idx.tolist()
     assert all(sorted(taken[job.seq]) == list(range(len(requests[job.seq]))) for job in jobs)
     assert all(job.exhausted and job.pending_tokens == 0 for job in jobs)
+
+
+@given(
+    st.lists(st.lists(st.integers(1, MAX_LEN), min_size=1, max_size=12), min_size=1, max_size=6),
+    windows_and_limits(max_window=1),
+)
+def test_a_busy_model_gets_a_batch_exactly_when_a_full_one_can_be_formed(
+    requests: list[list[int]], case: tuple[list[int], BatchLimits]
+) -> None:
+    """The cheap bound that skips building the window never hides a full batch."""
+    _, limits = case
+    busy: FairQueue[QueuedJob] = FairQueue(SchedulerConfig(limits))
+    idle: FairQueue[QueuedJob] = FairQueue(SchedulerConfig(limits))
+    for seq, lengths in enumerate(requests):
+        for queue in (busy, idle):
+            queue.add(QueuedJob(seq, lengths, queue.start_tag(sum(lengths)), None))
+    chosen = idle.next_batch(model_busy=False)
+    lengths = [requests[job.seq][i] for job, idx in chosen for i in idx.tolist()]
+    taken = busy.next_batch(model_busy=True)
+    assert bool(taken) == is_full(lengths, limits)
