@@ -23,6 +23,7 @@ from typing import Any
 from bench.load import LoadResult, closed_loop, open_loop
 from bench.models import ETTIN, MODEL_NAMES, model_path
 from bench.serving import (
+    FloorProcess,
     InfinityProcess,
     RerankdProcess,
     ScorerSpec,
@@ -361,30 +362,56 @@ def scenario_serving(args: argparse.Namespace) -> None:
 
 
 def scenario_grpc(args: argparse.Namespace) -> None:
-    """gRPC + servicer + scheduler cost with a no-op scorer: calls/s and microseconds per call."""
+    """rerankd's own path (gRPC + servicer + scheduler, a no-op scorer) against the raw gRPC
+    floor (a bare grpc.aio servicer of the same ``.proto``), both in a child process and
+    called by the same client; rounds alternate between the two and medians are compared."""
     proc = RerankdProcess(
         _server_settings(args, "noop", max_batch_tokens=65536, max_batch_size=1024),
         ScorerSpec("noop"),
     ).start()
+    floor = FloorProcess({}).start()
     rows = []
     try:
         for docs, concurrency in ((1, 1), (1, 8), (1, 32), (100, 8)):
             reqs = [Request("q", ["d"] * docs)] * args.calls
-            res, stats = asyncio.run(_measure_rerankd(proc, reqs, [docs] * len(reqs), concurrency))
-            calls = len(res.latencies) / res.wall_s
+            toks = [docs] * len(reqs)
+            runs: dict[str, list[LoadResult]] = {"floor": [], "rerankd": []}
+            batches = 0
+            for _ in range(args.rounds):
+                res, _ = asyncio.run(_measure_rerankd(floor, reqs, toks, concurrency))
+                runs["floor"].append(res)
+                res, stats = asyncio.run(_measure_rerankd(proc, reqs, toks, concurrency))
+                runs["rerankd"].append(res)
+                batches += stats.batches
+            rate = {
+                name: statistics.median(len(r.latencies) / r.wall_s for r in results)
+                for name, results in runs.items()
+            }
+            p50 = {
+                name: statistics.median(r.quantile(0.5) for r in results) * 1e6
+                for name, results in runs.items()
+            }
+            p99 = statistics.median(r.quantile(0.99) for r in runs["rerankd"]) * 1e6
+            failed = sum(r.failed for results in runs.values() for r in results)
             rows.append(
-                f"| {docs} | {concurrency} | {calls:,.0f} | {1e6 / calls:,.0f} "
-                f"| {res.quantile(0.5) * 1e6:,.0f} | {res.quantile(0.99) * 1e6:,.0f} "
-                f"| {res.pairs_per_s:,.0f} | {stats.batches} |"
+                f"| {docs} | {concurrency} | {rate['floor']:,.0f} | {rate['rerankd']:,.0f} "
+                f"| {rate['rerankd'] / rate['floor']:.2f} | {1e6 / rate['rerankd']:,.0f} "
+                f"| {p50['floor']:,.0f} | {p50['rerankd']:,.0f} | {p99:,.0f} "
+                f"| {batches / args.rounds:,.0f} | {failed} |"
             )
+            sys.stdout.flush()
     finally:
         proc.stop()
-    print(f"\n### gRPC overhead, no-op scorer ({args.calls} calls per row)\n")
+        floor.stop()
     print(
-        "| docs/call | clients | calls/s | us per call (1/rate) | p50 us | p99 us "
-        "| pairs/s | batches |"
+        f"\n### rerankd's path against the raw gRPC floor, no-op scorer "
+        f"({args.calls} calls per row, median of {args.rounds} alternating rounds)\n"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| docs/call | clients | floor calls/s | rerankd calls/s | x floor | rerankd us/call "
+        "| floor p50 us | rerankd p50 us | rerankd p99 us | batches | failed |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
@@ -551,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--no-infinity", dest="infinity", action="store_false")
     run.add_argument("--calls", type=int, default=2000, help="grpc: calls per row")
+    run.add_argument("--rounds", type=int, default=3, help="grpc: alternating rounds per row")
     run.add_argument("--sim-workload", choices=tuple(SHAPES), default="short")
     run.add_argument("--sim-repeat", type=int, default=4, help="simgpu: workload repetitions")
     run.add_argument("--sim-budget", type=int, default=16384)

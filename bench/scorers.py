@@ -1,6 +1,7 @@
 """Bench-local scorers that implement rerankd's ``Scorer`` protocol.
 
-* ``NoopScorer``: no tokenizer, no model; what is left is gRPC, the servicer and the scheduler.
+* ``NoopScorer``: no tokenizer, no model; what is left is gRPC, the servicer and the scheduler
+  (it says its tokenization is light, so the scheduler does not cross to a tokenizer thread).
 * ``SimulatedGpu``: real tokenization and collation, but ``forward`` sleeps (holding the model
   thread, not the CPU) for the time a GPU would take: a fixed cost per batch plus a cost per
   computed token, calibrated to a published H100 rate. It shows whether the host keeps a fast
@@ -92,7 +93,9 @@ class NoopScorer:
     """One token per pair, zero logits: measures everything but the model."""
 
     def __init__(self) -> None:
-        self._info = ScorerInfo("noop", 512, "identity", "none", "cpu", "none", padded=False)
+        self._info = ScorerInfo(
+            "noop", 512, "identity", "none", "cpu", "none", padded=False, light_tokenize=True
+        )
 
     @property
     def info(self) -> ScorerInfo:

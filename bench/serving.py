@@ -156,7 +156,9 @@ class RerankdProcess:
     def start(self) -> RerankdProcess:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(child, self.settings, self.spec), daemon=True)
+        self._proc = ctx.Process(
+            target=self._target_function(), args=self._target_args(child), daemon=True
+        )
         self._proc.start()
         if not parent.poll(600):
             raise RuntimeError("rerankd did not start within 600 s")
@@ -164,6 +166,12 @@ class RerankdProcess:
         self._conn = parent
         self.target = f"127.0.0.1:{port}"
         return self
+
+    def _target_function(self) -> Any:
+        return _child
+
+    def _target_args(self, child: Connection) -> tuple[Any, ...]:
+        return (child, self.settings, self.spec)
 
     def stats(self) -> ServerStats:
         self._conn.send("stats")
@@ -194,6 +202,47 @@ class RerankdProcess:
     async def send(self, slot: int, query: str, docs: list[str], timeout: float | None) -> Any:
         client = self._clients[slot % len(self._clients)]
         return await client.rerank(query, docs, timeout=timeout)
+
+
+def _floor_child(conn: Connection) -> None:
+    asyncio.run(_floor_main(conn))
+
+
+async def _floor_main(conn: Connection) -> None:
+    """A bare grpc.aio server of rerankd's ``.proto``: each document gets score 0, in order."""
+    import grpc
+
+    from rerankd.v1 import rerank_pb2 as pb
+    from rerankd.v1 import rerank_pb2_grpc
+
+    class Floor(rerank_pb2_grpc.RerankServiceServicer):  # type: ignore[misc]
+        async def Rerank(self, request: Any, context: Any) -> Any:
+            results = [pb.RerankResult(index=i) for i in range(len(request.documents))]
+            return pb.RerankResponse(results=results, model="floor")
+
+    server = grpc.aio.server()
+    rerank_pb2_grpc.add_RerankServiceServicer_to_server(Floor(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    conn.send(("ready", port))
+    loop = asyncio.get_running_loop()
+    try:
+        while await loop.run_in_executor(None, conn.recv) == "stats":
+            conn.send(ServerStats(0, 0, 0, 0, 0, 0, 0.0))
+    finally:
+        await server.stop(0)
+
+
+@dataclass
+class FloorProcess(RerankdProcess):
+    """The raw gRPC floor: a no-op servicer of the same ``.proto`` in a child process (no
+    rerankd code on the server side), called through the same client as rerankd."""
+
+    def _target_function(self) -> Any:
+        return _floor_child
+
+    def _target_args(self, child: Connection) -> tuple[Any, ...]:
+        return (child,)
 
 
 def infinity_problem() -> str | None:

@@ -31,17 +31,19 @@ from rerankd_server.batching import (
     CUDA_BATCH_OVERHEAD_SHARE,
     MEASURED_OVERHEAD_SHARE,
     BatchLimits,
+    SchedulerConfig,
 )
 from rerankd_server.cache import ScoreCache
 from rerankd_server.errors import ModelLoadError, StartupError
 from rerankd_server.logs import configure as configure_logging
 from rerankd_server.metrics import Metrics
 from rerankd_server.reranking import Reranker
-from rerankd_server.scheduler import BatchScheduler, SchedulerConfig, model_executor
+from rerankd_server.scheduler import BatchScheduler
 from rerankd_server.scoring.base import Scorer
 from rerankd_server.security import BearerTokenInterceptor, ReloadingCertificates, TokenFile
 from rerankd_server.servicer import SERVICE_NAME, RerankServicer, handlers
 from rerankd_server.settings import Settings, parse_settings
+from rerankd_server.workers import model_executor
 
 log = logging.getLogger("rerankd")
 
@@ -84,6 +86,7 @@ def scheduler_config(
         lookahead_batches=settings.lookahead_batches,
         max_queue_pairs=settings.max_queue_pairs,
         max_queue_tokens=settings.max_queue_tokens,
+        max_queue_wait=settings.max_queue_wait,
         cross_request=settings.cross_request_batching,
     )
 
@@ -213,6 +216,13 @@ class Sidecar:
                 ("grpc.keepalive_timeout_ms", 20_000),
                 # A port in use must fail the bind, never be shared with another process.
                 ("grpc.so_reuseport", 0),
+                # Calls the event loop has not taken in yet wait in gRPC core, which past 1,000
+                # of them drops new ones at random (all past 3,000) with a bare CANCELLED: a
+                # burst of a few thousand calls lost 10-20% so. Up to the queue bound they
+                # now reach the handler, which answers each (RESOURCE_EXHAUSTED with a hint
+                # when the queue is full); beyond it core still drops (docs/operations.md).
+                ("grpc.server.max_pending_requests", settings.max_queue_pairs),
+                ("grpc.server.max_pending_requests_hard_limit", settings.max_queue_pairs),
             ],
         )
         self._health = _HealthServicer()

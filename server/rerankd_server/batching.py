@@ -1,7 +1,19 @@
-"""Pure batching policy: which queued pairs form the next model batch.
+"""Pure batching policy: the fair queue of every caller's pairs, and which of them form the
+next model batch. No torch, no asyncio, no clocks of its own: the scheduler passes the time in.
 
-No torch, no asyncio: the scheduler hands in the lengths of the first pairs of its fair
-queue (the look-ahead window, oldest first) and gets back the positions to run. The rules:
+Fair queue (``FairQueue``): a request's pairs, sorted longest first, get start tags in tokens
+s, s + len(pair 0), ...; its start s is the later of the queue's virtual time (the tag of the
+last batch's head) and the previous request's start plus min(its tokens, a quantum of a few
+batch budgets). So requests up to a quantum run first come, first served (none finishes later
+than it would alone in a queue), a large request is split across batches and later requests
+interleave with it after its first quantum, while a stream of later requests advances through
+virtual time as fast as the large one and can never starve it. The first ``lookahead_pairs``
+of that order, and no further than ``lookahead_batches`` budgets of tokens past the head, form
+the window from which ``select_batch`` picks a batch. The queue also estimates the model's
+speed from the batches it ran, so work that cannot meet its deadline is dropped before it runs
+and a call is refused at admission when the work ahead of it would outlast its deadline.
+
+Batch selection (``select_batch``) from the window's lengths:
 
 * the head of the window (the oldest pair) is always in the batch, so nothing starves;
 * the batch never costs more than ``max_batch_tokens`` as the model pays for it (except a
@@ -15,10 +27,16 @@ queue (the look-ahead window, oldest first) and gets back the positions to run. 
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 #: A batch's fixed cost (Python, kernel launches, GEMMs too small to run at full speed) as a
 #: share of the token budget, by device, where the warm-up measured none (``fixed_batch_cost``
@@ -167,3 +185,240 @@ def _select_padded(window: Sequence[int], limits: BatchLimits) -> list[int]:
             best, best_range = key, (start, start + low)
     low, high = best_range
     return sorted([0, *others[low:high]])
+
+
+SPEED_WINDOW = 32  # batches the model speed estimate looks back over
+SPEED_EVIDENCE = 4  # batches measured before any call is dropped or refused as hopeless
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Batch limits, the fair queue's reach, and the admission bounds."""
+
+    limits: BatchLimits
+    lookahead_pairs: int = 512
+    max_queue_pairs: int = 16384
+    max_queue_tokens: int = 8_000_000
+    cross_request: bool = True  # False: a batch holds one request's pairs (benchmark ablation)
+    fair_quantum_batches: int = 4  # a request's head start over later ones, in batch budgets
+    lookahead_batches: int = 4  # how far past the head the window reaches, in batch budgets
+    max_queue_wait: float = 0.0  # most estimated seconds of work ahead of a call; 0: no bound
+    tokenizer_threads: int = 2
+
+
+class QueuedJob:
+    """One request's pairs in the fair queue. Position p is the p-th longest pair
+    (``order[p]`` is its index in the request) and ``tags[p]`` its start tag."""
+
+    def __init__(self, seq: int, lengths: Sequence[int], start: int, deadline: float | None):
+        lens = np.asarray(lengths, dtype=np.int64)
+        self.seq = seq
+        self.deadline = deadline
+        self.order: IntArray = np.argsort(-lens, kind="stable")
+        self.sorted_lengths: IntArray = lens[self.order]
+        self.tags: IntArray = start + np.concatenate(([0], np.cumsum(self.sorted_lengths)))
+        self.dispatched = np.zeros(len(lens), dtype=bool)
+        self.cursor = 0  # every position before it is dispatched
+        self.scattered = False  # pairs were taken out of order: ``dispatched`` says which
+        self._positions: IntArray = np.arange(len(lens))
+        self.total_tokens = int(lens.sum())
+        self.pending_tokens = self.total_tokens
+        self.dead = False  # the caller left, failed or expired: skip what is left
+
+    @property
+    def exhausted(self) -> bool:
+        return self.cursor >= len(self.order)
+
+    def pending(self, limit: int) -> tuple[IntArray, IntArray, IntArray]:
+        """The first ``limit`` positions not yet dispatched, their tags and lengths (views
+        of the arrays while nothing was taken out of order: no copies per batch)."""
+        if not self.scattered:
+            window = slice(self.cursor, min(len(self.order), self.cursor + limit))
+            return self._positions[window], self.tags[window], self.sorted_lengths[window]
+        positions = self.cursor + np.flatnonzero(~self.dispatched[self.cursor :])[:limit]
+        return positions, self.tags[positions], self.sorted_lengths[positions]
+
+    def dispatch(self, positions: IntArray) -> IntArray:
+        """Mark positions (ascending) as taken into a batch; returns their pair indices.
+        ``dispatched`` is kept only once pairs were taken out of order: before that, the
+        cursor alone says what is left (a few scalar operations per job and batch)."""
+        first, count = int(positions[0]), len(positions)
+        if not self.scattered and first == self.cursor and int(positions[-1]) == first + count - 1:
+            end = first + count  # the usual case: the next pairs in order
+            self.pending_tokens -= int(self.tags[end] - self.tags[first])
+            self.cursor = end
+            return self.order[first:end]
+        if not self.scattered:
+            self.dispatched[: self.cursor] = True
+            self.scattered = True
+        self.dispatched[positions] = True
+        self.pending_tokens -= int(self.sorted_lengths[positions].sum())
+        rest = np.flatnonzero(~self.dispatched[self.cursor :])
+        self.cursor = self.cursor + int(rest[0]) if len(rest) else len(self.order)
+        return self.order[positions]
+
+    def tokens_before(self, tag: int) -> int:
+        """Pending tokens whose start tags are below ``tag`` (an estimate: pairs already taken
+        out of order past the cursor are counted too)."""
+        end = int(np.searchsorted(self.tags, tag, side="left"))
+        end = min(max(end, self.cursor), len(self.order))
+        return int(self.tags[end] - self.tags[self.cursor])
+
+
+J = TypeVar("J", bound=QueuedJob)
+
+
+class SpeedEstimate:
+    """Model seconds per computed token at the fastest of the last ``SPEED_WINDOW`` batches,
+    or None before ``SPEED_EVIDENCE`` batches ran. A drop cannot be undone, so the estimate
+    errs towards keeping work: a mean let one slow batch (a first call at a new shape, a CPU
+    shared with tokenization) fail calls that would have finished, while the fastest recent
+    batch still follows a device that stays slower."""
+
+    def __init__(self) -> None:
+        self._per_token: deque[float] = deque(maxlen=SPEED_WINDOW)
+
+    def record(self, seconds: float, computed_tokens: int) -> None:
+        if computed_tokens:
+            self._per_token.append(seconds / computed_tokens)
+
+    def seconds_per_token(self) -> float | None:
+        if len(self._per_token) < SPEED_EVIDENCE:
+            return None
+        return min(self._per_token)
+
+
+class FairQueue(Generic[J]):
+    """Start-time fair queuing of every admitted request's pairs, in token units (see the
+    module docstring); the scheduler adds jobs and takes batches."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.jobs: list[J] = []  # in arrival order
+        self.speed = SpeedEstimate()
+        self._vtime = 0
+        self._next_start = 0
+        budget = config.limits.max_batch_tokens
+        self._quantum = config.fair_quantum_batches * budget
+        self._horizon = config.lookahead_batches * budget
+
+    def start_tag(self, tokens: int) -> int:
+        """The start tag of a request of ``tokens`` arriving now (call once per request)."""
+        start = max(self._vtime, self._next_start)
+        self._next_start = start + min(tokens, self._quantum)
+        return start
+
+    def add(self, job: J) -> None:
+        self.jobs.append(job)
+
+    def live(self) -> list[J]:
+        """Jobs with pairs still to dispatch; forgets the others."""
+        self.jobs = [job for job in self.jobs if not job.dead and not job.exhausted]
+        return self.jobs
+
+    def refusal(
+        self, now: float, deadline: float | None, own_tokens: int, in_flight_tokens: int
+    ) -> tuple[str, float] | None:
+        """Why to refuse a call at once, and in how many seconds a retry may succeed; None to
+        admit it. Refused: the work queued ahead would take longer than ``max_queue_wait``,
+        or, with the call's own ``own_tokens`` (0 before they are known), end after its
+        deadline. A call whose own work alone outlasts its deadline is left to ``expire``
+        (DEADLINE_EXCEEDED): no retry would help. ``in_flight_tokens``: every admitted token,
+        a bound checked first so the common case needs no scan of the queue."""
+        rate = self.speed.seconds_per_token()
+        if rate is None:
+            return None
+        most = self.config.max_queue_wait or math.inf
+        left = math.inf if deadline is None else deadline - now
+        own = own_tokens * rate
+        if left <= own or (in_flight_tokens + own_tokens) * rate <= min(most, left):
+            return None
+        start = max(self._vtime, self._next_start)
+        ahead = sum(job.tokens_before(start) for job in self.live()) * rate
+        if ahead > most:
+            return f"about {ahead:.3f}s of queued work ahead, more than {most}s", ahead - most
+        if ahead + own > left:
+            why = f"about {ahead:.3f}s of queued work ahead, and {left:.3f}s to the deadline"
+            return why, ahead + own - left
+        return None
+
+    def expire(self, now: float) -> list[tuple[J, str]]:
+        """Jobs to drop before the next batch: deadline passed (message ""), or their own
+        pending work plus the work queued ahead of their last pair, at the estimated speed,
+        would end after their deadline (message says so). Marks them dead."""
+        live = self.live()
+        rate = self.speed.seconds_per_token()
+        queued = sum(job.pending_tokens for job in live)
+        dropped: list[tuple[J, str]] = []
+        for job in live:
+            if job.deadline is None:
+                continue
+            if now >= job.deadline:
+                dropped.append((job, ""))
+            elif rate is not None and now + queued * rate >= job.deadline:  # else all fits
+                last_tag = int(job.tags[len(job.order) - 1])
+                ahead = sum(o.tokens_before(last_tag) for o in live if o is not job and not o.dead)
+                needed = (job.pending_tokens + ahead) * rate
+                if now + needed >= job.deadline:
+                    dropped.append(
+                        (
+                            job,
+                            f"cannot finish before the deadline: about {needed:.3f}s of model "
+                            f"time for this call and the work queued ahead of it, and "
+                            f"{job.deadline - now:.3f}s to go",
+                        )
+                    )
+        for job, _ in dropped:
+            job.dead = True
+        return dropped
+
+    def _could_fill(self, live: list[J]) -> bool:
+        """Whether the queued pairs could make a full batch (``is_full``): a bound from their
+        count, tokens and longest length, cheap enough to check on every arrival while the
+        model is busy, before the window is built."""
+        limits = self.config.limits
+        pairs = tokens = longest = 0
+        for job in live:
+            pairs += len(job.order) - job.cursor
+            tokens += job.pending_tokens
+            longest = max(longest, int(job.sorted_lengths[job.cursor]))
+        if pairs >= limits.max_batch_size:
+            return True
+        if limits.padded:  # full: longest x (count + 1) over the budget
+            return longest * (pairs + 1) > limits.max_batch_tokens
+        return tokens + longest > limits.max_batch_tokens  # full: no room for the shortest
+
+    def next_batch(self, model_busy: bool) -> list[tuple[J, IntArray]]:
+        """The next batch as (job, pair indices) groups, or [] when there is nothing to run.
+        While the model is busy only a full batch is taken: more pairs may arrive before the
+        model is free, and the batch is decided then."""
+        live = self.live()
+        if not live or (model_busy and not self._could_fill(live)):
+            return []
+        limit = self.config.lookahead_pairs
+        pending = [job.pending(limit) for job in live]
+        owner = np.repeat(np.arange(len(live)), [len(p) for p, _, _ in pending])
+        positions = np.concatenate([p for p, _, _ in pending])
+        tags = np.concatenate([t for _, t, _ in pending])
+        window = np.lexsort((owner, tags))[:limit]  # tag order, ties by arrival
+        window = window[tags[window] < tags[window[0]] + self._horizon]
+        if not self.config.cross_request:
+            window = window[owner[window] == owner[window[0]]]
+        lengths = np.concatenate([n for _, _, n in pending])[window]
+        picked = select_batch(lengths.tolist(), self.config.limits)
+        if model_busy and not is_full(lengths[picked].tolist(), self.config.limits):
+            return []
+        chosen = window[picked]
+        self._vtime = max(self._vtime, int(tags[window[0]]))
+        chosen = chosen[np.argsort(owner[chosen], kind="stable")]  # by job, in tag order
+        owners = owner[chosen]
+        cuts = np.flatnonzero(owners[1:] != owners[:-1]) + 1
+        starts = [0, *cuts.tolist()]
+        return [
+            (live[k], live[k].dispatch(part))
+            for k, part in zip(
+                owners[starts].tolist(), np.split(positions[chosen], cuts), strict=True
+            )
+        ]

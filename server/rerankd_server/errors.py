@@ -20,7 +20,12 @@ class ModelNotFound(RerankdServerError):
 
 
 class Overloaded(RerankdServerError):
-    """Admission would exceed the queue bound (RESOURCE_EXHAUSTED); retry later."""
+    """Admission would exceed a queue bound, or the work ahead would outlast the call's
+    deadline or the longest allowed wait (RESOURCE_EXHAUSTED); retry later."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until the queue has likely drained enough
 
 
 class DeadlineExpired(RerankdServerError):

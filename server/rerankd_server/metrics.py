@@ -78,6 +78,8 @@ class Metrics:
             "Seconds taken to load and warm up the model.",
             registry=self.registry,
         )
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._latencies: dict[str, Any] = {}
         self._schedulers: list[BatchScheduler] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.cache: ScoreCache | None = None
@@ -85,8 +87,17 @@ class Metrics:
         self._server: Any = None
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
-        self.requests.labels(method, code).inc()
-        self.latency.labels(method).observe(seconds)
+        """Count one RPC. Label children are bound once and kept: ``labels()`` takes a lock
+        and builds a key on every call, on the event loop, thousands of times a second."""
+        key = (method, code)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(method, code)
+        latency = self._latencies.get(method)
+        if latency is None:
+            latency = self._latencies[method] = self.latency.labels(method)
+        counter.inc()
+        latency.observe(seconds)
 
     def watch(self, scheduler: BatchScheduler) -> None:
         """Export this scheduler's queue and counters, and observe its batches."""

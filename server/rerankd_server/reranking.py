@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rerankd_server.batching import SchedulerConfig
 from rerankd_server.cache import ScoreCache
 from rerankd_server.chunking import Reduce, document_budget, plan_chunks, reduce_scores
-from rerankd_server.scheduler import BatchScheduler, SchedulerConfig, Usage
+from rerankd_server.jobs import Usage
+from rerankd_server.scheduler import BatchScheduler
 from rerankd_server.scoring.base import FloatArray, Scorer, Truncation
 
 
@@ -44,8 +46,10 @@ class ChunkChoice:
     end_byte: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ranked:
+    """One result: the document's index in the request, its score, the chunk that decided it."""
+
     index: int
     score: float
     chunk: ChunkChoice | None = None
@@ -83,19 +87,19 @@ class Reranker:
         truncation: Truncation,
         normalization: Normalization,
         deadline: float | None,
-    ) -> tuple[list[float], Usage]:
+    ) -> tuple[FloatArray, Usage]:
         """Normalized float32 scores of ``pairs`` in order, and what they cost."""
-        logits, usage = await self._logits(pairs, truncation, deadline)
-        return self.normalize(logits, normalization), usage
+        raw, activated, usage = await self._logits(pairs, truncation, deadline)
+        return self.normalize(raw, activated, normalization), usage
 
-    def normalize(self, logits: FloatArray, how: Normalization) -> list[float]:
+    def normalize(self, raw: FloatArray, activated: FloatArray, how: Normalization) -> FloatArray:
+        """The scores asked for: the model's activation (computed on the model thread with the
+        logits), the raw logits, or a sigmoid of them (numpy: no torch on the event loop)."""
         if how is Normalization.RAW:
-            values = logits
-        elif how is Normalization.SIGMOID and not self.scorer.info.activation.endswith("Sigmoid"):
-            values = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
-        else:
-            values = self.scorer.activate(logits)
-        return [float(v) for v in values]
+            return raw
+        if how is Normalization.SIGMOID and not self.scorer.info.activation.endswith("Sigmoid"):
+            return (1.0 / (1.0 + np.exp(-raw.astype(np.float64)))).astype(np.float32)
+        return activated
 
     async def rerank(
         self, query: str, texts: Sequence[str], options: RerankOptions, deadline: float | None
@@ -105,9 +109,13 @@ class Reranker:
             scores, usage = await self.score(
                 [(query, t) for t in texts], options.truncation, options.normalization, deadline
             )
-            ranked = [Ranked(i, s) for i, s in enumerate(scores)]
-        else:
-            ranked, usage = await self._rerank_chunked(query, texts, options, deadline)
+            # Best first, ties by index, in numpy; objects only for the results returned.
+            order = np.lexsort((np.arange(len(scores)), -scores))[: options.top_n or None]
+            if options.min_score is not None:
+                order = order[scores[order] >= options.min_score]
+            ranked = list(map(Ranked, order.tolist(), scores[order].tolist()))
+            return ranked, usage
+        ranked, usage = await self._rerank_chunked(query, texts, options, deadline)
         ranked.sort(key=lambda r: (-r.score, r.index))
         if options.top_n:
             ranked = ranked[: options.top_n]
@@ -136,7 +144,7 @@ class Reranker:
         scores, usage = await self.score(pairs, options.truncation, options.normalization, deadline)
         ranked, offset = [], 0
         for index, (text, plan) in enumerate(zip(texts, plans, strict=True)):
-            chunk_scores = scores[offset : offset + len(plan.spans)]
+            chunk_scores = scores[offset : offset + len(plan.spans)].tolist()
             offset += len(plan.spans)
             score, best = reduce_scores(chunk_scores, chunking.reduce)
             start, end = plan.spans[best]
@@ -151,20 +159,29 @@ class Reranker:
 
     async def _logits(
         self, pairs: Sequence[tuple[str, str]], truncation: Truncation, deadline: float | None
-    ) -> tuple[FloatArray, Usage]:
+    ) -> tuple[FloatArray, FloatArray, Usage]:
+        """Raw and activated scores, from the cache where it has them, else the scheduler."""
         if self._cache is None:
             outcome = await self.scheduler.submit(pairs, truncation, deadline)
-            return outcome.logits, outcome.usage
+            return outcome.logits, outcome.scores, outcome.usage
         keys = [(self.name, truncation.value, q, t) for q, t in pairs]
         cached = self._cache.get_many(keys)
         missing = [i for i, value in enumerate(cached) if value is None]
-        logits = np.asarray([math.nan if v is None else v for v in cached], dtype=np.float32)
+        found = [(math.nan, math.nan) if v is None else v for v in cached]
+        raw, activated = (
+            np.asarray(column, dtype=np.float32) for column in zip(*found, strict=True)
+        )
         usage = Usage(0, 0, 0, 0, 0)
         if missing:
             outcome = await self.scheduler.submit([pairs[i] for i in missing], truncation, deadline)
-            logits[missing] = outcome.logits
-            self._cache.put_many([keys[i] for i in missing], outcome.logits.tolist())
+            raw[missing], activated[missing] = outcome.logits, outcome.scores
+            values = zip(outcome.logits.tolist(), outcome.scores.tolist(), strict=True)
+            self._cache.put_many([keys[i] for i in missing], list(values))
             usage = outcome.usage
-        return logits, dataclasses.replace(
-            usage, cached_pairs=len(pairs) - len(missing), scored_pairs=len(pairs)
+        return (
+            raw,
+            activated,
+            dataclasses.replace(
+                usage, cached_pairs=len(pairs) - len(missing), scored_pairs=len(pairs)
+            ),
         )

@@ -37,6 +37,7 @@ class Settings:
     lookahead_batches: int = 4
     max_queue_pairs: int = 16384
     max_queue_tokens: int = 8_000_000
+    max_queue_wait: float = 10.0
     max_documents: int = 1000
     max_query_bytes: int = 64 * 1024
     max_document_bytes: int = 512 * 1024
@@ -135,6 +136,14 @@ _OPTIONS: list[tuple[str, type, str]] = [
         "max-queue-tokens",
         int,
         "Tokens admitted but not yet scored; beyond it calls get RESOURCE_EXHAUSTED.",
+    ),
+    (
+        "max-queue-wait",
+        float,
+        "Longest estimated wait, in seconds, for the work queued ahead of a call; beyond it, "
+        "or beyond the call's own deadline, RESOURCE_EXHAUSTED at once with a retry hint, "
+        "instead of a wait that ends in DEADLINE_EXCEEDED. Lower sheds sooner; 0 turns the "
+        "bound off (the deadline still applies).",
     ),
     ("max-documents", int, "Most documents per Rerank call (pairs per Score call)."),
     ("max-query-bytes", int, "Most UTF-8 bytes in a query."),
@@ -301,6 +310,8 @@ def validate(settings: Settings) -> list[str]:
         problems.append("--max-batch-tokens must be 0 (auto) or positive")
     if not 0 < settings.port < 65536 and settings.port != 0:
         problems.append("--port must be 0..65535")
+    if settings.max_queue_wait < 0:
+        problems.append("--max-queue-wait must be 0 (off) or positive")
     if settings.grace_period < 0:
         problems.append("--grace-period must not be negative")
     if bool(settings.tls_cert) != bool(settings.tls_key):

@@ -19,6 +19,16 @@ except ImportError:  # pragma: no cover - exercised where the package is absent
     propagate = None  # type: ignore[assignment]
 
 
+def enabled() -> bool:
+    """Whether spans go anywhere: a tracer provider was set (an SDK or an agent). Checked per
+    call, since a provider may be set after start; without one a span would be dropped and
+    only its building (a context, a propagator, attributes) would cost."""
+    if trace is None:
+        return False
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 @contextlib.contextmanager
 def server_span(method: str, metadata: Sequence[tuple[str, Any]] | None) -> Iterator[Any]:
     """A span for one RPC (None without OpenTelemetry); set attributes on it as you go."""

@@ -160,9 +160,9 @@ def test_cache_memory_is_bounded() -> None:
 
     cache = ScoreCache(max_bytes=20_000)
     keys = [("m", "default", "q", f"document {i} " * 10) for i in range(500)]
-    cache.put_many(keys, [float(i) for i in range(500)])
+    cache.put_many(keys, [(float(i), float(-i)) for i in range(500)])
     assert cache.bytes <= 20_000 and 0 < len(cache) < 500
-    assert cache.get_many(keys[-1:]) == [499.0] and cache.get_many(keys[:1]) == [None]
+    assert cache.get_many(keys[-1:]) == [(499.0, -499.0)] and cache.get_many(keys[:1]) == [None]
 
 
 def test_score_and_rerank_agree_and_normalizations(stub: rerank_pb2_grpc.RerankServiceStub) -> None:

@@ -95,7 +95,8 @@ def server_outcomes(output: str) -> dict[str, list[str]]:
 @pytest.mark.slow
 def test_sigterm_under_load_fails_no_accepted_call(tiny_models: dict[str, Path]) -> None:
     metrics_port = free_port()
-    args = ("--log-format", "json", "--metrics-port", str(metrics_port))
+    # Per-call records of successful calls are DEBUG.
+    args = ("--log-format", "json", "--log-level", "DEBUG", "--metrics-port", str(metrics_port))
     server = start_server(tiny_models["modernbert"], *args)
     with server, Load(server.target) as load, ThreadPoolExecutor(1) as pool:
         load.wait_for_successes(20)

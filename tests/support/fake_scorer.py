@@ -3,7 +3,9 @@
 A pair's tokens are its words (query then text) plus 3 special tokens; its raw logit is a
 fixed function of those tokens, so any reordering or mixing of pairs shows in the scores.
 The model thread can be held with ``gate`` to build queues on purpose, and every batch the
-"model" computes is recorded.
+"model" computes is recorded. ``fault`` makes one stage misbehave for pairs holding the word
+``FAULT_WORD``: ``(stage, how)`` with stage tokenize, collate, forward or activate and how
+``raise``, ``short`` (one result too few) or ``long`` (one too many).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from rerankd_server.scoring.base import FloatArray, ScorerInfo, TokenizedPairs, Truncation
+
+FAULT_WORD = "boom"
 
 
 def token_id(word: str) -> int:
@@ -43,6 +47,8 @@ class FakeScorer:
     events: list[str] = field(default_factory=list)
     poison: str | None = None  # a word whose pairs get a NaN logit
     fail_next: bool = False
+    fault: tuple[str, str] | None = None  # (stage, how) for pairs holding FAULT_WORD
+    _faulty_forward: bool = False  # the last forward's batch held FAULT_WORD (for activate)
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -68,7 +74,21 @@ class FakeScorer:
                     longer.pop()
             ids.append([1, *q, 2, *t, 2])
             truncated.append(cut)
+        if self._faults("tokenize", ids):
+            ids, truncated = self._misbehave(ids), self._misbehave(truncated)
         return TokenizedPairs(ids=ids, type_ids=None, truncated=truncated)
+
+    def _faults(self, stage: str, rows: Sequence[Sequence[int]]) -> bool:
+        """Whether ``stage`` misbehaves for these rows."""
+        if self.fault is None or self.fault[0] != stage:
+            return False
+        return any(token_id(FAULT_WORD) in row for row in rows)
+
+    def _misbehave(self, values: list[Any]) -> list[Any]:
+        assert self.fault is not None
+        if self.fault[1] == "raise":
+            raise RuntimeError(f"simulated {self.fault[0]} failure")
+        return values[:-1] if self.fault[1] == "short" else [*values, values[-1]]
 
     def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
         """Words and their character spans (the fake's tokens)."""
@@ -87,7 +107,8 @@ class FakeScorer:
 
     def collate(self, ids: Sequence[list[int]], type_ids: Sequence[list[int]] | None) -> Any:
         self.events.append(f"collate {len(ids)}")
-        return [list(row) for row in ids]
+        batch = [list(row) for row in ids]
+        return self._misbehave(batch) if self._faults("collate", batch) else batch
 
     def forward(self, batch: Any) -> FloatArray:
         self.events.append(f"forward {len(batch)}")
@@ -98,9 +119,14 @@ class FakeScorer:
             raise RuntimeError("simulated model failure")
         poison = token_id(self.poison) if self.poison else None
         out = [float("nan") if poison in row else _logit(row) for row in batch]
+        self._faulty_forward = any(token_id(FAULT_WORD) in row for row in batch)
+        if self._faults("forward", batch):
+            out = self._misbehave(out)
         return np.asarray(out, dtype=np.float32)
 
     def activate(self, logits: FloatArray) -> FloatArray:
+        if self._faulty_forward and self.fault is not None and self.fault[0] == "activate":
+            return np.asarray(self._misbehave(logits.tolist()), dtype=np.float32)
         return logits
 
     def warmup(self, max_batch_tokens: int, max_batch_size: int) -> float | None:

@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 
 from rerankd_server.batching import (
     BatchLimits,
+    FairQueue,
+    QueuedJob,
+    SchedulerConfig,
     batch_cost,
     fixed_batch_cost,
     is_full,
@@ -112,3 +115,87 @@ def test_is_full() -> None:
     assert is_full([30, 30, 30], limits)  # another 30 would cost 120
     assert not is_full([10, 10], limits)
     assert batch_cost([], True) == 0
+
+
+def _queue_with_a_large_job() -> tuple[FairQueue[QueuedJob], QueuedJob]:
+    """A queue whose speed is known (0.1 ms per token) holding 1 s of work without deadline;
+    a quantum is 4 budgets of 100 tokens."""
+    queue: FairQueue[QueuedJob] = FairQueue(SchedulerConfig(BatchLimits(100, 8, padded=False)))
+    for _ in range(4):
+        queue.speed.record(0.01, 100)
+    big = QueuedJob(0, [10] * 1000, queue.start_tag(10_000), None)
+    queue.add(big)
+    return queue, big
+
+
+def test_a_job_that_fair_queuing_lets_finish_in_time_is_kept() -> None:
+    queue, big = _queue_with_a_large_job()
+    # The whole queue would outlast the deadline, but this job starts one quantum (400 tokens,
+    # 0.04 s) into the large one: it finishes in time and must not be dropped.
+    small = QueuedJob(1, [10], queue.start_tag(10), deadline=0.2)
+    queue.add(small)
+    assert queue.expire(now=0.0) == []
+    assert not small.dead and not big.dead
+    # A call arriving now waits for the 410 tokens of the large one before its start, and the
+    # small one.
+    refusal = queue.refusal(now=0.0, deadline=0.03, own_tokens=10, in_flight_tokens=10_020)
+    assert refusal is not None and "queued work ahead" in refusal[0]
+    assert refusal[1] == pytest.approx(0.1 * 1e-3 * 430 - 0.03)
+
+
+def test_a_job_that_cannot_finish_in_time_is_dropped_with_the_reason() -> None:
+    queue, big = _queue_with_a_large_job()
+    hopeless = QueuedJob(1, [10] * 10, queue.start_tag(100), deadline=0.03)
+    passed = QueuedJob(2, [10], queue.start_tag(10), deadline=0.0)
+    queue.add(hopeless)
+    queue.add(passed)
+    dropped = dict(queue.expire(now=0.0))
+    assert dropped[passed] == ""  # the deadline passed: its caller reports that
+    assert "cannot finish before the deadline" in dropped[hopeless]
+    assert hopeless.dead and passed.dead and not big.dead
+    assert queue.live() == [big]
+
+
+@given(
+    st.lists(st.lists(st.integers(1, MAX_LEN), min_size=1, max_size=30), min_size=1, max_size=8),
+    windows_and_limits(max_window=1),
+    st.integers(1, 64),
+)
+def test_the_fair_queue_dispatches_every_pair_once_within_the_limits(
+    requests: list[list[int]], case: tuple[list[int], BatchLimits], lookahead: int
+) -> None:
+    _, limits = case
+    queue: FairQueue[QueuedJob] = FairQueue(SchedulerConfig(limits, lookahead_pairs=lookahead))
+    jobs = []
+    for seq, lengths in enumerate(requests):
+        jobs.append(QueuedJob(seq, lengths, queue.start_tag(sum(lengths)), None))
+        queue.add(jobs[-1])
+    taken: dict[int, list[int]] = {job.seq: [] for job in jobs}
+    while groups := queue.next_batch(model_busy=False):
+        lengths = [requests[job.seq][i] for job, idx in groups for i in idx.tolist()]
+        assert len(lengths) <= limits.max_batch_size
+        assert batch_cost(lengths, limits.padded) <= limits.max_batch_tokens
+        for job, idx in groups:
+            taken[job.seq] += idx.tolist()
+    assert all(sorted(taken[job.seq]) == list(range(len(requests[job.seq]))) for job in jobs)
+    assert all(job.exhausted and job.pending_tokens == 0 for job in jobs)
+
+
+@given(
+    st.lists(st.lists(st.integers(1, MAX_LEN), min_size=1, max_size=12), min_size=1, max_size=6),
+    windows_and_limits(max_window=1),
+)
+def test_a_busy_model_gets_a_batch_exactly_when_a_full_one_can_be_formed(
+    requests: list[list[int]], case: tuple[list[int], BatchLimits]
+) -> None:
+    """The cheap bound that skips building the window never hides a full batch."""
+    _, limits = case
+    busy: FairQueue[QueuedJob] = FairQueue(SchedulerConfig(limits))
+    idle: FairQueue[QueuedJob] = FairQueue(SchedulerConfig(limits))
+    for seq, lengths in enumerate(requests):
+        for queue in (busy, idle):
+            queue.add(QueuedJob(seq, lengths, queue.start_tag(sum(lengths)), None))
+    chosen = idle.next_batch(model_busy=False)
+    lengths = [requests[job.seq][i] for job, idx in chosen for i in idx.tolist()]
+    taken = busy.next_batch(model_busy=True)
+    assert bool(taken) == is_full(lengths, limits)

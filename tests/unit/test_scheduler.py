@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rerankd_server.batching import BatchLimits, batch_cost
+from rerankd_server.batching import BatchLimits, SchedulerConfig, batch_cost
 from rerankd_server.errors import (
     DeadlineExpired,
     InvalidRequest,
@@ -20,9 +20,9 @@ from rerankd_server.errors import (
     NotReady,
     Overloaded,
 )
-from rerankd_server.scheduler import BatchScheduler, SchedulerConfig
+from rerankd_server.scheduler import BatchScheduler
 from rerankd_server.scoring.base import Truncation
-from support.fake_scorer import FakeScorer, expected_logit, token_id
+from support.fake_scorer import FAULT_WORD, FakeScorer, expected_logit, token_id
 
 
 def config(budget: int = 256, size: int = 16, padded: bool = True, **kw: int) -> SchedulerConfig:
@@ -338,7 +338,7 @@ async def test_work_that_cannot_meet_its_deadline_is_dropped_before_it_runs() ->
     assert scheduler.stats.pairs_expired == 400
 
 
-async def test_work_stuck_behind_a_queue_it_cannot_outrun_is_dropped_early() -> None:
+async def test_work_stuck_behind_a_queue_it_cannot_outrun_is_refused_at_once() -> None:
     scorer = SlowFake()
     async with BatchScheduler(scorer, config(budget=200, size=8)) as scheduler:
         await scheduler.submit([("q", doc(15, "warm"))] * 48, Truncation.DEFAULT)  # learn speed
@@ -348,16 +348,63 @@ async def test_work_stuck_behind_a_queue_it_cannot_outrun_is_dropped_early() -> 
             )
             for i in range(6)
         ]
-        await wait_until(lambda: len(scheduler._active) >= 6)
+        await wait_until(lambda: scheduler.queued_requests >= 6)
         loop = asyncio.get_running_loop()
-        # Its own 16 pairs need ~0.15 s, the queue ahead ~1.8 s: refused even if more than a
-        # second of the queue ran before it was admitted (a slow machine).
+        # The queue ahead needs ~1.8 s: refused even if more than a second of the queue ran
+        # before it was admitted (a slow machine), with a hint of when to come back.
         deadline = loop.time() + 0.6
-        with pytest.raises(DeadlineExpired, match="queued ahead"):
+        with pytest.raises(Overloaded, match="queued work ahead") as refused:
             await scheduler.submit([("q", doc(15, "late"))] * 16, Truncation.DEFAULT, deadline)
         assert loop.time() < deadline  # refused early, not after waiting for the deadline
+        assert refused.value.retry_after is not None and refused.value.retry_after > 0
         await asyncio.gather(*ahead)  # the calls ahead are untouched
     assert token_id("late0") not in scored_words(scorer)
+    assert scheduler.stats.pairs_shed == 16
+
+
+async def test_work_the_queue_ahead_would_make_late_is_refused_once_its_size_is_known() -> None:
+    scorer = SlowFake()
+    async with BatchScheduler(scorer, config(budget=200, size=8)) as scheduler:
+        await scheduler.submit([("q", doc(15, "warm"))] * 48, Truncation.DEFAULT)  # learn speed
+        ahead = [  # two calls of 32 x 19 tokens: ~0.6 s of model time
+            asyncio.create_task(
+                scheduler.submit([("q", doc(15, f"a{i}_"))] * 32, Truncation.DEFAULT)
+            )
+            for i in range(2)
+        ]
+        await wait_until(lambda: scheduler.queued_requests >= 2)
+        loop = asyncio.get_running_loop()
+        # The queue ahead fits the deadline, and so does the call's own ~0.6 s, but not both:
+        # refused (a retry may succeed) once tokenized, not left to time out.
+        deadline = loop.time() + 0.9
+        with pytest.raises(Overloaded, match="to the deadline"):
+            await scheduler.submit([("q", doc(15, "late"))] * 64, Truncation.DEFAULT, deadline)
+        assert loop.time() < deadline
+        await asyncio.gather(*ahead)
+    assert token_id("late0") not in scored_words(scorer)
+
+
+async def test_max_queue_wait_refuses_calls_without_a_deadline() -> None:
+    scorer = SlowFake()
+    cfg = SchedulerConfig(BatchLimits(200, 8, True), max_queue_wait=0.1)
+    async with BatchScheduler(scorer, cfg) as scheduler:
+        await scheduler.submit([("q", doc(15, "warm"))] * 48, Truncation.DEFAULT)  # learn speed
+        scorer.gate.clear()  # hold the model: the queue stays as built
+        forwards = scorer.events.count("forward 8")
+        # One large call, ~1.5 s of work (its own work is no wait, so it is admitted); a call
+        # after it waits for the rest of its first quantum (four budgets, ~0.4 s, less the
+        # batch in the model and the one prepared).
+        ahead = asyncio.create_task(
+            scheduler.submit([("q", doc(15, "ahead"))] * 160, Truncation.DEFAULT)
+        )
+        await wait_until(lambda: scorer.events.count("forward 8") > forwards)
+        with pytest.raises(Overloaded, match="queued work ahead") as refused:
+            await scheduler.submit([("q", doc(15, "late"))], Truncation.DEFAULT)
+        assert refused.value.retry_after is not None and refused.value.retry_after > 0
+        scorer.gate.set()
+        await ahead
+        # Once the queue drained, the same call is served.
+        assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1
 
 
 class SlowFirstFake(SlowFake):
@@ -393,7 +440,7 @@ async def test_length_grouping_does_not_hold_back_the_oldest_request() -> None:
         tasks = []
         for i, pairs in enumerate(requests):
             tasks.append(asyncio.create_task(scheduler.submit(pairs, Truncation.DEFAULT)))
-            await wait_until(lambda n=i + 1: len(scheduler._active) == n)  # type: ignore[misc]
+            await wait_until(lambda n=i + 1: scheduler.queued_requests == n)  # type: ignore[misc]
         scorer.gate.set()
         await asyncio.gather(*tasks)
     words = {token_id(f"r0_{j}_0") for j in range(16)}
@@ -415,7 +462,7 @@ async def test_a_scheduler_bug_fails_the_callers_instead_of_hanging_them(
         def broken(*args: object) -> list[int]:
             raise RuntimeError("policy bug")
 
-        monkeypatch.setattr("rerankd_server.scheduler.select_batch", broken)
+        monkeypatch.setattr("rerankd_server.batching.select_batch", broken)
         with pytest.raises(ModelFailure, match="policy bug"):
             await asyncio.wait_for(scheduler.submit([("q", "d")], Truncation.DEFAULT), 5)
         monkeypatch.undo()
@@ -427,20 +474,72 @@ async def test_a_batch_that_cannot_start_after_the_previous_one_fails_its_caller
     async with BatchScheduler(scorer, config(budget=64, size=4)) as scheduler:
         scorer.gate.clear()  # hold the first batch so the second is prepared meanwhile
         first = asyncio.create_task(scheduler.submit([("q", doc(10, "a"))] * 4, Truncation.DEFAULT))
-        await wait_until(lambda: scheduler._model_busy)
+        await wait_until(lambda: "forward 4" in scorer.events)
         second = asyncio.create_task(
             scheduler.submit([("q", doc(10, "b"))] * 4, Truncation.DEFAULT)
         )
-        await wait_until(lambda: scheduler._prepared is not None)
-        start = scheduler._start_model
+        await wait_until(lambda: scorer.events.count("collate 4") == 2)  # prepared, waiting
+        compute = scheduler._compute
 
-        def broken(batch: Any) -> None:
+        def broken(batch: Any) -> Any:
             raise RuntimeError("start bug")
 
-        scheduler._start_model = broken  # type: ignore[method-assign]
+        scheduler._compute = broken  # type: ignore[method-assign]
         scorer.gate.set()
         assert (await asyncio.wait_for(first, 5)).logits.size == 4
         with pytest.raises(ModelFailure, match="start bug"):
             await asyncio.wait_for(second, 5)
-        scheduler._start_model = start  # type: ignore[method-assign]
+        scheduler._compute = compute  # type: ignore[method-assign]
+        assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1
+
+
+FAULTS = [
+    (stage, how)
+    for stage, ways in (
+        ("tokenize", ("raise", "short", "long")),
+        ("collate", ("raise",)),
+        ("forward", ("raise", "short", "long")),
+        ("activate", ("raise", "short")),
+    )
+    for how in ways
+]
+
+
+@pytest.mark.parametrize(("stage", "how"), FAULTS, ids=[f"{s}-{h}" for s, h in FAULTS])
+async def test_a_fault_in_any_stage_fails_exactly_its_callers(stage: str, how: str) -> None:
+    """A scorer that raises or returns the wrong number of results, in any stage, fails the
+    callers of that request or batch at once (never leaves them waiting), and only them."""
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config(budget=64, size=1)) as scheduler:
+        scorer.gate.clear()  # queue the calls behind a held batch, each in a batch of its own
+        held = asyncio.create_task(scheduler.submit([("q", "warm")], Truncation.DEFAULT))
+        await wait_until(lambda: scorer.events)
+        scorer.fault = (stage, how)
+        faulty = asyncio.create_task(scheduler.submit([("q", FAULT_WORD)], Truncation.DEFAULT))
+        clean = asyncio.create_task(scheduler.submit([("q", "fine")], Truncation.DEFAULT))
+        await wait_until(lambda: faulty.done() or scheduler.queue_pairs == 3)
+        scorer.gate.set()
+        with pytest.raises(ModelFailure):
+            await asyncio.wait_for(faulty, 1.0)
+        assert (await asyncio.wait_for(clean, 1.0)).logits.tolist() == [expected_logit("q", "fine")]
+        await held
+        scorer.fault = None
+        after = await asyncio.wait_for(
+            scheduler.submit([("q", FAULT_WORD)], Truncation.DEFAULT), 1.0
+        )
+    assert after.logits.tolist() == [expected_logit("q", FAULT_WORD)]
+    assert scheduler.queue_pairs == 0 and scheduler.queue_tokens == 0
+
+
+async def test_a_fault_while_handing_out_scores_fails_the_batch_and_the_scheduler_goes_on() -> None:
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config()) as scheduler:
+
+        def broken(pairs: int, real: int, computed: int) -> None:
+            raise RuntimeError("scatter bug")
+
+        scheduler.stats.on_batch = broken
+        with pytest.raises(ModelFailure, match="scatter bug"):
+            await asyncio.wait_for(scheduler.submit([("q", "d")], Truncation.DEFAULT), 1.0)
+        scheduler.stats.on_batch = None
         assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1

@@ -57,6 +57,9 @@ class ScorerInfo:
     padded: bool
     pair_special_tokens: int = 3  # tokens a pair adds to its texts: [CLS] [SEP] [SEP], a prompt
     modules: str = ""  # the module chain, e.g. "Transformer(ModernBertModel) > Pooling(cls) > ..."
+    #: ``tokenize`` does no real work (ids given, a benchmark's no-op scorer): the scheduler
+    #: calls it on the event loop rather than paying a thread hop to find that out.
+    light_tokenize: bool = False
 
 
 class Scorer(Protocol):

@@ -1,0 +1,129 @@
+"""What flows through the scheduler: a call's job, a model batch, and what they report (the
+call's ``Outcome`` and ``Usage``, the running ``SchedulerStats`` the metrics read)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rerankd_server.batching import IntArray, QueuedJob, batch_cost
+from rerankd_server.errors import ModelFailure, RerankdServerError
+from rerankd_server.scoring.base import FloatArray, TokenizedPairs
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one request cost (reported back to the caller)."""
+
+    input_tokens: int
+    truncated_pairs: int
+    queue_time_us: int
+    inference_time_us: int
+    batches: int
+    cached_pairs: int = 0
+    scored_pairs: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Raw float32 logits and the model's activation of them, in request order; the usage."""
+
+    logits: FloatArray
+    scores: FloatArray
+    usage: Usage
+
+
+@dataclass
+class SchedulerStats:
+    """Counters since start; the metrics layer reads them."""
+
+    batches: int = 0
+    pairs_scored: int = 0
+    real_tokens: int = 0
+    computed_tokens: int = 0
+    pairs_shed: int = 0
+    pairs_cancelled: int = 0
+    pairs_expired: int = 0
+    cancelled_compute_tokens: int = 0
+    on_batch: Callable[[int, int, int], None] | None = None  # (pairs, real, computed tokens)
+
+
+class Job(QueuedJob):
+    """One admitted request: its tokens, the scores gathered so far, its caller's future."""
+
+    def __init__(self, seq: int, tokens: TokenizedPairs, start: int, deadline: float | None):
+        super().__init__(seq, tokens.lengths(), start, deadline)
+        self.tokens = tokens
+        self.lengths = np.asarray(tokens.lengths(), dtype=np.int64)
+        self.raw = np.zeros(len(self.lengths), dtype=np.float32)
+        self.scores = np.zeros(len(self.lengths), dtype=np.float32)
+        self.remaining = len(self.lengths)
+        loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Outcome] = loop.create_future()
+        self.admitted_at = self.last_end = loop.time()
+        self.first_start: float | None = None
+        self.batches = 0
+
+    def fail(self, error: BaseException) -> None:
+        self.dead = True
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    def deliver(self, idx: IntArray, raw: FloatArray, scores: FloatArray, now: float) -> None:
+        """Take one batch's scores for the pairs ``idx``; answer the caller once all came, or
+        fail it for a non-finite score."""
+        self.batches += 1
+        self.last_end = now
+        if self.dead:
+            return
+        finite = np.isfinite(raw) & np.isfinite(scores)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            self.fail(
+                ModelFailure(
+                    f"the model produced a non-finite score ({raw[bad]}) for input {idx[bad]}"
+                )
+            )
+            return
+        self.raw[idx] = raw
+        self.scores[idx] = scores
+        self.remaining -= len(idx)
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(Outcome(self.raw, self.scores, self.usage()))
+
+    def usage(self) -> Usage:
+        start = self.first_start if self.first_start is not None else self.last_end
+        return Usage(
+            input_tokens=self.total_tokens,
+            truncated_pairs=sum(self.tokens.truncated),
+            queue_time_us=round((start - self.admitted_at) * 1e6),
+            inference_time_us=round((self.last_end - start) * 1e6),
+            batches=self.batches,
+            scored_pairs=len(self.lengths),
+        )
+
+
+@dataclass
+class Batch:
+    groups: list[tuple[Job, IntArray]]  # each job with the indices of its pairs, in order
+    pairs: int
+    real_tokens: int
+    computed_tokens: int
+    model_input: Any = field(default=None)  # None: collated on the model thread
+
+    @classmethod
+    def of(cls, groups: list[tuple[Job, IntArray]], padded: bool) -> Batch:
+        lengths = np.concatenate([job.lengths[idx] for job, idx in groups])
+        cost = batch_cost(lengths.tolist(), padded)
+        return cls(groups, len(lengths), int(lengths.sum()), cost)
+
+
+def fail_all(jobs: Sequence[Job], error: RerankdServerError | str) -> None:
+    """Fail every job with ``error`` (a message: ModelFailure, i.e. INTERNAL)."""
+    failure = ModelFailure(error) if isinstance(error, str) else error
+    for job in jobs:
+        job.fail(failure)
