@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.models import CACHE, ETTIN, build_ettin
+from bench.models import CACHE, ETTIN, MODEL_NAMES, build_ettin, model_path
 from rerankd_server.scoring.packed import pack
 
 #: Dense bf16 peak of the devices we expect (FLOP/s); MFU divides by it.
@@ -306,6 +306,12 @@ def oom_check(model: str, headroom_gib: float = 1.0) -> int:
     return 0 if halvings and diff < 5e-2 else 1
 
 
+def model_folder(model: str) -> str:
+    """A model folder, or a bench model name (``manpages``, ``ettin-150m``, ...) as the folder
+    ``python -m bench run`` serves it from (built once, at its default max length)."""
+    return str(model_path(model, 1024)) if model in MODEL_NAMES else model
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shape", choices=tuple(ETTIN), default="ettin-1b")
@@ -313,17 +319,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--self-check", action="store_true", help="CPU check of the packed path")
     parser.add_argument("--cpu-compare", action="store_true", help="padded vs packed on CPU")
     parser.add_argument(
-        "--parity", nargs="+", metavar="MODEL", help="server scorer vs CrossEncoder.predict"
+        "--parity",
+        nargs="+",
+        metavar="MODEL",
+        help="server scorer vs CrossEncoder.predict (a folder or a bench model name)",
     )
-    parser.add_argument("--oom-check", metavar="MODEL", help="out of memory splits the batch")
+    parser.add_argument(
+        "--oom-check", metavar="MODEL", help="out of memory splits the batch (folder or name)"
+    )
     args = parser.parse_args(argv)
     if args.parity:
-        return parity(args.parity, "cuda" if torch.cuda.is_available() else "cpu")
+        return parity(
+            [model_folder(m) for m in args.parity], "cuda" if torch.cuda.is_available() else "cpu"
+        )
     if args.oom_check:
         if not torch.cuda.is_available():
             print("error: --oom-check needs a CUDA device", file=sys.stderr)
             return 2
-        return oom_check(args.oom_check)
+        return oom_check(model_folder(args.oom_check))
     if args.cpu_compare:
         return cpu_compare("ettin-17m" if args.shape == "ettin-1b" else args.shape, args.pairs)
     if args.self_check:

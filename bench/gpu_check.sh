@@ -2,7 +2,7 @@
 # GPU check for rerankd: a random Ettin-1B-shaped reranker in the Ettin layout, padded vs packed, on one GPU.
 # Sized for under 5 minutes on one H200; prints a clear error and exits 2 without CUDA.
 # Usage: bash bench/gpu_check.sh [--pairs N]   (PYTHON=/path/to/python to choose the interpreter;
-# it needs torch and transformers, e.g. the project's .venv after `pip install -e '.[server]'`).
+# it needs torch and transformers, e.g. the project's .venv after `bash scripts/demo.sh` or `bash scripts/test.sh`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: The trained man-page cross-encoder in the shared folder beside the checkout, when present.
-SHARED_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "manpages-minilm-l6-ce"
+#: The shared folder beside the checkout (``../shared``): reference data and a trained model.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+#: The trained man-page cross-encoder in the shared folder, when present.
+SHARED_MODEL = SHARED / "models" / "manpages-minilm-l6-ce"
 CACHE = Path.home() / ".cache" / "rerankd-bench"
 
 

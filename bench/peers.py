@@ -2,7 +2,7 @@
 
 * ``CrossEncoder.predict`` once per query, as an application reranking each search would.
 * ``CrossEncoder.predict`` over the whole workload at once: batching across requests with
-  Sentence Transformers' fixed batch size (the offline ceiling the issue names).
+  Sentence Transformers' fixed batch size (the offline ceiling a server is compared to).
 * ``direct``: rerankd's own scorer over all pairs sorted by length in token-budget batches, with
   no scheduler, no gRPC: the best in-process batched throughput this code can reach, which
   serving efficiency divides by.

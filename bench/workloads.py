@@ -12,9 +12,11 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-SHARED_DATA = Path("/work/shared/data/manpages")
+from bench.models import SHARED
+
+#: The man-page corpus, queries and BM25 top-30 lists in the shared folder, when present.
+SHARED_DATA = SHARED / "data" / "manpages"
 
 
 @dataclass(frozen=True)

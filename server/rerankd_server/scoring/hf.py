@@ -458,9 +458,9 @@ class HFCrossEncoder:
         """One batch at the full budget, then a timed batch of one 128-token row and one of a
         quarter budget of such rows (each run once untimed first, then the fastest of the
         rest): the two split a batch's time into a cost per token and a fixed cost, which is
-        returned in tokens. It differs by model and device: about 70 tokens for the Ettin-17M
-        shape on a 2-core CPU, 830 for the tiny test model, 3,550-3,880 for the Ettin-1B shape
-        on an H200 in bf16, where small models are launch-bound (docs/design.md)."""
+        returned in tokens. It is measured here, not assumed, because it differs widely by
+        model and by device (small models on a GPU are launch-bound); docs/design.md, "A
+        batch's fixed cost", has the measurements."""
         length = min(self._max_len, max_batch_tokens)
         self._pad_batch(length, max(1, min(max_batch_size, max_batch_tokens // length)))
         row = min(128, self._max_len, max_batch_tokens)
