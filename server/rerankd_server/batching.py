@@ -40,13 +40,10 @@ import numpy.typing as npt
 
 #: A batch's fixed cost (Python, kernel launches, GEMMs too small to run at full speed) as a
 #: share of the token budget, by device, where the warm-up measured none (``fixed_batch_cost``
-#: is what the server normally uses; the cost differs by model and by device).
-#: CPU: an fp32 batch of 180 tokens ran 25% slower per token than one of 720-1,440 (Ettin-17M
-#: shape), a fixed cost of about 60 tokens, 1.5% of the 4,096 default; 0.02 against the earlier
-#: 0.1 raised closed-loop padding efficiency from 0.86-0.89 to 0.92-0.94 and throughput about
-#: 8% (docs/design.md). CUDA (bf16, H200, measured by the warm-up): Ettin-1B shape 3,550-3,880
-#: tokens of the 16,384 budget (22-24%); the 17M shape and MiniLM-L6 ran a quarter budget no
-#: slower than one 128-token row (launch-bound: at least 25%), MiniLM-L6 in fp32 50% or more.
+#: is what the server normally uses; the cost differs by model and by device). A CPU pays
+#: little per batch; a GPU running small models is launch-bound, so a batch costs a quarter of
+#: the budget or more whatever it holds (the measurements: docs/design.md, "A batch's fixed
+#: cost").
 CPU_BATCH_OVERHEAD_SHARE = 0.02
 CUDA_BATCH_OVERHEAD_SHARE = 0.25
 #: Bounds on a measured fixed cost, as a share of the budget (a timing can be noisy).

@@ -99,7 +99,7 @@ def model_executor() -> Worker:
 
     CPU PyTorch parallelises each operator with OpenMP, and OpenMP gives every thread that
     starts parallel work a team of workers of its own. Loading or warming up on another
-    thread left a second team behind, and the model thread's operators then ran about 9%
-    slower (measured: 141 against 154 pairs/s on the same batches, docs/benchmarks.md).
+    thread left a second team behind, and the model thread's operators then ran slower
+    (docs/design.md, "One model thread for every torch computation").
     """
     return Worker(1, "rerankd-model")
