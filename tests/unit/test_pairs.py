@@ -13,6 +13,7 @@ from rerankd_server.scoring.pairs import (
     PairTemplate,
     TokenizerUnsupported,
     clip,
+    clone,
     truncated_lengths,
 )
 
@@ -69,7 +70,8 @@ def test_assembled_pairs_equal_the_tokenizer_for_every_post_processor(
     name: str, max_len: int
 ) -> None:
     backend = tokenizer(PROCESSORS[name])
-    encoder = PairEncoder(backend, max_len, lower=False, uses_types=True)  # checks itself too
+    plain = clone(backend, None, "right", False)
+    encoder = PairEncoder(plain, max_len, uses_types=True)  # checks itself too
     texts = ["", "a", "list files", "use ls " * 3, "a b " * 9]
     pairs = [(q, d) for q in texts for d in texts]
     for side in ("right", "left"):
@@ -96,7 +98,7 @@ def test_a_post_processor_that_splits_a_pair_otherwise_is_refused() -> None:
         single="$A", pair="$B:1 [SEP] $A", special_tokens=[("[SEP]", 2)]
     )
     with pytest.raises(TokenizerUnsupported):
-        PairEncoder(tokenizer(reversed_pair), 16, lower=False, uses_types=False)
+        PairEncoder(clone(tokenizer(reversed_pair), None, "right", False), 16, uses_types=False)
 
 
 @pytest.mark.parametrize(

@@ -179,7 +179,7 @@ class HFCrossEncoder:
         if placement.attention == "packed" or (
             placement.attention == "flash_attention_2" and config.model_type == "modernbert"
         ):
-            self._packed = self._packed_runner(placement)
+            self._try_packing(placement)
         attention = str(getattr(self._model.config, "_attn_implementation", placement.attention))
         if self._packed is not None:
             attention = f"packed ({self._packed_kernel})"
@@ -278,11 +278,10 @@ class HFCrossEncoder:
             ModelLoadError: the tokenizer's pairs cannot be reproduced, or the model reads
                 chat messages but has no chat template.
         """
-        backend: Tokenizer = tokenizer.backend_tokenizer
-        lower = spec.do_lower_case
+        plain = self._spans_tokenizer  # the model's tokenizer without truncation
         if spec.message_format is None:
             try:
-                return PairEncoder(backend, max_len, lower, self._uses_type_ids, prompt)
+                return PairEncoder(plain, max_len, self._uses_type_ids, prompt)
             except TokenizerUnsupported as exc:
                 raise ModelLoadError(f"{source}: its tokenizer cannot be served: {exc}") from exc
         template = getattr(tokenizer, "chat_template", None)
@@ -294,9 +293,7 @@ class HFCrossEncoder:
         message_format = spec.message_format
         if message_format == "auto":
             message_format = infer_message_format(template, self._model.config.model_type)
-        return ChatEncoder(
-            tokenizer, backend, max_len, message_format, spec.chat_kwargs, prompt, lower
-        )
+        return ChatEncoder(tokenizer, plain, max_len, message_format, spec.chat_kwargs, prompt)
 
     def _set_prompt_length(self, tokenizer: Any, prompt: str) -> None:
         """Tell Pooling how many leading tokens are the prompt, measured as Sentence
@@ -307,10 +304,10 @@ class HFCrossEncoder:
             if isinstance(step, Pooling):
                 step.prompt_length = length
 
-    def _packed_runner(self, placement: Placement) -> PackedModernBert | None:
-        """The packed forward, once its scores matched the padded model's on sample pairs;
-        None (padded execution, with a warning saying why) when the model, this PyTorch or
-        the device cannot run it or it disagrees."""
+    def _try_packing(self, placement: Placement) -> None:
+        """Run packed from now on, once the packed scores matched the padded model's on sample
+        pairs; stay padded, with a warning saying why, when the model, this PyTorch or the
+        device cannot run it or it disagrees."""
         on_cuda = self._device.type == "cuda"
         attention: AttentionFn | None
         if not on_cuda:
@@ -326,14 +323,13 @@ class HFCrossEncoder:
             chain = self._chain
             if self._spec.module_output_name == "scores":  # a classifier: its own head
                 chain = Chain([ClassifierHead(self._model)])
-            self._packed_chain = chain
+            self._packed, self._packed_chain = runner, chain  # the check runs through them
             generator = torch.Generator().manual_seed(0)
             vocab = int(self._model.config.vocab_size)
             ids = [
                 torch.randint(5, vocab, (n,), generator=generator).tolist()
                 for n in sorted({2, min(37, self._max_len), min(300, self._max_len)})
             ]
-            self._packed = runner  # for the check; reset if it fails
             packed = self.device_scores(pack(ids, pin=False)).cpu()
             padded = self.device_scores(self.collate_padded(ids, None)).cpu()
             tolerance = 1e-4 if placement.dtype == "float32" else 5e-2
@@ -343,9 +339,8 @@ class HFCrossEncoder:
         except Exception as exc:  # any failure here means: run padded, as before
             log.warning("packed execution unavailable (%s); running padded batches", exc)
             self._packed, self._packed_chain = None, self._chain
-            return None
+            return
         log.info("packed execution checked against padded (relative difference %.1e)", worst)
-        return runner
 
     @property
     def info(self) -> ScorerInfo:

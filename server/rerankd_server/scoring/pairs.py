@@ -172,10 +172,10 @@ class PairEncoder:
     documents took gigabytes).
     """
 
-    def __init__(
-        self, backend: Tokenizer, max_len: int, lower: bool, uses_types: bool, prompt: str = ""
-    ) -> None:
-        """``prompt``: the model's prompt, which Sentence Transformers prepends to each query.
+    def __init__(self, plain: Tokenizer, max_len: int, uses_types: bool, prompt: str = "") -> None:
+        """``plain``: the model's tokenizer without truncation (``clone(..., None, ...)``),
+        shared with the scorer's other uses. ``prompt``: the model's prompt, which Sentence
+        Transformers prepends to each query.
 
         Raises:
             TokenizerUnsupported: the post-processor's pairs are not ``prefix A middle B
@@ -183,8 +183,8 @@ class PairEncoder:
                 tokenizer.
         """
         self._max_len = max_len
-        self._prompt = ""  # set once the assembly is checked (the check compares bare pairs)
-        self._plain = clone(backend, None, "right", lower)
+        self._prompt = prompt
+        self._plain = plain
         self._uses_types = uses_types
         self._clip_chars = max_len * CLIP_CHARS_PER_TOKEN
         template = PairTemplate.derive(self._plain)
@@ -193,8 +193,7 @@ class PairEncoder:
                 "its post-processor does not put a pair between special tokens"
             )
         self.template = template
-        self._check(clone(backend, max_len, "right", lower), clone(backend, max_len, "left", lower))
-        self._prompt = prompt
+        self._check(clone(plain, max_len, "right", False), clone(plain, max_len, "left", False))
         prompt_tokens = len(self._plain.encode(prompt, add_special_tokens=False).ids)
         #: Tokens each pair adds to its texts (chunk budgets count them): specials, the prompt.
         self.special_tokens = template.size + prompt_tokens
@@ -207,7 +206,7 @@ class PairEncoder:
         pairs = [(q, d) for q in texts for d in texts]
         for side, reference in (("right", right), ("left", left)):
             expected = reference.encode_batch(pairs, add_special_tokens=True)
-            ids, types, _ = self.encode(pairs, side)
+            ids, types, _ = self._assemble(pairs, side)
             wanted = [e.ids for e in expected]
             if ids != wanted or (types is not None and types != [e.type_ids for e in expected]):
                 raise TokenizerUnsupported(f"assembled pairs differ from the tokenizer's ({side})")
@@ -216,6 +215,9 @@ class PairEncoder:
         """Ids, type ids (None without them) and whether each pair was truncated."""
         if self._prompt:
             pairs = [(self._prompt + query, text) for query, text in pairs]
+        return self._assemble(pairs, side)
+
+    def _assemble(self, pairs: Sequence[tuple[str, str]], side: str) -> Encoded:
         template = self.template
         budget = self._max_len - template.size
         distinct = list(dict.fromkeys(query for query, _ in pairs))
@@ -298,15 +300,16 @@ class ChatEncoder:
     def __init__(
         self,
         tokenizer: Any,
-        backend: Tokenizer,
+        plain: Tokenizer,
         max_len: int,
         message_format: str,
         chat_kwargs: dict[str, Any],
         prompt: str,
-        lower: bool,
     ) -> None:
+        """``tokenizer``: the transformers tokenizer, whose chat template renders a pair;
+        ``plain``: its backend without truncation (``clone(..., None, ...)``)."""
         self._tokenizer = tokenizer
-        self._plain = clone(backend, None, "right", lower)
+        self._plain = plain
         self._max_len = max_len
         self._structured = message_format == "structured"
         kwargs = dict(chat_kwargs)
@@ -354,17 +357,19 @@ class ChatEncoder:
             i for i, (q, d) in enumerate(cut) if q is not pairs[i][0] or d is not pairs[i][1]
         ]
         texts = [self.render(q, d) for q, d in cut]
-        encodings = self._encode(texts)
-        if clipped:
-            checked = self._encode([texts[i] for i in clipped], offsets=True)
-            for i, enc in zip(clipped, checked, strict=True):
-                if self._cut_is_exact(enc, texts[i], cut[i], pairs[i], side):
-                    encodings[i] = enc
-                else:  # a cut that could matter: the whole texts, as the tokenizer takes them
-                    encodings[i] = self._encode([self.render(*pairs[i])])[0]
+        was_clipped = set(clipped)
+        whole = [i for i in range(len(pairs)) if i not in was_clipped]
+        encodings = dict(zip(whole, self._encode([texts[i] for i in whole]), strict=True))
+        # Clipped renders are tokenized with offsets, to check the cut.
+        checked = self._encode([texts[i] for i in clipped], offsets=True)
+        for i, enc in zip(clipped, checked, strict=True):
+            if self._cut_is_exact(enc, texts[i], cut[i], pairs[i], side):
+                encodings[i] = enc
+            else:  # a cut that could matter: the whole texts, as the tokenizer takes them
+                encodings[i] = self._encode([self.render(*pairs[i])])[0]
         ids, truncated = [], []
-        for enc in encodings:
-            row = enc.ids
+        for i in range(len(pairs)):
+            row = encodings[i].ids
             over = len(row) > self._max_len
             if over:
                 row = row[: self._max_len] if side == "right" else row[len(row) - self._max_len :]
