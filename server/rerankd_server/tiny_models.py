@@ -293,6 +293,8 @@ def _cross_encoder(
     from sentence_transformers.cross_encoder.modules import LogitScore
     from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
 
+    from rerankd_server.scoring.st_config import load_activation
+
     task = {"classifier": "sequence-classification", "causal-lm": "text-generation"}.get(
         layout, "feature-extraction"
     )
@@ -337,20 +339,11 @@ def _cross_encoder(
     prompts = {"query": prompt} if prompt is not None else None
     return CrossEncoder(
         modules=modules,
-        activation_fn=_activation(activation),
+        activation_fn=load_activation(activation),
         device="cpu",
         prompts=prompts,
         default_prompt_name="query" if prompt is not None else None,
     )
-
-
-def _activation(path: str) -> Any:
-    import importlib
-
-    module_name, _, name = path.rpartition(".")
-    if not path.startswith("torch."):
-        raise ValueError(f"activation must be a torch.* class path, got {path!r}")
-    return getattr(importlib.import_module(module_name), name)()
 
 
 def build_tokenizer(kind: ModelKind) -> Any:

@@ -18,7 +18,6 @@ dtype: it costs a few rows per pair and keeps the head as exact as the reference
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from rerankd_server.errors import ModelLoadError
-from rerankd_server.scoring.st_config import ModuleSpec, read_json, resolve_file
+from rerankd_server.scoring.st_config import ModuleSpec, load_activation, read_json, resolve_file
 
 Features = dict[str, Any]
 
@@ -307,21 +306,6 @@ def _read_weights(source: str, spec: ModuleSpec) -> dict[str, torch.Tensor] | No
     return weights
 
 
-def _activation(path: Any) -> nn.Module:
-    """An activation from its dotted path; only ``torch.*`` ``nn.Module`` classes are built,
-    as Sentence Transformers does without remote code."""
-    if not isinstance(path, str) or not path.startswith("torch."):
-        raise ValueError(f"activation_function {path!r} is not a torch.* class")
-    import importlib
-
-    module_name, _, name = path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name, None)
-    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
-        raise ValueError(f"activation_function {path!r} is not a torch.nn.Module class")
-    built: nn.Module = cls()
-    return built
-
-
 def _pooling(config: dict[str, Any]) -> Pooling:
     dimension = config.get("embedding_dimension", config.get("word_embedding_dimension"))
     modes = config.get("pooling_mode")
@@ -345,7 +329,7 @@ def _dense(config: dict[str, Any]) -> Dense:
         int(config["out_features"]),
         bool(config.get("bias", True)),
         # Sentence Transformers' Dense defaults to Tanh when the config names none.
-        _activation(config.get("activation_function", "torch.nn.Tanh")),
+        load_activation(config.get("activation_function", "torch.nn.Tanh")),
         input_name,
         config.get("module_output_name") or input_name,
         bool(config.get("use_residual", False)),

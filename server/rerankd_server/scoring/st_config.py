@@ -25,6 +25,7 @@ Sentence Transformers 3.x-6.x:
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -254,12 +255,11 @@ def _transformer(source: str, path: str, task: str | None) -> TransformerSpec:
 def _chat_kwargs(source: str, processing: Any) -> dict[str, Any]:
     """The Transformer's ``processing_kwargs``: only chat-template arguments change how a pair
     becomes tokens in a way rerankd reproduces; anything else is refused, never ignored."""
-    chat = processing.get("chat_template", {}) if isinstance(processing, dict) else None
-    text = processing.get("text", {}) if isinstance(processing, dict) else None
-    others = set(processing) - {"chat_template", "text"} if isinstance(processing, dict) else {0}
+    served = isinstance(processing, dict) and set(processing) <= {"chat_template", "text"}
+    chat = processing.get("chat_template", {}) if served else None
+    text = processing.get("text", {}) if served else None
     if (
         not isinstance(chat, dict)
-        or others
         or text not in ({}, {"logits_to_keep": 1})
         or _SIZE_KWARGS & set(chat)
     ):
@@ -316,10 +316,22 @@ def max_input_tokens(
     return limit
 
 
-def load_activation(path: str) -> Any:
-    """Instantiate a ``torch.*`` activation class from its dotted path."""
-    module_name, _, attr = path.rpartition(".")
-    return getattr(importlib.import_module(module_name), attr)()
+def load_activation(path: Any) -> Any:
+    """Instantiate an activation from its dotted path. Only ``torch.*`` ``nn.Module`` classes
+    are built, as Sentence Transformers does without remote code.
+
+    Raises:
+        ValueError: another path, or one that names no such class.
+    """
+    from torch import nn
+
+    if not isinstance(path, str) or not path.startswith("torch."):
+        raise ValueError(f"activation {path!r} is not a torch.* class")
+    module_name, _, name = path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise ValueError(f"activation {path!r} is not a torch.nn.Module class")
+    return cls()
 
 
 def _where(filename: str, subfolder: str) -> str:
