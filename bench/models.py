@@ -96,10 +96,9 @@ def build_ettin(name: str, path: Path, max_seq_length: int = 8000, dtype: str = 
     """Write a random reranker with Ettin ``name``'s shape and layout to ``path`` (once)."""
     if (path / "1_Pooling" / "config.json").exists():  # built, in the Ettin layout
         return path
-    import torch
     from transformers import ModernBertConfig, ModernBertModel
 
-    from rerankd_server.tiny_models import build_tokenizer, save_cross_encoder
+    from rerankd_server.tiny_models import build_tokenizer
 
     tokenizer = build_tokenizer("modernbert")
     tokenizer.model_max_length = max_seq_length
@@ -111,16 +110,8 @@ def build_ettin(name: str, path: Path, max_seq_length: int = 8000, dtype: str = 
         bos_token_id=tokenizer.cls_token_id,
         eos_token_id=tokenizer.sep_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model: Any = ModernBertModel(config).to(getattr(torch, dtype))
-        return save_cross_encoder(
-            path,
-            model,
-            tokenizer,
-            layout="ettin",
-            readme=f"Random {name}-shaped reranker in the Ettin layout, for benchmarks only.\n",
-        )
+    readme = f"Random {name}-shaped reranker in the Ettin layout, for benchmarks only.\n"
+    return _save_random(path, ModernBertModel, config, dtype, tokenizer, "ettin", readme)
 
 
 def build_qwen3_reranker(path: Path, max_seq_length: int = 8000, dtype: str = "float32") -> Path:
@@ -128,10 +119,9 @@ def build_qwen3_reranker(path: Path, max_seq_length: int = 8000, dtype: str = "f
     tiny model's chat template and byte-level tokenizer (ids below 1,200)."""
     if (path / "1_LogitScore" / "config.json").exists():
         return path
-    import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from rerankd_server.tiny_models import build_causal_tokenizer, save_cross_encoder
+    from rerankd_server.tiny_models import build_causal_tokenizer
 
     tokenizer = build_causal_tokenizer()
     tokenizer.model_max_length = max_seq_length
@@ -148,13 +138,20 @@ def build_qwen3_reranker(path: Path, max_seq_length: int = 8000, dtype: str = "f
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    readme = "Random Qwen3-Reranker-0.6B-shaped LLM reranker, for benchmarks only.\n"
+    return _save_random(path, Qwen3ForCausalLM, config, dtype, tokenizer, "causal-lm", readme)
+
+
+def _save_random(
+    path: Path, model_class: Any, config: Any, dtype: str, tokenizer: Any, layout: Any, readme: str
+) -> Path:
+    """Build ``model_class(config)`` with seeded random weights (the caller's RNG untouched)
+    and save it as a CrossEncoder of ``layout`` (``tiny_models.save_cross_encoder``)."""
+    import torch
+
+    from rerankd_server.tiny_models import save_cross_encoder
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model: Any = Qwen3ForCausalLM(config).to(getattr(torch, dtype))
-        return save_cross_encoder(
-            path,
-            model,
-            tokenizer,
-            layout="causal-lm",
-            readme="Random Qwen3-Reranker-0.6B-shaped LLM reranker, for benchmarks only.\n",
-        )
+        model = model_class(config).to(getattr(torch, dtype))
+        return save_cross_encoder(path, model, tokenizer, layout=layout, readme=readme)
