@@ -105,27 +105,26 @@ class Reranker:
         self, query: str, texts: Sequence[str], options: RerankOptions, deadline: float | None
     ) -> tuple[list[Ranked], Usage]:
         """Documents best first (ties by index), cut to top_n, then to min_score."""
+        chunks: list[ChunkChoice] | None = None
         if options.chunking is None:
             scores, usage = await self.score(
                 [(query, t) for t in texts], options.truncation, options.normalization, deadline
             )
-            # Best first, ties by index, in numpy; objects only for the results returned.
-            order = np.lexsort((np.arange(len(scores)), -scores))[: options.top_n or None]
-            if options.min_score is not None:
-                order = order[scores[order] >= options.min_score]
-            ranked = list(map(Ranked, order.tolist(), scores[order].tolist()))
-            return ranked, usage
-        ranked, usage = await self._rerank_chunked(query, texts, options, deadline)
-        ranked.sort(key=lambda r: (-r.score, r.index))
-        if options.top_n:
-            ranked = ranked[: options.top_n]
-        if options.min_score is not None:
-            ranked = [r for r in ranked if r.score >= options.min_score]
-        return ranked, usage
+        else:
+            scores, chunks, usage = await self._rerank_chunked(query, texts, options, deadline)
+        # Best first, ties by index, in numpy; objects only for the results returned.
+        order = np.lexsort((np.arange(len(scores)), -scores))[: options.top_n or None]
+        if options.min_score is not None:  # compared as Python floats compare them
+            order = order[scores[order].astype(np.float64) >= options.min_score]
+        kept = scores[order].tolist()
+        if chunks is None:
+            return list(map(Ranked, order.tolist(), kept)), usage
+        return [Ranked(i, s, chunks[i]) for i, s in zip(order.tolist(), kept, strict=True)], usage
 
     async def _rerank_chunked(
         self, query: str, texts: Sequence[str], options: RerankOptions, deadline: float | None
-    ) -> tuple[list[Ranked], Usage]:
+    ) -> tuple[FloatArray, list[ChunkChoice], Usage]:
+        """Each document's reduced chunk score, in order, with the chunk that decided it."""
         chunking = options.chunking
         assert chunking is not None  # checked by the caller
         loop = asyncio.get_running_loop()
@@ -142,8 +141,8 @@ class Reranker:
             for a, b in plan.spans
         ]
         scores, usage = await self.score(pairs, options.truncation, options.normalization, deadline)
-        ranked, offset = [], 0
-        for index, (text, plan) in enumerate(zip(texts, plans, strict=True)):
+        reduced, choices, offset = [], [], 0
+        for text, plan in zip(texts, plans, strict=True):
             chunk_scores = scores[offset : offset + len(plan.spans)].tolist()
             offset += len(plan.spans)
             score, best = reduce_scores(chunk_scores, chunking.reduce)
@@ -154,8 +153,9 @@ class Reranker:
                 start_byte=len(text[:start].encode("utf-8")),
                 end_byte=len(text[:end].encode("utf-8")),
             )
-            ranked.append(Ranked(index, float(np.float32(score)), choice))
-        return ranked, usage
+            reduced.append(score)
+            choices.append(choice)
+        return np.asarray(reduced, dtype=np.float32), choices, usage
 
     async def _logits(
         self, pairs: Sequence[tuple[str, str]], truncation: Truncation, deadline: float | None
