@@ -210,17 +210,19 @@ class QueuedJob:
     (``order[p]`` is its index in the request) and ``tags[p]`` its start tag."""
 
     def __init__(self, seq: int, lengths: Sequence[int], start: int, deadline: float | None):
-        lens = np.asarray(lengths, dtype=np.int64)
+        self.lengths: IntArray = np.asarray(lengths, dtype=np.int64)  # in request order
         self.seq = seq
         self.deadline = deadline
-        self.order: IntArray = np.argsort(-lens, kind="stable")
-        self.sorted_lengths: IntArray = lens[self.order]
-        self.tags: IntArray = start + np.concatenate(([0], np.cumsum(self.sorted_lengths)))
-        self.dispatched = np.zeros(len(lens), dtype=bool)
+        self.order: IntArray = np.argsort(-self.lengths, kind="stable")
+        self.sorted_lengths: IntArray = self.lengths[self.order]
+        self.tags: IntArray = np.empty(len(self.order) + 1, dtype=np.int64)
+        self.tags[0] = start
+        np.cumsum(self.sorted_lengths, out=self.tags[1:])
+        self.tags[1:] += start
         self.cursor = 0  # every position before it is dispatched
-        self.scattered = False  # pairs were taken out of order: ``dispatched`` says which
-        self._positions: IntArray = np.arange(len(lens))
-        self.total_tokens = int(lens.sum())
+        # Only once pairs were taken out of order: which positions are dispatched.
+        self.dispatched: npt.NDArray[np.bool_] | None = None
+        self.total_tokens = int(self.tags[-1]) - start
         self.pending_tokens = self.total_tokens
         self.dead = False  # the caller left, failed or expired: skip what is left
 
@@ -231,9 +233,10 @@ class QueuedJob:
     def pending(self, limit: int) -> tuple[IntArray, IntArray, IntArray]:
         """The first ``limit`` positions not yet dispatched, their tags and lengths (views
         of the arrays while nothing was taken out of order: no copies per batch)."""
-        if not self.scattered:
-            window = slice(self.cursor, min(len(self.order), self.cursor + limit))
-            return self._positions[window], self.tags[window], self.sorted_lengths[window]
+        if self.dispatched is None:
+            end = min(len(self.order), self.cursor + limit)
+            window = slice(self.cursor, end)
+            return np.arange(self.cursor, end), self.tags[window], self.sorted_lengths[window]
         positions = self.cursor + np.flatnonzero(~self.dispatched[self.cursor :])[:limit]
         return positions, self.tags[positions], self.sorted_lengths[positions]
 
@@ -242,19 +245,28 @@ class QueuedJob:
         ``dispatched`` is kept only once pairs were taken out of order: before that, the
         cursor alone says what is left (a few scalar operations per job and batch)."""
         first, count = int(positions[0]), len(positions)
-        if not self.scattered and first == self.cursor and int(positions[-1]) == first + count - 1:
-            end = first + count  # the usual case: the next pairs in order
-            self.pending_tokens -= int(self.tags[end] - self.tags[first])
-            self.cursor = end
-            return self.order[first:end]
-        if not self.scattered:
+        in_order = first == self.cursor and int(positions[-1]) == first + count - 1
+        if self.dispatched is None and in_order:
+            return self._take(first + count)  # the usual case: the next pairs in order
+        if self.dispatched is None:
+            self.dispatched = np.zeros(len(self.order), dtype=bool)
             self.dispatched[: self.cursor] = True
-            self.scattered = True
         self.dispatched[positions] = True
         self.pending_tokens -= int(self.sorted_lengths[positions].sum())
         rest = np.flatnonzero(~self.dispatched[self.cursor :])
         self.cursor = self.cursor + int(rest[0]) if len(rest) else len(self.order)
         return self.order[positions]
+
+    def take_rest(self) -> IntArray:
+        """Dispatch every pending pair (taken in order so far); returns their pair indices."""
+        return self._take(len(self.order))
+
+    def _take(self, end: int) -> IntArray:
+        """Dispatch the positions from the cursor up to ``end``, all pending."""
+        first = self.cursor
+        self.pending_tokens -= int(self.tags[end] - self.tags[first])
+        self.cursor = end
+        return self.order[first:end]
 
     def tokens_before(self, tag: int) -> int:
         """Pending tokens whose start tags are below ``tag`` (an estimate: pairs already taken
@@ -309,6 +321,11 @@ class FairQueue(Generic[J]):
 
     def add(self, job: J) -> None:
         self.jobs.append(job)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether any job has pairs still to dispatch."""
+        return any(not job.dead and not job.exhausted for job in self.jobs)
 
     def live(self) -> list[J]:
         """Jobs with pairs still to dispatch; forgets the others."""
@@ -394,6 +411,42 @@ class FairQueue(Generic[J]):
         live = self.live()
         if not live or (model_busy and not self._could_fill(live)):
             return []
+        if not model_busy and self._all_fit(live):
+            self._vtime = max(self._vtime, min(int(job.tags[job.cursor]) for job in live))
+            return [(job, job.take_rest()) for job in live]
+        return self._select(live, model_busy)
+
+    def _all_fit(self, live: list[J]) -> bool:
+        """Whether the next batch is every pending pair: one batch holds them, the window
+        reaches them all, and selection takes them all (unpadded, or all of one length). It
+        is the usual case for small calls, and this check costs a few scalar operations per
+        job where building the window costs a dozen array operations."""
+        limits = self.config.limits
+        if len(live) > 1 and not self.config.cross_request:
+            return False
+        pairs = tokens = 0
+        low = high = int(live[0].tags[live[0].cursor])
+        longest = shortest = int(live[0].sorted_lengths[live[0].cursor])
+        for job in live:
+            if job.dispatched is not None:  # taken out of order: leave it to the window
+                return False
+            last = len(job.order) - 1
+            pairs += last + 1 - job.cursor
+            tokens += job.pending_tokens
+            low = min(low, int(job.tags[job.cursor]))
+            high = max(high, int(job.tags[last]))
+            longest = max(longest, int(job.sorted_lengths[job.cursor]))
+            shortest = min(shortest, int(job.sorted_lengths[last]))
+        if pairs > min(limits.max_batch_size, self.config.lookahead_pairs):
+            return False
+        if high >= low + self._horizon:
+            return False
+        if limits.padded:
+            return longest == shortest and longest * pairs <= limits.max_batch_tokens
+        return tokens <= limits.max_batch_tokens
+
+    def _select(self, live: list[J], model_busy: bool) -> list[tuple[J, IntArray]]:
+        """The window and ``select_batch``'s choice from it (see ``next_batch``)."""
         limit = self.config.lookahead_pairs
         pending = [job.pending(limit) for job in live]
         owner = np.repeat(np.arange(len(live)), [len(p) for p, _, _ in pending])

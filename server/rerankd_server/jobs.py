@@ -55,10 +55,16 @@ class SchedulerStats:
 class Job(QueuedJob):
     """One admitted request: its tokens, the scores gathered so far, its caller's future."""
 
-    def __init__(self, seq: int, tokens: TokenizedPairs, start: int, deadline: float | None):
-        super().__init__(seq, tokens.lengths(), start, deadline)
+    def __init__(
+        self,
+        seq: int,
+        tokens: TokenizedPairs,
+        lengths: Sequence[int],
+        start: int,
+        deadline: float | None,
+    ):
+        super().__init__(seq, lengths, start, deadline)
         self.tokens = tokens
-        self.lengths = np.asarray(tokens.lengths(), dtype=np.int64)
         self.raw = np.zeros(len(self.lengths), dtype=np.float32)
         self.scores = np.zeros(len(self.lengths), dtype=np.float32)
         self.remaining = len(self.lengths)
@@ -73,22 +79,25 @@ class Job(QueuedJob):
         if not self.future.done():
             self.future.set_exception(error)
 
-    def deliver(self, idx: IntArray, raw: FloatArray, scores: FloatArray, now: float) -> None:
+    def deliver(
+        self, idx: IntArray, raw: FloatArray, scores: FloatArray, now: float, checked: bool
+    ) -> None:
         """Take one batch's scores for the pairs ``idx``; answer the caller once all came, or
-        fail it for a non-finite score."""
+        fail it for a non-finite score. ``checked``: the whole batch is known to be finite."""
         self.batches += 1
         self.last_end = now
         if self.dead:
             return
-        finite = np.isfinite(raw) & np.isfinite(scores)
-        if not finite.all():
-            bad = int(np.argmin(finite))
-            self.fail(
-                ModelFailure(
-                    f"the model produced a non-finite score ({raw[bad]}) for input {idx[bad]}"
+        if not checked:
+            finite = np.isfinite(raw) & np.isfinite(scores)
+            if not finite.all():
+                bad = int(np.argmin(finite))
+                self.fail(
+                    ModelFailure(
+                        f"the model produced a non-finite score ({raw[bad]}) for input {idx[bad]}"
+                    )
                 )
-            )
-            return
+                return
         self.raw[idx] = raw
         self.scores[idx] = scores
         self.remaining -= len(idx)

@@ -128,9 +128,11 @@ class BatchScheduler:
         try:
             async with asyncio.timeout_at(deadline):
                 tokens = await self._tokenize(pairs, truncation)
-                total = self._admit_tokens(tokens, truncation, count)
+                lengths = tokens.lengths()
+                total = self._admit_tokens(tokens, lengths, truncation, count)
                 self._check_wait(count, deadline, total)
-                job = Job(next(self._seq), tokens, self._queue.start_tag(total), deadline)
+                start = self._queue.start_tag(total)
+                job = Job(next(self._seq), tokens, lengths, start, deadline)
                 self._jobs.add(job)
                 self._queue.add(job)
                 self._changed.set()
@@ -174,8 +176,11 @@ class BatchScheduler:
         if refusal is not None:
             self._shed(pairs, *refusal)
 
-    def _admit_tokens(self, tokens: TokenizedPairs, truncation: Truncation, count: int) -> int:
-        """Check the tokenizer's answer, truncation and the token bound; reserve the tokens."""
+    def _admit_tokens(
+        self, tokens: TokenizedPairs, lengths: list[int], truncation: Truncation, count: int
+    ) -> int:
+        """Check the tokenizer's answer (``count`` pairs were sent), truncation and the token
+        bound; reserve the tokens."""
         if not len(tokens.ids) == len(tokens.truncated) == count:
             raise ModelFailure(f"the tokenizer returned {len(tokens.ids)} inputs for {count} pairs")
         if truncation is Truncation.NONE and any(tokens.truncated):
@@ -184,7 +189,7 @@ class BatchScheduler:
                 f"input {first} is longer than the model's {self._scorer.info.max_input_tokens} "
                 "tokens and truncation is TRUNCATION_NONE"
             )
-        total = sum(tokens.lengths())
+        total = sum(lengths)
         if total > self._config.max_queue_tokens:
             raise InvalidRequest(
                 f"{total} tokens exceed the queue bound of {self._config.max_queue_tokens}"
@@ -212,7 +217,7 @@ class BatchScheduler:
     async def _next_groups(self) -> list[tuple[Job, IntArray]]:
         """Wait until the model can take another batch and the queue has one for it."""
         while True:
-            if not self._ready.full():
+            if not self._ready.full() and self._queue.waiting:
                 for job, message in self._queue.expire(asyncio.get_running_loop().time()):
                     if message:  # else the deadline passed: the caller's submit reports it
                         self.stats.pairs_expired += job.remaining
@@ -228,7 +233,8 @@ class BatchScheduler:
         while True:
             batch = await self._ready.get()
             self._running = batch
-            self._changed.set()  # room for the next prepared batch
+            if self._queue.waiting:  # room for the next prepared batch, and work for it
+                self._changed.set()
             try:
                 await self._run(batch)
             except Exception as exc:
@@ -237,7 +243,8 @@ class BatchScheduler:
                 fail_all([job for job, _ in batch.groups], failure)
             finally:
                 self._running = None
-                self._changed.set()
+                if self._queue.waiting:  # an idle model takes a batch that is not full
+                    self._changed.set()
 
     async def _run(self, batch: Batch) -> None:
         """Run a batch, without the pairs of callers that left meanwhile, and scatter it."""
@@ -286,10 +293,11 @@ class BatchScheduler:
         if stats.on_batch is not None:
             stats.on_batch(batch.pairs, batch.real_tokens, batch.computed_tokens)
         now = asyncio.get_running_loop().time()
+        finite = bool(np.isfinite(raw).all() and np.isfinite(scores).all())
         offset = 0
         for job, idx in batch.groups:
             part = slice(offset, offset + len(idx))
             offset += len(idx)
             if job.dead:  # the caller left while its pairs were computed
                 stats.cancelled_compute_tokens += int(job.lengths[idx].sum())
-            job.deliver(idx, raw[part], scores[part], now)
+            job.deliver(idx, raw[part], scores[part], now, checked=finite)

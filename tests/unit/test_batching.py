@@ -199,3 +199,36 @@ def test_a_busy_model_gets_a_batch_exactly_when_a_full_one_can_be_formed(
     lengths = [requests[job.seq][i] for job, idx in chosen for i in idx.tolist()]
     taken = busy.next_batch(model_busy=True)
     assert bool(taken) == is_full(lengths, limits)
+
+
+@given(
+    st.lists(st.lists(st.integers(1, MAX_LEN), min_size=1, max_size=12), min_size=1, max_size=6),
+    windows_and_limits(max_window=1),
+    st.lists(st.booleans(), min_size=1, max_size=6),
+    st.booleans(),
+)
+def test_taking_everything_at_once_is_what_the_window_would_choose(
+    requests: list[list[int]],
+    case: tuple[list[int], BatchLimits],
+    equal_lengths: list[bool],
+    cross_request: bool,
+) -> None:
+    """``next_batch``'s shortcut (every pending pair, when they all fit) picks exactly the
+    batch and advances virtual time exactly as the window and ``select_batch`` do."""
+    _, limits = case
+    config = SchedulerConfig(limits, lookahead_pairs=32, cross_request=cross_request)
+    fast: FairQueue[QueuedJob] = FairQueue(config)
+    full: FairQueue[QueuedJob] = FairQueue(config)
+    for seq, lengths in enumerate(requests):
+        if equal_lengths[seq % len(equal_lengths)]:
+            lengths = [lengths[0]] * len(lengths)  # the padded shortcut needs one length
+        for queue in (fast, full):
+            queue.add(QueuedJob(seq, lengths, queue.start_tag(sum(lengths)), None))
+    while True:
+        taken = [(job.seq, idx.tolist()) for job, idx in fast.next_batch(model_busy=False)]
+        live = full.live()
+        chosen = [(job.seq, idx.tolist()) for job, idx in full._select(live, False)] if live else []
+        assert taken == chosen
+        assert fast._vtime == full._vtime
+        if not taken:
+            break

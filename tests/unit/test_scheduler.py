@@ -459,10 +459,10 @@ async def test_a_scheduler_bug_fails_the_callers_instead_of_hanging_them(
     scorer = FakeScorer()
     async with BatchScheduler(scorer, config()) as scheduler:
 
-        def broken(*args: object) -> list[int]:
+        def broken(*args: object, **kwargs: object) -> list[int]:
             raise RuntimeError("policy bug")
 
-        monkeypatch.setattr("rerankd_server.batching.select_batch", broken)
+        monkeypatch.setattr("rerankd_server.batching.FairQueue.next_batch", broken)
         with pytest.raises(ModelFailure, match="policy bug"):
             await asyncio.wait_for(scheduler.submit([("q", "d")], Truncation.DEFAULT), 5)
         monkeypatch.undo()
