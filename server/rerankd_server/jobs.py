@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from rerankd_server.batching import IntArray, QueuedJob, batch_cost
+from rerankd_server.batching import IntArray, QueuedJob
 from rerankd_server.errors import ModelFailure, RerankdServerError
 from rerankd_server.scoring.base import FloatArray, TokenizedPairs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Usage:
     """What one request cost (reported back to the caller)."""
 
@@ -127,8 +127,10 @@ class Batch:
     @classmethod
     def of(cls, groups: list[tuple[Job, IntArray]], padded: bool) -> Batch:
         lengths = np.concatenate([job.lengths[idx] for job, idx in groups])
-        cost = batch_cost(lengths.tolist(), padded)
-        return cls(groups, len(lengths), int(lengths.sum()), cost)
+        real = int(lengths.sum())
+        return cls(
+            groups, len(lengths), real, int(lengths.max()) * len(lengths) if padded else real
+        )
 
 
 def fail_all(jobs: Sequence[Job], error: RerankdServerError | str) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
-import uuid
 from typing import Any
 
 REQUEST_FIELDS = ("request_id", "method", "code", "duration_ms", "items")
@@ -22,7 +22,7 @@ def request_id(context: Any) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and value:
             return str(value)[:128]
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()  # uuid4's 64 bits of it, without building a UUID
 
 
 class JsonFormatter(logging.Formatter):

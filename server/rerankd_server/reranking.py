@@ -112,8 +112,9 @@ class Reranker:
             )
         else:
             scores, chunks, usage = await self._rerank_chunked(query, texts, options, deadline)
-        # Best first, ties by index, in numpy; objects only for the results returned.
-        order = np.lexsort((np.arange(len(scores)), -scores))[: options.top_n or None]
+        # Best first, ties by index (a stable sort), in numpy; objects only for the results
+        # returned.
+        order = (-scores).argsort(kind="stable")[: options.top_n or None]
         if options.min_score is not None:  # compared as Python floats compare them
             order = order[scores[order].astype(np.float64) >= options.min_score]
         kept = scores[order].tolist()

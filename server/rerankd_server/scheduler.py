@@ -14,6 +14,7 @@ skipped before they are collated and again before the model runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -35,6 +36,8 @@ from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs, Trun
 from rerankd_server.workers import Worker, model_executor
 
 log = logging.getLogger(__name__)
+
+_NO_TIMEOUT = contextlib.nullcontext()  # a call without a deadline needs no timer
 
 
 class BatchScheduler:
@@ -126,7 +129,7 @@ class BatchScheduler:
         total = 0
         job: Job | None = None
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(deadline) if deadline is not None else _NO_TIMEOUT:
                 tokens = await self._tokenize(pairs, truncation)
                 lengths = tokens.lengths()
                 total = self._admit_tokens(tokens, lengths, truncation, count)
@@ -171,6 +174,8 @@ class BatchScheduler:
 
     def _check_wait(self, pairs: int, deadline: float | None, own_tokens: int = 0) -> None:
         """Refuse at once when the queue ahead makes the call wait too long or end late."""
+        if deadline is None and not self._config.max_queue_wait:
+            return  # no bound to break
         now = asyncio.get_running_loop().time()
         refusal = self._queue.refusal(now, deadline, own_tokens, self._tokens_in_flight)
         if refusal is not None:

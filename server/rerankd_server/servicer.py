@@ -486,28 +486,31 @@ def _stream_request_id(data: bytes) -> str:
         return ""
 
 
-def handlers(servicer: RerankServicer, observe: Observer | None = None) -> grpc.GenericRpcHandler:
-    """The service's method handlers, with parse errors reported as INVALID_ARGUMENT."""
+def handlers(
+    servicer: RerankServicer, observe: Observer | None = None
+) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's method handlers by name, with parse errors reported as INVALID_ARGUMENT."""
     methods = {
         "Rerank": (servicer.Rerank, pb.RerankRequest),
         "Score": (servicer.Score, pb.ScoreRequest),
         "GetModelInfo": (servicer.GetModelInfo, pb.GetModelInfoRequest),
     }
-    return grpc.method_handlers_generic_handler(
-        SERVICE_NAME,
-        {
-            name: grpc.unary_unary_rpc_method_handler(
-                _guarded(name, method, observe, servicer),
-                request_deserializer=_parser(message),
-                response_serializer=lambda response: response.SerializeToString(),
-            )
-            for name, (method, message) in methods.items()
-        }
-        | {
-            "RerankStream": grpc.stream_stream_rpc_method_handler(
-                _guarded("RerankStream", servicer.RerankStream, observe, servicer),
-                request_deserializer=_parser(pb.RerankStreamRequest),
-                response_serializer=lambda response: response.SerializeToString(),
-            )
-        },
-    )
+    return {
+        name: grpc.unary_unary_rpc_method_handler(
+            _guarded(name, method, observe, servicer),
+            request_deserializer=_parser(message),
+            response_serializer=_serialize,
+        )
+        for name, (method, message) in methods.items()
+    } | {
+        "RerankStream": grpc.stream_stream_rpc_method_handler(
+            _guarded("RerankStream", servicer.RerankStream, observe, servicer),
+            request_deserializer=_parser(pb.RerankStreamRequest),
+            response_serializer=_serialize,
+        )
+    }
+
+
+def _serialize(response: Any) -> bytes:
+    data: bytes = response.SerializeToString()
+    return data
