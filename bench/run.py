@@ -364,25 +364,29 @@ def scenario_serving(args: argparse.Namespace) -> None:
 def scenario_grpc(args: argparse.Namespace) -> None:
     """rerankd's own path (gRPC + servicer + scheduler, a no-op scorer) against the raw gRPC
     floor (a bare grpc.aio servicer of the same ``.proto``), both in a child process and
-    called by the same client; rounds alternate between the two and medians are compared."""
-    proc = RerankdProcess(
-        _server_settings(args, "noop", max_batch_tokens=65536, max_batch_size=1024),
-        ScorerSpec("noop"),
-    ).start()
+    called by the same client; rounds alternate between the two and medians are compared.
+    ``--layers`` adds rerankd without its scheduler (zero scores at once), which splits the
+    path's cost into gRPC with the servicer and the scheduler."""
+    settings = _server_settings(args, "noop", max_batch_tokens=65536, max_batch_size=1024)
+    proc = RerankdProcess(settings, ScorerSpec("noop")).start()
     floor = FloorProcess({}).start()
+    servers = {"floor": floor, "rerankd": proc}
+    if args.layers:
+        servers["no scheduler"] = RerankdProcess(
+            settings, ScorerSpec("noop", no_scheduler=True)
+        ).start()
     rows = []
     try:
         for docs, concurrency in ((1, 1), (1, 8), (1, 32), (100, 8)):
             reqs = [Request("q", ["d"] * docs)] * args.calls
             toks = [docs] * len(reqs)
-            runs: dict[str, list[LoadResult]] = {"floor": [], "rerankd": []}
+            runs: dict[str, list[LoadResult]] = {name: [] for name in servers}
             batches = 0
             for _ in range(args.rounds):
-                res, _ = asyncio.run(_measure_rerankd(floor, reqs, toks, concurrency))
-                runs["floor"].append(res)
-                res, stats = asyncio.run(_measure_rerankd(proc, reqs, toks, concurrency))
-                runs["rerankd"].append(res)
-                batches += stats.batches
+                for name, server in servers.items():
+                    res, stats = asyncio.run(_measure_rerankd(server, reqs, toks, concurrency))
+                    runs[name].append(res)
+                    batches += stats.batches if name == "rerankd" else 0
             rate = {
                 name: statistics.median(len(r.latencies) / r.wall_s for r in results)
                 for name, results in runs.items()
@@ -393,16 +397,17 @@ def scenario_grpc(args: argparse.Namespace) -> None:
             }
             p99 = statistics.median(r.quantile(0.99) for r in runs["rerankd"]) * 1e6
             failed = sum(r.failed for results in runs.values() for r in results)
+            layer = f"| {rate['no scheduler'] / rate['floor']:.2f} " if args.layers else ""
             rows.append(
                 f"| {docs} | {concurrency} | {rate['floor']:,.0f} | {rate['rerankd']:,.0f} "
                 f"| {rate['rerankd'] / rate['floor']:.2f} | {1e6 / rate['rerankd']:,.0f} "
                 f"| {p50['floor']:,.0f} | {p50['rerankd']:,.0f} | {p99:,.0f} "
-                f"| {batches / args.rounds:,.0f} | {failed} |"
+                f"| {batches / args.rounds:,.0f} | {failed} {layer}|"
             )
             sys.stdout.flush()
     finally:
-        proc.stop()
-        floor.stop()
+        for server in servers.values():
+            server.stop()
     print(
         f"\n### rerankd's path against the raw gRPC floor, no-op scorer "
         f"({args.calls} calls per row, median of {args.rounds} alternating rounds)\n"
@@ -410,8 +415,9 @@ def scenario_grpc(args: argparse.Namespace) -> None:
     print(
         "| docs/call | clients | floor calls/s | rerankd calls/s | x floor | rerankd us/call "
         "| floor p50 us | rerankd p50 us | rerankd p99 us | batches | failed |"
+        + (" x floor without the scheduler |" if args.layers else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.layers else ""))
     print("\n".join(rows))
 
 
@@ -579,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-infinity", dest="infinity", action="store_false")
     run.add_argument("--calls", type=int, default=2000, help="grpc: calls per row")
     run.add_argument("--rounds", type=int, default=3, help="grpc: alternating rounds per row")
+    run.add_argument(
+        "--layers", action="store_true", help="grpc: also rerankd without its scheduler"
+    )
     run.add_argument("--sim-workload", choices=tuple(SHAPES), default="short")
     run.add_argument("--sim-repeat", type=int, default=4, help="simgpu: workload repetitions")
     run.add_argument("--sim-budget", type=int, default=16384)

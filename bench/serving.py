@@ -35,6 +35,9 @@ class ScorerSpec:
     sim_pairs_per_s: float = 0.0  # "sim": the simulated device's rate; 0 = free device
     sim_padded: bool = False
     tokenizer_model: str = ""  # "sim": the model folder whose tokenizer is used
+    #: Answer every call with zero scores without the scheduler: what gRPC and the servicer
+    #: cost alone, the layer below rerankd's whole path (the ``grpc`` scenario's ``--layers``).
+    no_scheduler: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ async def _child_main(conn: Connection, settings_kwargs: dict[str, Any], spec: S
     sidecar = Sidecar(settings, factory)
     await sidecar.start()
     await sidecar.ready()
+    if spec.no_scheduler:
+        _bypass(_scheduler(sidecar))
     loop = asyncio.get_running_loop()
     limits = _scheduler(sidecar)._config.limits
     info = holder["scorer"].info
@@ -132,6 +137,19 @@ async def _child_main(conn: Connection, settings_kwargs: dict[str, Any], spec: S
             )
     finally:
         await sidecar.aclose(grace=0.0)
+
+
+def _bypass(scheduler: Any) -> None:
+    """Make ``scheduler.submit`` answer zero scores at once, without batching or threads."""
+    import numpy as np
+
+    from rerankd_server.jobs import Outcome, Usage
+
+    async def submit(pairs: Any, truncation: Any, deadline: float | None = None) -> Outcome:
+        zeros = np.zeros(len(pairs), dtype=np.float32)
+        return Outcome(zeros, zeros, Usage(len(pairs), 0, 0, 0, 0, scored_pairs=len(pairs)))
+
+    scheduler.submit = submit
 
 
 def _scheduler(sidecar: Any) -> Any:
