@@ -231,6 +231,11 @@ class QueuedJob:
     def exhausted(self) -> bool:
         return self.cursor >= len(self.order)
 
+    @property
+    def waiting(self) -> bool:
+        """Pairs still to dispatch, for a caller still there."""
+        return not self.dead and not self.exhausted
+
     def pending(self, limit: int) -> tuple[IntArray, IntArray, IntArray]:
         """The first ``limit`` positions not yet dispatched, their tags and lengths (views
         of the arrays while nothing was taken out of order: no copies per batch)."""
@@ -301,6 +306,38 @@ class SpeedEstimate:
         return self._fastest
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """What the live jobs have left to dispatch, gathered in one pass: how many pairs and
+    tokens, the longest and shortest pair, the first and last start tag (bounds, where pairs
+    were taken out of order), and whether none was."""
+
+    pairs: int
+    tokens: int
+    longest: int
+    shortest: int
+    first_tag: int
+    last_tag: int
+    in_order: bool
+
+    @classmethod
+    def of(cls, live: Sequence[QueuedJob]) -> _Pending:
+        pairs = tokens = 0
+        first = last = int(live[0].tags[live[0].cursor])
+        longest = shortest = int(live[0].sorted_lengths[live[0].cursor])
+        in_order = True
+        for job in live:
+            end = len(job.order) - 1
+            pairs += end + 1 - job.cursor
+            tokens += job.pending_tokens
+            first = min(first, int(job.tags[job.cursor]))
+            last = max(last, int(job.tags[end]))
+            longest = max(longest, int(job.sorted_lengths[job.cursor]))
+            shortest = min(shortest, int(job.sorted_lengths[end]))
+            in_order = in_order and job.dispatched is None
+        return cls(pairs, tokens, longest, shortest, first, last, in_order)
+
+
 class FairQueue(Generic[J]):
     """Start-time fair queuing of every admitted request's pairs, in token units (see the
     module docstring); the scheduler adds jobs and takes batches."""
@@ -327,11 +364,11 @@ class FairQueue(Generic[J]):
     @property
     def waiting(self) -> bool:
         """Whether any job has pairs still to dispatch."""
-        return any(not job.dead and not job.exhausted for job in self.jobs)
+        return any(job.waiting for job in self.jobs)
 
     def live(self) -> list[J]:
         """Jobs with pairs still to dispatch; forgets the others."""
-        self.jobs = [job for job in self.jobs if not job.dead and not job.exhausted]
+        self.jobs = [job for job in self.jobs if job.waiting]
         return self.jobs
 
     def refusal(
@@ -392,62 +429,48 @@ class FairQueue(Generic[J]):
             job.dead = True
         return dropped
 
-    def _could_fill(self, live: list[J]) -> bool:
+    def _could_fill(self, left: _Pending) -> bool:
         """Whether the queued pairs could make a full batch (``is_full``): a bound from their
         count, tokens and longest length, cheap enough to check on every arrival while the
         model is busy, before the window is built."""
         limits = self.config.limits
-        pairs = tokens = longest = 0
-        for job in live:
-            pairs += len(job.order) - job.cursor
-            tokens += job.pending_tokens
-            longest = max(longest, int(job.sorted_lengths[job.cursor]))
-        if pairs >= limits.max_batch_size:
+        if left.pairs >= limits.max_batch_size:
             return True
         if limits.padded:  # full: longest x (count + 1) over the budget
-            return longest * (pairs + 1) > limits.max_batch_tokens
-        return tokens + longest > limits.max_batch_tokens  # full: no room for the shortest
+            return left.longest * (left.pairs + 1) > limits.max_batch_tokens
+        return left.tokens + left.longest > limits.max_batch_tokens  # no room for the shortest
 
     def next_batch(self, model_busy: bool) -> list[tuple[J, IntArray]]:
         """The next batch as (job, pair indices) groups, or [] when there is nothing to run.
         While the model is busy only a full batch is taken: more pairs may arrive before the
         model is free, and the batch is decided then."""
         live = self.live()
-        if not live or (model_busy and not self._could_fill(live)):
+        if not live:
             return []
-        if not model_busy and self._all_fit(live):
-            self._vtime = max(self._vtime, min(int(job.tags[job.cursor]) for job in live))
+        left = _Pending.of(live)
+        if model_busy and not self._could_fill(left):
+            return []
+        if not model_busy and self._all_fit(left, len(live)):
+            self._vtime = max(self._vtime, left.first_tag)
             return [(job, job.take_rest()) for job in live]
         return self._select(live, model_busy)
 
-    def _all_fit(self, live: list[J]) -> bool:
+    def _all_fit(self, left: _Pending, jobs: int) -> bool:
         """Whether the next batch is every pending pair: one batch holds them, the window
         reaches them all, and selection takes them all (unpadded, or all of one length). It
         is the usual case for small calls, and this check costs a few scalar operations per
         job where building the window costs a dozen array operations."""
         limits = self.config.limits
-        if len(live) > 1 and not self.config.cross_request:
+        if not left.in_order or (jobs > 1 and not self.config.cross_request):
+            return False  # pairs taken out of order are left to the window
+        if left.pairs > min(limits.max_batch_size, self.config.lookahead_pairs):
             return False
-        pairs = tokens = 0
-        low = high = int(live[0].tags[live[0].cursor])
-        longest = shortest = int(live[0].sorted_lengths[live[0].cursor])
-        for job in live:
-            if job.dispatched is not None:  # taken out of order: leave it to the window
-                return False
-            last = len(job.order) - 1
-            pairs += last + 1 - job.cursor
-            tokens += job.pending_tokens
-            low = min(low, int(job.tags[job.cursor]))
-            high = max(high, int(job.tags[last]))
-            longest = max(longest, int(job.sorted_lengths[job.cursor]))
-            shortest = min(shortest, int(job.sorted_lengths[last]))
-        if pairs > min(limits.max_batch_size, self.config.lookahead_pairs):
-            return False
-        if high >= low + self._horizon:
+        if left.last_tag >= left.first_tag + self._horizon:
             return False
         if limits.padded:
-            return longest == shortest and longest * pairs <= limits.max_batch_tokens
-        return tokens <= limits.max_batch_tokens
+            fits = left.longest * left.pairs <= limits.max_batch_tokens
+            return fits and left.longest == left.shortest
+        return left.tokens <= limits.max_batch_tokens
 
     def _select(self, live: list[J], model_busy: bool) -> list[tuple[J, IntArray]]:
         """The window and ``select_batch``'s choice from it (see ``next_batch``)."""
