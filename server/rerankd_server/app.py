@@ -227,9 +227,10 @@ class Sidecar:
         )
         self._health = _HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        # Registered by name, not as a generic handler: gRPC core then matches the path
-        # itself, where a generic handler is asked in Python on every call.
-        self._server.add_registered_method_handlers(SERVICE_NAME, handlers(self._servicer, observe))
+        methods = handlers(self._servicer, observe)
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, methods),)
+        )
         names = (
             SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
