@@ -124,6 +124,8 @@ def check_port_free(host: str, port: int, flags: str) -> None:
 
 LIVENESS_SERVICE = "rerankd.v1.Liveness"
 READINESS_SERVICES = ("", SERVICE_NAME)
+#: gRPC core's default for calls waiting to be taken in, past which it drops them all.
+CORE_PENDING_HARD_LIMIT = 3000
 
 
 class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
@@ -202,6 +204,7 @@ class Sidecar:
         if settings.auth_token_file:
             tokens = TokenFile(settings.auth_token_file)
             interceptors.append(BearerTokenInterceptor(tokens, observe))
+        pending_calls = max(settings.max_queue_pairs, CORE_PENDING_HARD_LIMIT)
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -218,11 +221,12 @@ class Sidecar:
                 ("grpc.so_reuseport", 0),
                 # Calls the event loop has not taken in yet wait in gRPC core, which past 1,000
                 # of them drops new ones at random (all past 3,000) with a bare CANCELLED: a
-                # burst of a few thousand calls lost 10-20% so. Up to the queue bound they
-                # now reach the handler, which answers each (RESOURCE_EXHAUSTED with a hint
-                # when the queue is full); beyond it core still drops (docs/operations.md).
-                ("grpc.server.max_pending_requests", settings.max_queue_pairs),
-                ("grpc.server.max_pending_requests_hard_limit", settings.max_queue_pairs),
+                # burst of a few thousand calls lost 10-20% so, and so does any pause of the
+                # loop (a long garbage collection) under a steady stream. Up to the queue bound
+                # (and never fewer than core's own hard limit) they reach the handler, which
+                # answers each (RESOURCE_EXHAUSTED with a hint when the queue is full).
+                ("grpc.server.max_pending_requests", pending_calls),
+                ("grpc.server.max_pending_requests_hard_limit", pending_calls),
             ],
         )
         self._health = _HealthServicer()
