@@ -12,7 +12,7 @@ import numpy as np
 
 from rerankd_server.batching import IntArray, QueuedJob
 from rerankd_server.errors import ModelFailure, RerankdServerError
-from rerankd_server.scoring.base import FloatArray, TokenizedPairs
+from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,15 @@ class SchedulerStats:
     pairs_expired: int = 0
     cancelled_compute_tokens: int = 0
     on_batch: Callable[[int, int, int], None] | None = None  # (pairs, real, computed tokens)
+
+    def count(self, pairs: int, real_tokens: int, computed_tokens: int) -> None:
+        """Count one batch the model ran."""
+        self.batches += 1
+        self.pairs_scored += pairs
+        self.real_tokens += real_tokens
+        self.computed_tokens += computed_tokens
+        if self.on_batch is not None:
+            self.on_batch(pairs, real_tokens, computed_tokens)
 
 
 class Job(QueuedJob):
@@ -128,9 +137,44 @@ class Batch:
     def of(cls, groups: list[tuple[Job, IntArray]], padded: bool) -> Batch:
         lengths = np.concatenate([job.lengths[idx] for job, idx in groups])
         real = int(lengths.sum())
-        return cls(
-            groups, len(lengths), real, int(lengths.max()) * len(lengths) if padded else real
-        )
+        computed = int(lengths.max()) * len(lengths) if padded else real  # batch_cost, on arrays
+        return cls(groups, len(lengths), real, computed)
+
+    def deliver(
+        self, raw: FloatArray, scores: FloatArray, started: float, now: float, stats: SchedulerStats
+    ) -> None:
+        """Hand each job its scores from the model (which started at ``started``; ``now`` it
+        ended); a job with a non-finite one fails alone."""
+        for what, values in (("scores", raw), ("activated scores", scores)):
+            if values.shape != (self.pairs,):
+                raise ModelFailure(
+                    f"the model returned {what} of shape {values.shape} for {self.pairs} pairs"
+                )
+        stats.count(self.pairs, self.real_tokens, self.computed_tokens)
+        finite = bool(np.isfinite(raw).all() and np.isfinite(scores).all())
+        offset = 0
+        for job, idx in self.groups:
+            job.first_start = started if job.first_start is None else job.first_start
+            part = slice(offset, offset + len(idx))
+            offset += len(idx)
+            if job.dead:  # the caller left while its pairs were computed
+                stats.cancelled_compute_tokens += int(job.lengths[idx].sum())
+            job.deliver(idx, raw[part], scores[part], now, checked=finite)
+
+    def alive(self, padded: bool) -> Batch | None:
+        """This batch without the pairs of callers that left (None when all did)."""
+        groups = [(job, idx) for job, idx in self.groups if not job.dead]
+        if len(groups) == len(self.groups):
+            return self
+        return Batch.of(groups, padded) if groups else None  # to be collated again
+
+    def collate(self, scorer: Scorer) -> Any:
+        """The model's input for these pairs, in batch order."""
+        ids = [job.tokens.ids[i] for job, idx in self.groups for i in idx.tolist()]
+        if self.groups[0][0].tokens.type_ids is None:
+            return scorer.collate(ids, None)
+        types = [job.tokens.type_ids[i] for job, idx in self.groups for i in idx.tolist()]  # type: ignore[index]
+        return scorer.collate(ids, types)
 
 
 def fail_all(jobs: Sequence[Job], error: RerankdServerError | str) -> None:

@@ -1,14 +1,16 @@
 """The batching scheduler: callers' pairs -> the fair queue -> model batches -> scores.
 
-Two plain loops joined by a queue of capacity one (text-embeddings-inference's shape): the
-batcher takes the next batch from the fair queue (``batching.FairQueue``: order, window,
+Two plain loops joined by a queue holding at most the prepared next batch (the shape of
+text-embeddings-inference, whose backend also runs on a thread of its own). The batcher, on the
+event loop, takes the next batch from the fair queue (``batching.FairQueue``: order, window,
 deadlines, admission and batch choice are policy and live there) and collates it on the
-preparation thread while the model computes the current one (a batch for an idle model is
-collated on the model thread, in the same hop as its forward pass); the model loop runs each
-batch on the model thread (forward, then the model's activation: every torch computation stays
-there) and hands out the scores. Each loop fails exactly the callers of the batch it holds when
-anything in it raises, and goes on. A caller that leaves marks its job dead: its pairs are
-skipped before they are collated and again before the model runs.
+preparation thread while the model computes the current one (for an idle model, the model
+thread collates it in the same hop as its forward pass). The model loop, on the model thread,
+runs each batch (forward, then activation: every torch computation stays there) and hands it
+back to the event loop, where ``_finish`` gives out the scores: a batch crosses threads once
+each way. Each loop fails exactly the callers of the batch it holds when anything in it raises,
+and goes on. A caller that leaves marks its job dead: its pairs are skipped before they are
+collated and again before the model runs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import queue
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +41,9 @@ from rerankd_server.workers import Worker, model_executor
 log = logging.getLogger(__name__)
 
 _NO_TIMEOUT = contextlib.nullcontext()  # a call without a deadline needs no timer
+#: A batch that ran: as run (without callers who left), its start on the loop's clock, raw and
+#: activated scores, forward seconds; None when every caller had left.
+_Ran = tuple[Batch, float, FloatArray, FloatArray, float] | None
 
 
 class BatchScheduler:
@@ -54,9 +60,9 @@ class BatchScheduler:
         self._jobs: set[Job] = set()  # admitted and unanswered
         self._pairs_in_flight = 0
         self._tokens_in_flight = 0
-        self._running: Batch | None = None  # the batch on the model thread
-        self._ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
-        self._changed = asyncio.Event()  # new work, or the model took or finished a batch
+        self._in_model = 0  # batches handed to the model loop and not finished: at most two
+        self._prepared: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()  # None: stop
+        self._changed = asyncio.Event()  # new work, or the model finished a batch
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._tokenizer = Worker(config.tokenizer_threads, "rerankd-tokenize")
@@ -83,11 +89,9 @@ class BatchScheduler:
         return len(self._jobs)
 
     async def start(self) -> None:
-        """Start the two loops on the running loop."""
-        self._tasks = [
-            asyncio.create_task(self._batcher(), name="rerankd-batcher"),
-            asyncio.create_task(self._model_loop(), name="rerankd-model-loop"),
-        ]
+        """Start the batcher on the running loop and the model loop on the model thread."""
+        self._tasks = [asyncio.create_task(self._batcher(), name="rerankd-batcher")]
+        self._model.submit(self._model_loop, asyncio.get_running_loop())
 
     async def aclose(self) -> None:
         """Stop; calls still waiting fail with NotReady. Waits for the threads to finish."""
@@ -95,6 +99,7 @@ class BatchScheduler:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._prepared.put(None)
         for job in list(self._jobs):
             job.fail(NotReady("server is shutting down"))
         loop = asyncio.get_running_loop()
@@ -211,9 +216,10 @@ class BatchScheduler:
             batch: Batch | None = None
             try:
                 batch = Batch.of(await self._next_groups(), self._config.limits.padded)
-                if self._running is not None:  # collate while the model computes
-                    batch.model_input = await self._prepare.run(self._collate, batch.groups)
-                await self._ready.put(batch)
+                if self._in_model:  # collate while the model computes
+                    batch.model_input = await self._prepare.run(batch.collate, self._scorer)
+                self._in_model += 1
+                self._prepared.put(batch)
             except Exception as exc:
                 log.exception("forming a batch failed; failing its callers")
                 jobs = [job for job, _ in batch.groups] if batch else list(self._queue.jobs)
@@ -222,87 +228,62 @@ class BatchScheduler:
     async def _next_groups(self) -> list[tuple[Job, IntArray]]:
         """Wait until the model can take another batch and the queue has one for it."""
         while True:
-            if not self._ready.full() and self._queue.waiting:
+            if self._in_model < 2 and self._queue.waiting:
                 for job, message in self._queue.expire(asyncio.get_running_loop().time()):
                     if message:  # else the deadline passed: the caller's submit reports it
                         self.stats.pairs_expired += job.remaining
                         job.fail(DeadlineExpired(message))
-                groups = self._queue.next_batch(model_busy=self._running is not None)
+                groups = self._queue.next_batch(model_busy=self._in_model > 0)
                 if groups:
                     return groups
             self._changed.clear()
             await self._changed.wait()
 
-    async def _model_loop(self) -> None:
-        """Run prepared batches one after another; fail a batch's callers if it raises."""
-        while True:
-            batch = await self._ready.get()
-            self._running = batch
-            if self._queue.waiting:  # room for the next prepared batch, and work for it
-                self._changed.set()
+    def _model_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the model thread: run each prepared batch and hand it back to the event loop
+        with its outcome, the scores or the exception that ended it."""
+        while (batch := self._prepared.get()) is not None:
+            outcome: _Ran | Exception
             try:
-                await self._run(batch)
+                outcome = self._compute(batch)
             except Exception as exc:
-                log.error("model batch of %d pairs failed", batch.pairs, exc_info=exc)
-                failure = exc if isinstance(exc, ModelFailure) else f"model failed: {exc}"
-                fail_all([job for job, _ in batch.groups], failure)
-            finally:
-                self._running = None
-                if self._queue.waiting:  # an idle model takes a batch that is not full
-                    self._changed.set()
+                outcome = exc
+            try:
+                loop.call_soon_threadsafe(self._finish, batch, outcome)
+            except RuntimeError:  # the event loop has closed: nobody waits any more
+                return
 
-    async def _run(self, batch: Batch) -> None:
-        """Run a batch, without the pairs of callers that left meanwhile, and scatter it."""
-        alive = [(job, idx) for job, idx in batch.groups if not job.dead]
-        if not alive:
-            return
-        if len(alive) < len(batch.groups):  # some callers left after collation: skip them
-            batch = Batch.of(alive, self._config.limits.padded)
-        now = asyncio.get_running_loop().time()
-        for job, _ in alive:
-            job.first_start = now if job.first_start is None else job.first_start
-        raw, scores, seconds = await self._model.run(self._compute, batch)
-        self._scatter(batch, raw, scores, seconds)
+    def _finish(self, batch: Batch, outcome: _Ran | Exception) -> None:
+        """On the event loop: give a finished batch's scores to its callers, or fail them all
+        (this is the one place the model's results enter the loop: nothing may escape it)."""
+        self._in_model -= 1
+        if self._queue.waiting:  # the model has room for a batch, and an idle one takes any
+            self._changed.set()
+        try:
+            if isinstance(outcome, Exception):
+                raise outcome
+            if outcome is not None:
+                ran, started, raw, scores, seconds = outcome
+                ran.deliver(raw, scores, started, asyncio.get_running_loop().time(), self.stats)
+                self._queue.speed.record(seconds, ran.computed_tokens)
+        except Exception as exc:
+            log.error("model batch of %d pairs failed", batch.pairs, exc_info=exc)
+            failure = exc if isinstance(exc, ModelFailure) else f"model failed: {exc}"
+            fail_all([job for job, _ in batch.groups], failure)
 
-    def _collate(self, groups: list[tuple[Job, IntArray]]) -> Any:
-        ids = [job.tokens.ids[i] for job, idx in groups for i in idx.tolist()]
-        if groups[0][0].tokens.type_ids is None:
-            return self._scorer.collate(ids, None)
-        types = [job.tokens.type_ids[i] for job, idx in groups for i in idx.tolist()]  # type: ignore[index]
-        return self._scorer.collate(ids, types)
-
-    def _compute(self, batch: Batch) -> tuple[FloatArray, FloatArray, float]:
-        """On the model thread: collate if not done yet, forward (timed on this thread: the
-        loop's delay in noticing the end would inflate the speed estimate), activate."""
-        model_input = batch.model_input
+    def _compute(self, batch: Batch) -> _Ran:
+        """On the model thread: drop the pairs of callers that left meanwhile, collate if not
+        done yet, forward (timed here: the loop's delay in noticing the end would inflate the
+        speed estimate), activate."""
+        alive = batch.alive(self._config.limits.padded)
+        if alive is None:
+            return None
+        started = time.monotonic()  # the clock of asyncio's loop.time()
+        model_input = alive.model_input
         if model_input is None:
-            model_input = self._collate(batch.groups)
+            model_input = alive.collate(self._scorer)
         began = time.perf_counter()
         raw = np.asarray(self._scorer.forward(model_input), dtype=np.float32)
         seconds = time.perf_counter() - began
-        return raw, np.asarray(self._scorer.activate(raw), dtype=np.float32), seconds
-
-    def _scatter(self, batch: Batch, raw: FloatArray, scores: FloatArray, seconds: float) -> None:
-        """Hand each job its scores; a job with a non-finite one fails alone."""
-        for what, values in (("scores", raw), ("activated scores", scores)):
-            if values.shape != (batch.pairs,):
-                raise ModelFailure(
-                    f"the model returned {what} of shape {values.shape} for {batch.pairs} pairs"
-                )
-        self._queue.speed.record(seconds, batch.computed_tokens)
-        stats = self.stats
-        stats.batches += 1
-        stats.pairs_scored += batch.pairs
-        stats.real_tokens += batch.real_tokens
-        stats.computed_tokens += batch.computed_tokens
-        if stats.on_batch is not None:
-            stats.on_batch(batch.pairs, batch.real_tokens, batch.computed_tokens)
-        now = asyncio.get_running_loop().time()
-        finite = bool(np.isfinite(raw).all() and np.isfinite(scores).all())
-        offset = 0
-        for job, idx in batch.groups:
-            part = slice(offset, offset + len(idx))
-            offset += len(idx)
-            if job.dead:  # the caller left while its pairs were computed
-                stats.cancelled_compute_tokens += int(job.lengths[idx].sum())
-            job.deliver(idx, raw[part], scores[part], now, checked=finite)
+        scores = np.asarray(self._scorer.activate(raw), dtype=np.float32)
+        return alive, started, raw, scores, seconds
