@@ -286,18 +286,27 @@ J = TypeVar("J", bound=QueuedJob)
 
 
 class SpeedEstimate:
-    """Model seconds per computed token at the fastest of the last ``SPEED_WINDOW`` batches,
-    or None before ``SPEED_EVIDENCE`` batches ran. A drop cannot be undone, so the estimate
-    errs towards keeping work: a mean let one slow batch (a first call at a new shape, a CPU
-    shared with tokenization) fail calls that would have finished, while the fastest recent
-    batch still follows a device that stays slower."""
+    """Model seconds per computed token at the fastest of the last ``SPEED_WINDOW`` full
+    batches, or None before ``SPEED_EVIDENCE`` of them ran. A drop cannot be undone, so the
+    estimate errs towards keeping work: a mean let one slow batch (a first call at a new shape,
+    a CPU shared with tokenization) fail calls that would have finished, while the fastest
+    recent batch still follows a device that stays slower. Only full batches (at the size cap,
+    or at half the token budget or more) count: a small one's time is mostly the batch's fixed
+    cost, so after a stretch of one-document calls its seconds per token overstated what a
+    long queue, run in full batches, takes by 50 times, and refused every call behind one
+    large request."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: BatchLimits) -> None:
+        self._limits = limits
         self._per_token: deque[float] = deque(maxlen=SPEED_WINDOW)
         self._fastest: float | None = None  # kept per batch, read several times per call
 
-    def record(self, seconds: float, computed_tokens: int) -> None:
-        if computed_tokens:
+    def record(self, seconds: float, pairs: int, computed_tokens: int) -> None:
+        full = (
+            pairs >= self._limits.max_batch_size
+            or 2 * computed_tokens >= self._limits.max_batch_tokens
+        )
+        if full and computed_tokens:
             self._per_token.append(seconds / computed_tokens)
             if len(self._per_token) >= SPEED_EVIDENCE:
                 self._fastest = min(self._per_token)
@@ -345,7 +354,7 @@ class FairQueue(Generic[J]):
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
         self.jobs: list[J] = []  # in arrival order
-        self.speed = SpeedEstimate()
+        self.speed = SpeedEstimate(config.limits)
         self._vtime = 0
         self._next_start = 0
         budget = config.limits.max_batch_tokens

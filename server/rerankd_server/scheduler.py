@@ -265,7 +265,7 @@ class BatchScheduler:
             if outcome is not None:
                 ran, started, raw, scores, seconds = outcome
                 ran.deliver(raw, scores, started, asyncio.get_running_loop().time(), self.stats)
-                self._queue.speed.record(seconds, ran.computed_tokens)
+                self._queue.speed.record(seconds, ran.pairs, ran.computed_tokens)
         except Exception as exc:
             log.error("model batch of %d pairs failed", batch.pairs, exc_info=exc)
             failure = exc if isinstance(exc, ModelFailure) else f"model failed: {exc}"

@@ -14,6 +14,7 @@ from rerankd_server.batching import (
     FairQueue,
     QueuedJob,
     SchedulerConfig,
+    SpeedEstimate,
     batch_cost,
     fixed_batch_cost,
     is_full,
@@ -117,12 +118,22 @@ def test_is_full() -> None:
     assert batch_cost([], True) == 0
 
 
+def test_only_full_batches_tell_the_model_speed() -> None:
+    speed = SpeedEstimate(BatchLimits(max_batch_tokens=100, max_batch_size=8, padded=False))
+    for _ in range(10):  # one pair of 5 tokens: the time is the batch's fixed cost
+        speed.record(0.002, 1, 5)
+    assert speed.seconds_per_token() is None
+    for pairs, tokens in ((8, 40), (2, 50), (3, 60), (8, 80)):  # at the size cap or half budget
+        speed.record(0.004, pairs, tokens)
+    assert speed.seconds_per_token() == pytest.approx(0.004 / 80)
+
+
 def _queue_with_a_large_job() -> tuple[FairQueue[QueuedJob], QueuedJob]:
     """A queue whose speed is known (0.1 ms per token) holding 1 s of work without deadline;
     a quantum is 4 budgets of 100 tokens."""
     queue: FairQueue[QueuedJob] = FairQueue(SchedulerConfig(BatchLimits(100, 8, padded=False)))
     for _ in range(4):
-        queue.speed.record(0.01, 100)
+        queue.speed.record(0.01, 8, 100)
     big = QueuedJob(0, [10] * 1000, queue.start_tag(10_000), None)
     queue.add(big)
     return queue, big

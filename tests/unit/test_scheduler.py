@@ -431,6 +431,36 @@ async def test_one_slow_batch_does_not_fail_calls_that_can_finish() -> None:
     assert scheduler.stats.pairs_expired == 0
 
 
+class FixedCostFake(FakeScorer):
+    """A batch costs 20 ms whatever it holds, and a little more per token (a small model)."""
+
+    def forward(self, batch: Any) -> Any:
+        time.sleep(0.02 + 0.00001 * sum(len(row) for row in batch))
+        return super().forward(batch)
+
+
+async def test_small_batches_do_not_make_a_large_request_refuse_the_calls_behind_it() -> None:
+    scorer = FixedCostFake()
+    cfg = SchedulerConfig(BatchLimits(200, 8, True), max_queue_wait=1.0)
+    async with BatchScheduler(scorer, cfg) as scheduler:
+        for i in range(8):  # one-pair calls, one at a time: ~4 ms per token, as measured
+            await scheduler.submit([("q", f"alone{i}")], Truncation.DEFAULT)
+        scorer.gate.clear()  # hold the model: only the small batches have been timed
+        forwards = scorer.events.count("forward 8")
+        # 160 pairs of 19 tokens: 20 full batches, about half a second of model time; read
+        # at the small batches' seconds per token it would look like 12 s.
+        ahead = asyncio.create_task(
+            scheduler.submit([("q", doc(15, "ahead"))] * 160, Truncation.DEFAULT)
+        )
+        await wait_until(lambda: scorer.events.count("forward 8") > forwards)
+        small = asyncio.create_task(scheduler.submit([("q", "behind")], Truncation.DEFAULT))
+        await wait_until(lambda: scheduler.queued_requests == 2 or small.done())
+        scorer.gate.set()
+        assert (await small).logits.size == 1
+        await ahead
+    assert scheduler.stats.pairs_shed == 0
+
+
 async def test_length_grouping_does_not_hold_back_the_oldest_request() -> None:
     rng = random.Random(3)
     scorer = FakeScorer()
