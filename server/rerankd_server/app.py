@@ -43,7 +43,7 @@ from rerankd_server.scoring.base import Scorer
 from rerankd_server.security import BearerTokenInterceptor, ReloadingCertificates, TokenFile
 from rerankd_server.servicer import SERVICE_NAME, RerankServicer, handlers
 from rerankd_server.settings import Settings, parse_settings
-from rerankd_server.workers import model_executor
+from rerankd_server.workers import default_tokenizer_threads, model_executor
 
 log = logging.getLogger("rerankd")
 
@@ -88,6 +88,7 @@ def scheduler_config(
         max_queue_tokens=settings.max_queue_tokens,
         max_queue_wait=settings.max_queue_wait,
         cross_request=settings.cross_request_batching,
+        tokenizer_threads=settings.tokenizer_threads or default_tokenizer_threads(),
     )
 
 
@@ -318,7 +319,7 @@ class Sidecar:
             info = scorer.info
             log.info(
                 "serving %s as %r: %s, on %s (%s, %s attention, max %d tokens/pair, "
-                "%d tokens/batch, a batch's fixed cost counted as %d tokens)",
+                "%d tokens/batch, a batch's fixed cost counted as %d tokens, %d tokenizer threads)",
                 source,
                 name,
                 info.modules or "custom scorer",
@@ -328,6 +329,7 @@ class Sidecar:
                 info.max_input_tokens,
                 config.limits.max_batch_tokens,
                 config.limits.batch_overhead,
+                config.tokenizer_threads,
             )
         self.metrics.model_load_seconds.set(loop.time() - started)
         assert self._health is not None  # set in start()

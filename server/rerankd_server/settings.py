@@ -47,6 +47,7 @@ class Settings:
     cross_request_batching: bool = True
     score_cache_bytes: int = 0
     stream_max_in_flight: int = 8
+    tokenizer_threads: int = 0
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -161,6 +162,12 @@ _OPTIONS: list[tuple[str, type, str]] = [
         bool,
         "Let one batch carry pairs of several calls; off only to "
         "measure what batching across calls buys.",
+    ),
+    (
+        "tokenizer-threads",
+        int,
+        "Threads that tokenize calls, several at once (the tokenizers library also splits a "
+        "call's pairs over the cores). 0 = auto: half the CPUs this process may use, 2 to 8.",
     ),
     (
         "tls-cert",
@@ -308,6 +315,8 @@ def validate(settings: Settings) -> list[str]:
         problems.append("--score-cache-bytes must be 0 (off) or positive")
     if settings.max_batch_tokens < 0:
         problems.append("--max-batch-tokens must be 0 (auto) or positive")
+    if settings.tokenizer_threads < 0:
+        problems.append("--tokenizer-threads must be 0 (auto) or positive")
     if not 0 < settings.port < 65536 and settings.port != 0:
         problems.append("--port must be 0..65535")
     if settings.max_queue_wait < 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -103,3 +104,14 @@ def model_executor() -> Worker:
     (docs/design.md, "One model thread for every torch computation").
     """
     return Worker(1, "rerankd-model")
+
+
+def default_tokenizer_threads() -> int:
+    """Half the CPUs this process may use, 2 to 8: calls tokenize side by side (the tokenizers
+    library releases the GIL), while the library's own pool, the event loop and the model
+    thread keep the other half (docs/operations.md, "Sizing the host")."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 2
+    return min(8, max(2, cpus // 2))

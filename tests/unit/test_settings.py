@@ -40,6 +40,7 @@ def test_flag_beats_environment_beats_default() -> None:
         ([], {"RERANKD_PORT": "eighty"}, "RERANKD_PORT='eighty' is not a valid int"),
         ([], {"RERANKD_WARMUP": "maybe"}, "RERANKD_WARMUP='maybe' is not a valid bool"),
         (["--max-batch-tokens", "-1"], {}, "0 (auto) or positive"),
+        (["--tokenizer-threads", "-2"], {}, "--tokenizer-threads must be 0 (auto) or positive"),
     ],
 )
 def test_bad_values_exit_with_a_message(
@@ -74,3 +75,13 @@ def test_a_measured_batch_fixed_cost_replaces_the_default_within_bounds() -> Non
 
     assert share(819.2) == 0.2  # the budget is 4,096
     assert (share(0.0), share(1e9)) == MEASURED_OVERHEAD_SHARE
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 2), (2, 2), (6, 3), (16, 8), (64, 8)])
+def test_tokenizer_threads_are_sized_from_the_cpus_unless_set(
+    cpus: int, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(cpus)))
+    assert scheduler_config(Settings(), FakeScorer()).tokenizer_threads == threads
+    settings = parse_settings([], env={"RERANKD_TOKENIZER_THREADS": "5"})
+    assert scheduler_config(settings, FakeScorer()).tokenizer_threads == 5
