@@ -36,6 +36,7 @@ class LoadResult:
     wall_s: float
     failed: int
     offered_rps: float = 0.0
+    client_cpu_s: float = 0.0  # this process's CPU time meanwhile: the load generator's cost
 
     @property
     def pairs_per_s(self) -> float:
@@ -86,13 +87,13 @@ async def closed_loop(
             done_pairs += len(req.documents)
             done_tokens += tokens[i]
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         await asyncio.gather(*(caller(slot) for slot in range(concurrency)))
     finally:
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         await target.close()
-    return LoadResult(latencies, done_pairs, done_tokens, wall, failed)
+    return LoadResult(latencies, done_pairs, done_tokens, wall, failed, client_cpu_s=cpu)
 
 
 async def open_loop(

@@ -494,9 +494,10 @@ def scenario_simgpu(args: argparse.Namespace) -> None:
     )
     print(
         "\n| device | device pairs/s at NQ lengths | served pairs/s | device busy "
-        "| p50 ms | p99 ms |"
+        "| p50 ms | p99 ms | server CPU µs/pair: loop / tokenize / model / native / gRPC / other "
+        "| load generator CPU µs/pair |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     devices = [(n, s.h100_pairs_per_s) for n, s in ETTIN.items()] + [("free (host only)", 0.0)]
     for name, rate in devices:
         spec = ScorerSpec("sim", rate, args.sim_padded, tok_model)
@@ -508,9 +509,19 @@ def scenario_simgpu(args: argparse.Namespace) -> None:
         finally:
             proc.stop()
         label = f"{name} on H100" if rate else name
+        cpu = (
+            stats.loop_cpu_s,
+            stats.tokenize_cpu_s,
+            stats.model_cpu_s,
+            stats.native_cpu_s,
+            stats.grpc_cpu_s,
+            stats.other_cpu_s,
+        )
+        per_pair = " / ".join(f"{seconds / stats.pairs_scored * 1e6:.0f}" for seconds in cpu)
         print(
             f"| {label} | {_fmt(rate)} | {res.pairs_per_s:,.0f} | {stats.busy_s / res.wall_s:.2f} "
-            f"| {res.quantile(0.5) * 1e3:,.1f} | {res.quantile(0.99) * 1e3:,.1f} |"
+            f"| {res.quantile(0.5) * 1e3:,.1f} | {res.quantile(0.99) * 1e3:,.1f} | {per_pair} "
+            f"| {res.client_cpu_s / res.pairs * 1e6:.0f} |"
         )
         sys.stdout.flush()
 

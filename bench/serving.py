@@ -51,6 +51,13 @@ class ServerStats:
     pairs_cancelled: int
     pairs_expired: int
     busy_s: float
+    #: CPU seconds by thread, as ``_thread_cpu`` groups them.
+    loop_cpu_s: float = 0.0
+    tokenize_cpu_s: float = 0.0
+    model_cpu_s: float = 0.0
+    native_cpu_s: float = 0.0
+    grpc_cpu_s: float = 0.0
+    other_cpu_s: float = 0.0
 
     def minus(self, earlier: ServerStats) -> ServerStats:
         """Counters accrued since ``earlier``."""
@@ -61,6 +68,28 @@ class ServerStats:
     @property
     def padding_efficiency(self) -> float:
         return self.real_tokens / self.computed_tokens if self.computed_tokens else float("nan")
+
+
+def _thread_cpu() -> tuple[float, ...]:
+    """CPU seconds of this process by thread (Linux's per-thread counters; zeros where they
+    are missing): the event loop, the tokenizer pool's Python threads, the model thread,
+    native pools that are no Python thread (the tokenizers library's Rust threads, torch's),
+    gRPC core's threads, and the rest (the preparation thread, Python's default executor)."""
+    import os
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    kinds = {"MainThread": 0, "rerankd-tokenize": 1, "rerankd-model": 2}
+    python = {t.native_id: kinds.get(t.name.rsplit("_", 1)[0], 5) for t in threading.enumerate()}
+    totals = [0.0] * 6
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):
+                folder = Path(f"/proc/self/task/{task}")
+                fields = (folder / "stat").read_text().rsplit(")", 1)[1].split()
+                native = 3 if (folder / "comm").read_text().strip() == "python" else 4
+                totals[python.get(int(task), native)] += (int(fields[11]) + int(fields[12])) / tick
+    return tuple(totals)
 
 
 def _build_scorer(settings: Any, spec: ScorerSpec) -> Any:
@@ -133,6 +162,7 @@ async def _child_main(conn: Connection, settings_kwargs: dict[str, Any], spec: S
                     stats.pairs_cancelled,
                     stats.pairs_expired,
                     scorer.busy_s,
+                    *_thread_cpu(),
                 )
             )
     finally:
