@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import os
 import queue
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -106,12 +108,20 @@ def model_executor() -> Worker:
     return Worker(1, "rerankd-model")
 
 
-def default_tokenizer_threads() -> int:
+def default_tokenizer_threads(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """Half the CPUs this process may use, 2 to 8: calls tokenize side by side (the tokenizers
     library releases the GIL), while the library's own pool, the event loop and the model
-    thread keep the other half (docs/operations.md, "Sizing the host")."""
+    thread keep the other half (docs/operations.md, "Sizing the host"). The CPUs are the ones
+    it may run on, cut to a container's CPU limit (cgroup v2 ``cpu.max``, e.g. a pod's
+    ``limits.cpu``), which the affinity mask does not show."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 2
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 limit to read
+        pass
     return min(8, max(2, cpus // 2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rerankd_server.app import scheduler_config
@@ -11,6 +13,7 @@ from rerankd_server.batching import (
     MEASURED_OVERHEAD_SHARE,
 )
 from rerankd_server.settings import DEFAULT_MODEL, Settings, env_name, parse_settings
+from rerankd_server.workers import default_tokenizer_threads
 from support.fake_scorer import FakeScorer
 
 
@@ -79,9 +82,24 @@ def test_a_measured_batch_fixed_cost_replaces_the_default_within_bounds() -> Non
 
 @pytest.mark.parametrize(("cpus", "threads"), [(1, 2), (2, 2), (6, 3), (16, 8), (64, 8)])
 def test_tokenizer_threads_are_sized_from_the_cpus_unless_set(
-    cpus: int, threads: int, monkeypatch: pytest.MonkeyPatch
+    cpus: int, threads: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(cpus)))
-    assert scheduler_config(Settings(), FakeScorer()).tokenizer_threads == threads
+    assert default_tokenizer_threads(tmp_path / "no-cgroup-limit") == threads
+    auto = scheduler_config(Settings(), FakeScorer()).tokenizer_threads
+    assert auto == default_tokenizer_threads()
     settings = parse_settings([], env={"RERANKD_TOKENIZER_THREADS": "5"})
     assert scheduler_config(settings, FakeScorer()).tokenizer_threads == 5
+
+
+@pytest.mark.parametrize(("limit", "threads"), [("400000 100000", 2), ("1200000 100000", 6)])
+def test_a_container_cpu_limit_sizes_the_tokenizer_threads(
+    limit: str, threads: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(64)))  # a large node
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text(limit + "\n")
+    assert default_tokenizer_threads(cpu_max) == threads
+    cpu_max.write_text("max 100000\n")  # no limit
+    assert default_tokenizer_threads(cpu_max) == 8
+    assert default_tokenizer_threads(tmp_path / "absent") == 8
