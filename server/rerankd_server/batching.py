@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -207,29 +208,72 @@ class SchedulerConfig:
 
 class QueuedJob:
     """One request's pairs in the fair queue. Position p is the p-th longest pair
-    (``order[p]`` is its index in the request) and ``tags[p]`` its start tag."""
+    (``order[p]`` is its index in the request) and ``tags[p]`` its start tag.
+
+    The arrays are built on first use, by the window (``pending``, ``dispatch``) or a deadline
+    estimate (``tokens_before``). A call whose pairs all go into one batch at once
+    (``take_rest``), the usual case for small calls, never needs them: its bounds and totals
+    are Python numbers, where building the arrays took eight array operations, the largest
+    share of the policy's cost for a one-document call."""
 
     def __init__(self, seq: int, lengths: Sequence[int], start: int, deadline: float | None):
-        self.lengths: IntArray = np.asarray(lengths, dtype=np.int64)  # in request order
         self.seq = seq
         self.deadline = deadline
-        # ndarray methods, not np.* functions: a small call's dozen array operations each
-        # paid the functions' dispatch, most of their time on one pair.
-        self.order: IntArray = (-self.lengths).argsort(kind="stable")
-        self.sorted_lengths: IntArray = self.lengths[self.order]
-        self.tags: IntArray = np.zeros(len(self.order) + 1, dtype=np.int64)
-        self.sorted_lengths.cumsum(out=self.tags[1:])
-        self.tags += start
+        self.start = start
+        self.size = len(lengths)
+        self._given = lengths
+        self.total_tokens = int(sum(lengths))
+        self.longest, self.shortest = int(max(lengths)), int(min(lengths))
         self.cursor = 0  # every position before it is dispatched
         # Only once pairs were taken out of order: which positions are dispatched.
         self.dispatched: npt.NDArray[np.bool_] | None = None
-        self.total_tokens = int(self.tags[-1]) - start
         self.pending_tokens = self.total_tokens
         self.dead = False  # the caller left, failed or expired: skip what is left
 
+    @cached_property
+    def lengths(self) -> IntArray:  # in request order
+        return np.asarray(self._given, dtype=np.int64)
+
+    @cached_property
+    def order(self) -> IntArray:
+        # ndarray methods, not np.* functions: each of those paid the functions' dispatch.
+        return (-self.lengths).argsort(kind="stable")
+
+    @cached_property
+    def sorted_lengths(self) -> IntArray:
+        return self.lengths[self.order]
+
+    @cached_property
+    def tags(self) -> IntArray:
+        tags = np.zeros(self.size + 1, dtype=np.int64)
+        self.sorted_lengths.cumsum(out=tags[1:])
+        tags += self.start
+        return tags
+
+    def bounds(self) -> tuple[int, int, int, int]:
+        """The first and last pending start tags and the longest and shortest pending
+        lengths (bounds, once pairs were taken out of order)."""
+        if self.cursor == 0:  # nothing dispatched in order yet: known without the arrays
+            return self.start, self.last_tag, self.longest, self.shortest
+        end = self.size - 1
+        tags, lengths = self.tags, self.sorted_lengths
+        return int(tags[self.cursor]), int(tags[end]), int(lengths[self.cursor]), int(lengths[end])
+
+    @property
+    def last_tag(self) -> int:
+        """The start tag of the request's shortest pair, the last in its order."""
+        return self.start + self.total_tokens - self.shortest
+
+    def cost(self, idx: IntArray) -> tuple[int, int]:
+        """The tokens and the longest length of the pairs ``idx``."""
+        if len(idx) == self.size:  # all of them (each pair is dispatched once)
+            return self.total_tokens, self.longest
+        part = self.lengths[idx]
+        return int(part.sum()), int(part.max())
+
     @property
     def exhausted(self) -> bool:
-        return self.cursor >= len(self.order)
+        return self.cursor >= self.size
 
     @property
     def waiting(self) -> bool:
@@ -240,7 +284,7 @@ class QueuedJob:
         """The first ``limit`` positions not yet dispatched, their tags and lengths (views
         of the arrays while nothing was taken out of order: no copies per batch)."""
         if self.dispatched is None:
-            end = min(len(self.order), self.cursor + limit)
+            end = min(self.size, self.cursor + limit)
             window = slice(self.cursor, end)
             return np.arange(self.cursor, end), self.tags[window], self.sorted_lengths[window]
         positions = self.cursor + np.flatnonzero(~self.dispatched[self.cursor :])[:limit]
@@ -255,17 +299,21 @@ class QueuedJob:
         if self.dispatched is None and in_order:
             return self._take(first + count)  # the usual case: the next pairs in order
         if self.dispatched is None:
-            self.dispatched = np.zeros(len(self.order), dtype=bool)
+            self.dispatched = np.zeros(self.size, dtype=bool)
             self.dispatched[: self.cursor] = True
         self.dispatched[positions] = True
         self.pending_tokens -= int(self.sorted_lengths[positions].sum())
         rest = np.flatnonzero(~self.dispatched[self.cursor :])
-        self.cursor = self.cursor + int(rest[0]) if len(rest) else len(self.order)
+        self.cursor = self.cursor + int(rest[0]) if len(rest) else self.size
         return self.order[positions]
 
     def take_rest(self) -> IntArray:
-        """Dispatch every pending pair (taken in order so far); returns their pair indices."""
-        return self._take(len(self.order))
+        """Dispatch every pending pair (taken in order so far); returns their pair indices,
+        in request order when none was taken before."""
+        if self.cursor == 0:
+            self.cursor, self.pending_tokens = self.size, 0
+            return _indices(self.size)
+        return self._take(self.size)
 
     def _take(self, end: int) -> IntArray:
         """Dispatch the positions from the cursor up to ``end``, all pending."""
@@ -278,8 +326,20 @@ class QueuedJob:
         """Pending tokens whose start tags are below ``tag`` (an estimate: pairs already taken
         out of order past the cursor are counted too)."""
         end = int(np.searchsorted(self.tags, tag, side="left"))
-        end = min(max(end, self.cursor), len(self.order))
+        end = min(max(end, self.cursor), self.size)
         return int(self.tags[end] - self.tags[self.cursor])
+
+
+_iota: IntArray = np.arange(0)
+
+
+def _indices(count: int) -> IntArray:
+    """0 .. count-1: a read-only view of one shared array, grown as needed."""
+    global _iota
+    if count > len(_iota):
+        _iota = np.arange(max(count, 2 * len(_iota), 1024))
+        _iota.flags.writeable = False
+    return _iota[:count]
 
 
 J = TypeVar("J", bound=QueuedJob)
@@ -332,17 +392,14 @@ class _Pending:
     @classmethod
     def of(cls, live: Sequence[QueuedJob]) -> _Pending:
         pairs = tokens = 0
-        first = last = int(live[0].tags[live[0].cursor])
-        longest = shortest = int(live[0].sorted_lengths[live[0].cursor])
+        first, last, longest, shortest = live[0].bounds()
         in_order = True
         for job in live:
-            end = len(job.order) - 1
-            pairs += end + 1 - job.cursor
+            head, tail, top, bottom = job.bounds()
+            pairs += job.size - job.cursor
             tokens += job.pending_tokens
-            first = min(first, int(job.tags[job.cursor]))
-            last = max(last, int(job.tags[end]))
-            longest = max(longest, int(job.sorted_lengths[job.cursor]))
-            shortest = min(shortest, int(job.sorted_lengths[end]))
+            first, last = min(first, head), max(last, tail)
+            longest, shortest = max(longest, top), min(shortest, bottom)
             in_order = in_order and job.dispatched is None
         return cls(pairs, tokens, longest, shortest, first, last, in_order)
 
@@ -422,7 +479,7 @@ class FairQueue(Generic[J]):
             if now >= job.deadline:
                 dropped.append((job, ""))
             elif rate is not None and now + queued * rate >= job.deadline:  # else all fits
-                last_tag = int(job.tags[len(job.order) - 1])
+                last_tag = job.last_tag
                 ahead = sum(o.tokens_before(last_tag) for o in live if o is not job and not o.dead)
                 needed = (job.pending_tokens + ahead) * rate
                 if now + needed >= job.deadline:

@@ -74,9 +74,9 @@ class Job(QueuedJob):
     ):
         super().__init__(seq, lengths, start, deadline)
         self.tokens = tokens
-        self.raw = np.zeros(len(self.lengths), dtype=np.float32)
-        self.scores = np.zeros(len(self.lengths), dtype=np.float32)
-        self.remaining = len(self.lengths)
+        self.raw = np.zeros(self.size, dtype=np.float32)
+        self.scores = np.zeros(self.size, dtype=np.float32)
+        self.remaining = self.size
         loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Outcome] = loop.create_future()
         self.admitted_at = self.last_end = loop.time()
@@ -121,7 +121,7 @@ class Job(QueuedJob):
             queue_time_us=round((start - self.admitted_at) * 1e6),
             inference_time_us=round((self.last_end - start) * 1e6),
             batches=self.batches,
-            scored_pairs=len(self.lengths),
+            scored_pairs=self.size,
         )
 
 
@@ -135,10 +135,11 @@ class Batch:
 
     @classmethod
     def of(cls, groups: list[tuple[Job, IntArray]], padded: bool) -> Batch:
-        lengths = np.concatenate([job.lengths[idx] for job, idx in groups])
-        real = int(lengths.sum())
-        computed = int(lengths.max()) * len(lengths) if padded else real  # batch_cost, on arrays
-        return cls(groups, len(lengths), real, computed)
+        pairs = real = longest = 0
+        for job, idx in groups:  # batching.batch_cost, from each job's share
+            tokens, top = job.cost(idx)
+            pairs, real, longest = pairs + len(idx), real + tokens, max(longest, top)
+        return cls(groups, pairs, real, longest * pairs if padded else real)
 
     def deliver(
         self, raw: FloatArray, scores: FloatArray, started: float, now: float, stats: SchedulerStats
@@ -158,7 +159,7 @@ class Batch:
             part = slice(offset, offset + len(idx))
             offset += len(idx)
             if job.dead:  # the caller left while its pairs were computed
-                stats.cancelled_compute_tokens += int(job.lengths[idx].sum())
+                stats.cancelled_compute_tokens += job.cost(idx)[0]
             job.deliver(idx, raw[part], scores[part], now, checked=finite)
 
     def alive(self, padded: bool) -> Batch | None:
