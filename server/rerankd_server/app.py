@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from rerankd_server import tracing
 from rerankd_server.batching import (
     CPU_BATCH_OVERHEAD_SHARE,
     CUDA_BATCH_OVERHEAD_SHARE,
@@ -200,6 +201,7 @@ class Sidecar:
         """Listen (NOT_SERVING) and begin loading the model in the background."""
         # grpc.aio objects bind to the running loop, so they are made here, not in __init__.
         settings = self.settings
+        tracing.enabled.refresh()
         observe = self.metrics.observe_request if settings.metrics_port else None
         interceptors = []
         if settings.auth_token_file:

@@ -9,6 +9,7 @@ nothing. The caller's ``traceparent`` metadata makes the span a child of its tra
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,14 +20,40 @@ except ImportError:  # pragma: no cover - exercised where the package is absent
     propagate = None  # type: ignore[assignment]
 
 
-def enabled() -> bool:
-    """Whether spans go anywhere: a tracer provider was set (an SDK or an agent). Checked per
-    call, since a provider may be set after start; without one a span would be dropped and
-    only its building (a context, a propagator, attributes) would cost."""
+RECHECK_S = 1.0  # how long an answer of ``enabled`` stands
+
+
+class _Enabled:
+    """Whether spans go anywhere: a tracer provider was set (an SDK or an agent); without one
+    a span would be dropped and only its building (a context, a propagator, attributes)
+    would cost. Asked on every call and looked up at most once a second, since a provider
+    may be set after start: the lookup reads the environment, a few percent of a small
+    call's time on the event loop."""
+
+    def __init__(self) -> None:
+        self._answer = False
+        self._until = -1.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now >= self._until:
+            self._answer, self._until = _provider_set(), now + RECHECK_S
+        return self._answer
+
+    def refresh(self) -> None:
+        """Look again on the next call (a server starting picks up a provider set just
+        before it)."""
+        self._until = -1.0
+
+
+def _provider_set() -> bool:
     if trace is None:
         return False
     provider = trace.get_tracer_provider()
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+enabled = _Enabled()
 
 
 @contextlib.contextmanager
