@@ -34,7 +34,7 @@ from rerankd_server.errors import (
     NotReady,
     Overloaded,
 )
-from rerankd_server.jobs import Batch, Job, Outcome, SchedulerStats, fail_all
+from rerankd_server.jobs import Batch, Job, Outcome, SchedulerStats, Usage, fail_all
 from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs, Truncation
 from rerankd_server.workers import Worker, model_executor
 
@@ -123,6 +123,9 @@ class BatchScheduler:
         if self._closing or not self._tasks:
             raise NotReady("server is not accepting work")
         count = len(pairs)
+        if not count:  # a job without pairs would never be batched, nor its caller answered
+            none = np.zeros(0, dtype=np.float32)
+            return Outcome(none, none, Usage(0, 0, 0, 0, 0))
         if count > self._config.max_queue_pairs:
             raise InvalidRequest(
                 f"{count} pairs exceed the queue bound of {self._config.max_queue_pairs}"

@@ -57,6 +57,15 @@ async def test_results_are_in_request_order_and_match_the_model() -> None:
     assert outcome.usage.batches >= 1
 
 
+async def test_no_pairs_get_no_scores_at_once() -> None:
+    scorer = FakeScorer()
+    async with BatchScheduler(scorer, config()) as scheduler:
+        outcome = await asyncio.wait_for(scheduler.submit([], Truncation.DEFAULT), 1.0)
+        assert outcome.logits.size == outcome.scores.size == 0
+        assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1
+    assert outcome.usage.batches == 0 and not scorer.batches[1:]
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sizes=st.lists(st.lists(st.integers(0, 70), min_size=1, max_size=30), min_size=1, max_size=8),
