@@ -361,6 +361,11 @@ def scenario_serving(args: argparse.Namespace) -> None:
     )
 
 
+def _us_per_call(rounds: Sequence[ServerStats], field: str, calls: int) -> float:
+    """The median round's CPU seconds ``field`` (a ``ServerStats`` one), in µs per call."""
+    return float(statistics.median(getattr(stats, field) for stats in rounds)) / calls * 1e6
+
+
 def scenario_grpc(args: argparse.Namespace) -> None:
     """rerankd's own path (gRPC + servicer + scheduler, a no-op scorer) against the raw gRPC
     floor (a bare grpc.aio servicer of the same ``.proto``), both in a child process and
@@ -381,12 +386,13 @@ def scenario_grpc(args: argparse.Namespace) -> None:
             reqs = [Request("q", ["d"] * docs)] * args.calls
             toks = [docs] * len(reqs)
             runs: dict[str, list[LoadResult]] = {name: [] for name in servers}
-            batches = 0
+            costs: dict[str, list[ServerStats]] = {name: [] for name in servers}
             for _ in range(args.rounds):
                 for name, server in servers.items():
                     res, stats = asyncio.run(_measure_rerankd(server, reqs, toks, concurrency))
                     runs[name].append(res)
-                    batches += stats.batches if name == "rerankd" else 0
+                    costs[name].append(stats)
+            batches = sum(stats.batches for stats in costs["rerankd"])
             rate = {
                 name: statistics.median(len(r.latencies) / r.wall_s for r in results)
                 for name, results in runs.items()
@@ -398,11 +404,18 @@ def scenario_grpc(args: argparse.Namespace) -> None:
             p99 = statistics.median(r.quantile(0.99) for r in runs["rerankd"]) * 1e6
             failed = sum(r.failed for results in runs.values() for r in results)
             layer = f"| {rate['no scheduler'] / rate['floor']:.2f} " if args.layers else ""
+            floor_cpu, ours = costs["floor"], costs["rerankd"]
+            cpu = (
+                f"{_us_per_call(floor_cpu, 'cpu_s', args.calls):,.0f} / "
+                f"{_us_per_call(ours, 'cpu_s', args.calls):,.0f} "
+                f"({_us_per_call(ours, 'loop_cpu_s', args.calls):,.0f}, "
+                f"{_us_per_call(ours, 'loop_kernel_cpu_s', args.calls):,.0f})"
+            )
             rows.append(
                 f"| {docs} | {concurrency} | {rate['floor']:,.0f} | {rate['rerankd']:,.0f} "
                 f"| {rate['rerankd'] / rate['floor']:.2f} | {1e6 / rate['rerankd']:,.0f} "
                 f"| {p50['floor']:,.0f} | {p50['rerankd']:,.0f} | {p99:,.0f} "
-                f"| {batches / args.rounds:,.0f} | {failed} {layer}|"
+                f"| {batches / args.rounds:,.0f} | {cpu} | {failed} {layer}|"
             )
             sys.stdout.flush()
     finally:
@@ -414,10 +427,11 @@ def scenario_grpc(args: argparse.Namespace) -> None:
     )
     print(
         "| docs/call | clients | floor calls/s | rerankd calls/s | x floor | rerankd us/call "
-        "| floor p50 us | rerankd p50 us | rerankd p99 us | batches | failed |"
+        "| floor p50 us | rerankd p50 us | rerankd p99 us | batches "
+        "| server CPU us/call: floor / rerankd (its event loop, of that in the kernel) | failed |"
         + (" x floor without the scheduler |" if args.layers else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.layers else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.layers else ""))
     print("\n".join(rows))
 
 

@@ -58,6 +58,13 @@ class ServerStats:
     native_cpu_s: float = 0.0
     grpc_cpu_s: float = 0.0
     other_cpu_s: float = 0.0
+    loop_kernel_cpu_s: float = 0.0  # the event loop's share in the kernel
+
+    @property
+    def cpu_s(self) -> float:
+        """The server's CPU seconds, all threads."""
+        threads = (self.loop_cpu_s, self.tokenize_cpu_s, self.model_cpu_s, self.native_cpu_s)
+        return sum(threads) + self.grpc_cpu_s + self.other_cpu_s
 
     def minus(self, earlier: ServerStats) -> ServerStats:
         """Counters accrued since ``earlier``."""
@@ -74,21 +81,24 @@ def _thread_cpu() -> tuple[float, ...]:
     """CPU seconds of this process by thread (Linux's per-thread counters; zeros where they
     are missing): the event loop, the tokenizer pool's Python threads, the model thread,
     native pools that are no Python thread (the tokenizers library's Rust threads, torch's),
-    gRPC core's threads, and the rest (the preparation thread, Python's default executor)."""
+    gRPC core's threads, the rest (the preparation thread, Python's default executor), and
+    last the event loop's time in the kernel (part of the first)."""
     import os
     import threading
 
     tick = os.sysconf("SC_CLK_TCK")
     kinds = {"MainThread": 0, "rerankd-tokenize": 1, "rerankd-model": 2}
     python = {t.native_id: kinds.get(t.name.rsplit("_", 1)[0], 5) for t in threading.enumerate()}
-    totals = [0.0] * 6
+    totals = [0.0] * 7
     with contextlib.suppress(OSError):
         for task in os.listdir("/proc/self/task"):
             with contextlib.suppress(OSError):
                 folder = Path(f"/proc/self/task/{task}")
                 fields = (folder / "stat").read_text().rsplit(")", 1)[1].split()
                 native = 3 if (folder / "comm").read_text().strip() == "python" else 4
-                totals[python.get(int(task), native)] += (int(fields[11]) + int(fields[12])) / tick
+                kind = python.get(int(task), native)
+                totals[kind] += (int(fields[11]) + int(fields[12])) / tick
+                totals[6] += int(fields[12]) / tick if kind == 0 else 0.0
     return tuple(totals)
 
 
@@ -276,7 +286,7 @@ async def _floor_main(conn: Connection) -> None:
     loop = asyncio.get_running_loop()
     try:
         while await loop.run_in_executor(None, conn.recv) == "stats":
-            conn.send(ServerStats(0, 0, 0, 0, 0, 0, 0.0))
+            conn.send(ServerStats(0, 0, 0, 0, 0, 0, 0.0, *_thread_cpu()))
     finally:
         await server.stop(0)
 
