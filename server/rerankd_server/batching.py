@@ -310,7 +310,7 @@ class QueuedJob:
     def take_rest(self) -> IntArray:
         """Dispatch every pending pair (taken in order so far); returns their pair indices,
         in request order when none was taken before."""
-        if self.cursor == 0:
+        if self.cursor == 0 and self.dispatched is None:
             self.cursor, self.pending_tokens = self.size, 0
             return _indices(self.size)
         return self._take(self.size)
