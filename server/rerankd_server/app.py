@@ -315,7 +315,8 @@ class Sidecar:
                 raise
             scheduler = BatchScheduler(scorer, config, model_thread)
             self._schedulers.append(scheduler)
-            self.metrics.watch(scheduler)
+            if settings.metrics_port:  # else nothing reads them: no histogram per batch
+                self.metrics.watch(scheduler)
             await scheduler.start()
             self._servicer.add_model(Reranker(name, scorer, scheduler, config, cache))
             info = scorer.info

@@ -1,0 +1,31 @@
+"""What /metrics says after calls: requests by method and code, their latency, the batches."""
+
+from __future__ import annotations
+
+import grpc
+
+from rerankd.v1 import rerank_pb2 as pb
+from rerankd.v1 import rerank_pb2_grpc
+from rerankd_server.settings import Settings
+from support.fake_scorer import FakeScorer
+from support.metrics import scrape
+from support.sidecar import run_sidecar
+
+
+def test_calls_and_their_batches_are_counted() -> None:
+    settings = Settings(model="fake", warmup=False)
+    with (
+        run_sidecar(settings, lambda _: FakeScorer(), metrics=True) as running,
+        grpc.insecure_channel(running.target) as channel,
+    ):
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        for docs in (3, 2):
+            stub.Rerank(pb.RerankRequest(query="q", documents=[pb.Document(text="d")] * docs))
+        samples = scrape(running.sidecar.metrics_port)
+    assert samples[("rerankd_requests_total", (("code", "OK"), ("method", "Rerank")))] == 2
+    assert samples[("rerankd_request_duration_seconds_count", (("method", "Rerank"),))] == 2
+    batches = samples[("rerankd_batches_total", ())]
+    assert batches >= 2 and samples[("rerankd_pairs_total", ())] == 5
+    assert samples[("rerankd_batch_pairs_count", ())] == batches
+    assert samples[("rerankd_batch_pairs_sum", ())] == 5
+    assert samples[("rerankd_batch_tokens_count", ())] == batches
