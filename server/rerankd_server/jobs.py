@@ -1,5 +1,6 @@
-"""What flows through the scheduler: a call's job, a model batch, and what they report (the
-call's ``Outcome`` and ``Usage``, the running ``SchedulerStats`` the metrics read)."""
+"""What flows through the scheduler: a call's job (from its checked tokens), a model batch, and
+what they report (the call's ``Outcome`` and ``Usage``, the running ``SchedulerStats`` the
+metrics read)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from rerankd_server.batching import IntArray, QueuedJob
-from rerankd_server.errors import ModelFailure, RerankdServerError
-from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs
+from rerankd_server.errors import InvalidRequest, ModelFailure, RerankdServerError
+from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs, Truncation
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,12 @@ class Outcome:
     logits: FloatArray
     scores: FloatArray
     usage: Usage
+
+    @classmethod
+    def empty(cls) -> Outcome:
+        """No scores, for no pairs."""
+        none = np.zeros(0, dtype=np.float32)
+        return cls(none, none, Usage(0, 0, 0, 0, 0))
 
 
 @dataclass
@@ -59,6 +66,23 @@ class SchedulerStats:
         self.computed_tokens += computed_tokens
         if self.on_batch is not None:
             self.on_batch(pairs, real_tokens, computed_tokens)
+
+
+def checked_lengths(
+    tokens: TokenizedPairs, count: int, truncation: Truncation, max_input_tokens: int
+) -> list[int]:
+    """Each pair's length in tokens, once the tokenizer's answer for ``count`` pairs is checked:
+    one input per pair (else ModelFailure), and none cut short under TRUNCATION_NONE (else
+    InvalidRequest)."""
+    if not len(tokens.ids) == len(tokens.truncated) == count:
+        raise ModelFailure(f"the tokenizer returned {len(tokens.ids)} inputs for {count} pairs")
+    if truncation is Truncation.NONE and any(tokens.truncated):
+        first = tokens.truncated.index(True)
+        raise InvalidRequest(
+            f"input {first} is longer than the model's {max_input_tokens} tokens and "
+            "truncation is TRUNCATION_NONE"
+        )
+    return tokens.lengths()
 
 
 class Job(QueuedJob):

@@ -34,8 +34,8 @@ from rerankd_server.errors import (
     NotReady,
     Overloaded,
 )
-from rerankd_server.jobs import Batch, Job, Outcome, SchedulerStats, Usage, fail_all
-from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs, Truncation
+from rerankd_server.jobs import Batch, Job, Outcome, SchedulerStats, checked_lengths, fail_all
+from rerankd_server.scoring.base import FloatArray, Scorer, Truncation
 from rerankd_server.workers import Worker, model_executor
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,7 @@ class BatchScheduler:
             raise NotReady("server is not accepting work")
         count = len(pairs)
         if not count:  # a job without pairs would never be batched, nor its caller answered
-            none = np.zeros(0, dtype=np.float32)
-            return Outcome(none, none, Usage(0, 0, 0, 0, 0))
+            return Outcome.empty()
         if count > self._config.max_queue_pairs:
             raise InvalidRequest(
                 f"{count} pairs exceed the queue bound of {self._config.max_queue_pairs}"
@@ -139,8 +138,9 @@ class BatchScheduler:
         try:
             async with asyncio.timeout_at(deadline) if deadline is not None else _NO_TIMEOUT:
                 tokens = await self._tokenize(pairs, truncation)
-                lengths = tokens.lengths()
-                total = self._admit_tokens(tokens, lengths, truncation, count)
+                limit = self._scorer.info.max_input_tokens
+                lengths = checked_lengths(tokens, count, truncation, limit)
+                total = self._admit_tokens(lengths, count)
                 self._check_wait(count, deadline, total)
                 start = self._queue.start_tag(total)
                 job = Job(next(self._seq), tokens, lengths, start, deadline)
@@ -189,19 +189,9 @@ class BatchScheduler:
         if refusal is not None:
             self._shed(pairs, *refusal)
 
-    def _admit_tokens(
-        self, tokens: TokenizedPairs, lengths: list[int], truncation: Truncation, count: int
-    ) -> int:
-        """Check the tokenizer's answer (``count`` pairs were sent), truncation and the token
-        bound; reserve the tokens."""
-        if not len(tokens.ids) == len(tokens.truncated) == count:
-            raise ModelFailure(f"the tokenizer returned {len(tokens.ids)} inputs for {count} pairs")
-        if truncation is Truncation.NONE and any(tokens.truncated):
-            first = tokens.truncated.index(True)
-            raise InvalidRequest(
-                f"input {first} is longer than the model's {self._scorer.info.max_input_tokens} "
-                "tokens and truncation is TRUNCATION_NONE"
-            )
+    def _admit_tokens(self, lengths: list[int], count: int) -> int:
+        """Check a call's ``count`` pairs of ``lengths`` against the token bounds; reserve the
+        tokens."""
         total = sum(lengths)
         if total > self._config.max_queue_tokens:
             raise InvalidRequest(
