@@ -523,15 +523,9 @@ def scenario_simgpu(args: argparse.Namespace) -> None:
         finally:
             proc.stop()
         label = f"{name} on H100" if rate else name
-        cpu = (
-            stats.loop_cpu_s,
-            stats.tokenize_cpu_s,
-            stats.model_cpu_s,
-            stats.native_cpu_s,
-            stats.grpc_cpu_s,
-            stats.other_cpu_s,
+        per_pair = " / ".join(
+            f"{seconds / stats.pairs_scored * 1e6:.0f}" for seconds in stats.thread_cpu_s
         )
-        per_pair = " / ".join(f"{seconds / stats.pairs_scored * 1e6:.0f}" for seconds in cpu)
         print(
             f"| {label} | {_fmt(rate)} | {res.pairs_per_s:,.0f} | {stats.busy_s / res.wall_s:.2f} "
             f"| {res.quantile(0.5) * 1e3:,.1f} | {res.quantile(0.99) * 1e3:,.1f} | {per_pair} "

@@ -61,10 +61,22 @@ class ServerStats:
     loop_kernel_cpu_s: float = 0.0  # the event loop's share in the kernel
 
     @property
+    def thread_cpu_s(self) -> tuple[float, ...]:
+        """CPU seconds by thread: event loop, tokenizer threads, model thread, native pools,
+        gRPC core, the rest."""
+        return (
+            self.loop_cpu_s,
+            self.tokenize_cpu_s,
+            self.model_cpu_s,
+            self.native_cpu_s,
+            self.grpc_cpu_s,
+            self.other_cpu_s,
+        )
+
+    @property
     def cpu_s(self) -> float:
         """The server's CPU seconds, all threads."""
-        threads = (self.loop_cpu_s, self.tokenize_cpu_s, self.model_cpu_s, self.native_cpu_s)
-        return sum(threads) + self.grpc_cpu_s + self.other_cpu_s
+        return sum(self.thread_cpu_s)
 
     def minus(self, earlier: ServerStats) -> ServerStats:
         """Counters accrued since ``earlier``."""
