@@ -37,6 +37,10 @@ class LoadResult:
     failed: int
     offered_rps: float = 0.0
     client_cpu_s: float = 0.0  # this process's CPU time meanwhile: the load generator's cost
+    #: ``perf_counter`` readings between which every closed-loop caller was waiting on a call
+    #: (from the moment the last of them had its first answer to the last request's send), or
+    #: None when no such stretch came: the run's steady state, without its ramp-up and drain.
+    steady: tuple[float, float] | None = None
 
     @property
     def pairs_per_s(self) -> float:
@@ -71,18 +75,28 @@ async def closed_loop(
     queue.reverse()
     latencies: list[float] = []
     done_pairs = done_tokens = failed = 0
+    waiting_first = concurrency  # callers without an answer yet
+    steady_from = steady_to = 0.0
 
     async def caller(slot: int) -> None:
-        nonlocal done_pairs, done_tokens, failed
+        nonlocal done_pairs, done_tokens, failed, waiting_first, steady_from, steady_to
+        first = True
         while queue:
             i = queue.pop()
             req = requests[i]
             start = time.perf_counter()
+            if not queue:
+                steady_to = start
             try:
                 await target.send(slot, req.query, req.documents, timeouts[i] if timeouts else None)
             except Exception:
                 failed += 1
                 continue
+            finally:
+                if first:
+                    first, waiting_first = False, waiting_first - 1
+                    if not waiting_first:
+                        steady_from = time.perf_counter()
             latencies.append(time.perf_counter() - start)
             done_pairs += len(req.documents)
             done_tokens += tokens[i]
@@ -93,7 +107,10 @@ async def closed_loop(
     finally:
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         await target.close()
-    return LoadResult(latencies, done_pairs, done_tokens, wall, failed, client_cpu_s=cpu)
+    steady = (steady_from, steady_to) if 0 < steady_from < steady_to else None
+    return LoadResult(
+        latencies, done_pairs, done_tokens, wall, failed, client_cpu_s=cpu, steady=steady
+    )
 
 
 async def open_loop(

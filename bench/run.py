@@ -507,7 +507,8 @@ def scenario_simgpu(args: argparse.Namespace) -> None:
         f"{args.concurrency} clients; budget {args.sim_budget} tokens, packed (unpadded) cost"
     )
     print(
-        "\n| device | device pairs/s at NQ lengths | served pairs/s | device busy "
+        "\n| device | device pairs/s at NQ lengths | served pairs/s "
+        "| device busy: whole run / all clients waiting "
         "| p50 ms | p99 ms | server CPU µs/pair: loop / tokenize / model / native / gRPC / other "
         "| load generator CPU µs/pair |"
     )
@@ -520,6 +521,10 @@ def scenario_simgpu(args: argparse.Namespace) -> None:
         ).start()
         try:
             res, stats = asyncio.run(_measure_rerankd(proc, reqs, toks, args.concurrency))
+            steady = math.nan
+            if res.steady is not None:  # the ramp-up and the drain left out
+                start, end = res.steady
+                steady = proc.busy_between(start, end) / (end - start)
         finally:
             proc.stop()
         label = f"{name} on H100" if rate else name
@@ -527,7 +532,8 @@ def scenario_simgpu(args: argparse.Namespace) -> None:
             f"{seconds / stats.pairs_scored * 1e6:.0f}" for seconds in stats.thread_cpu_s
         )
         print(
-            f"| {label} | {_fmt(rate)} | {res.pairs_per_s:,.0f} | {stats.busy_s / res.wall_s:.2f} "
+            f"| {label} | {_fmt(rate)} | {res.pairs_per_s:,.0f} "
+            f"| {stats.busy_s / res.wall_s:.2f} / {_fmt(steady, 2)} "
             f"| {res.quantile(0.5) * 1e3:,.1f} | {res.quantile(0.99) * 1e3:,.1f} | {per_pair} "
             f"| {res.client_cpu_s / res.pairs * 1e6:.0f} |"
         )

@@ -7,7 +7,8 @@
   computed token, calibrated to a published H100 rate. It shows whether the host keeps a fast
   device busy.
 * ``Timed``: wraps any scorer and adds up the model thread's busy time, so a run can report
-  the device's busy fraction and the time spent on work nobody waited for.
+  the device's busy fraction (over the whole run, or over a window of it) and the time spent
+  on work nobody waited for.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Timed:
         self.inner = inner
         self.busy_s = 0.0
         self.batches = 0
+        self._spans: list[tuple[float, float]] = []  # each forward pass, on perf_counter
         self._lock = threading.Lock()
 
     @property
@@ -74,9 +76,18 @@ class Timed:
         try:
             return self.inner.forward(batch)
         finally:
+            end = time.perf_counter()
             with self._lock:
-                self.busy_s += time.perf_counter() - start
+                self.busy_s += end - start
                 self.batches += 1
+                self._spans.append((start, end))
+
+    def busy_between(self, start: float, end: float) -> float:
+        """Seconds of forward passes inside ``start``..``end`` (``perf_counter``, which is the
+        system's monotonic clock: another process's readings compare)."""
+        with self._lock:
+            spans = list(self._spans)
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
 
     def activate(self, logits: FloatArray) -> FloatArray:
         return self.inner.activate(logits)

@@ -171,6 +171,9 @@ async def _child_main(conn: Connection, settings_kwargs: dict[str, Any], spec: S
     try:
         while True:
             command = await loop.run_in_executor(None, conn.recv)
+            if isinstance(command, tuple) and command[0] == "busy":
+                conn.send(holder["scorer"].busy_between(*command[1:]))
+                continue
             if command != "stats":
                 break
             stats = _scheduler(sidecar).stats
@@ -246,6 +249,13 @@ class RerankdProcess:
     def stats(self) -> ServerStats:
         self._conn.send("stats")
         result: ServerStats = self._conn.recv()
+        return result
+
+    def busy_between(self, start: float, end: float) -> float:
+        """The model's forward seconds inside ``start``..``end`` (this process's
+        ``perf_counter``)."""
+        self._conn.send(("busy", start, end))
+        result: float = self._conn.recv()
         return result
 
     def stop(self) -> None:
