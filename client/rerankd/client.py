@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import operator
 import os
 import socket
 import types
@@ -232,16 +231,12 @@ def _from_pb(cls: type[_D], msg: Any, **given: Any) -> _D:
     return cls(**copied, **given)
 
 
-#: RerankResult's fields but ``chunk``, read from a message in one call: results are the one
-#: conversion made per document, and this halves its cost (2.7 to 1.4 µs a result).
-_result_fields = operator.attrgetter(
-    *(f.name for f in dataclasses.fields(RerankResult) if f.name != "chunk")
-)
-
-
 def _result(msg: pb.RerankResult) -> RerankResult:
+    """Field by field, not through ``_from_pb``: results are the one conversion made per
+    document, and naming the fields halves its cost (the unit tests hold both field lists
+    equal)."""
     chunk = _from_pb(ChunkInfo, msg.chunk) if msg.HasField("chunk") else None
-    return RerankResult(*_result_fields(msg), chunk=chunk)
+    return RerankResult(index=msg.index, id=msg.id, score=msg.score, text=msg.text, chunk=chunk)
 
 
 def _reranked(msg: pb.RerankResponse) -> Reranked:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,13 @@ from bench.workloads import Request
 
 
 class _Sleeper:
-    """A target that answers each call after ``seconds`` and logs when each was sent."""
+    """A target that answers each call after ``seconds``, logging (on ``perf_counter``) when
+    each call was sent and when each caller had its first answer."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.sent: list[float] = []
+        self.first_answers: dict[int, float] = {}
 
     async def open(self, count: int) -> None:
         pass
@@ -27,8 +30,9 @@ class _Sleeper:
         pass
 
     async def send(self, slot: int, query: str, docs: list[str], timeout: float | None) -> Any:
-        self.sent.append(asyncio.get_running_loop().time())
+        self.sent.append(time.perf_counter())
         await asyncio.sleep(self.seconds)
+        self.first_answers.setdefault(slot, time.perf_counter())
 
 
 def _requests(count: int) -> list[Request]:
@@ -36,14 +40,13 @@ def _requests(count: int) -> list[Request]:
 
 
 def test_the_steady_window_runs_from_every_first_answer_to_the_last_send() -> None:
-    target = _Sleeper(0.02)
+    target = _Sleeper(0.01)
     result = asyncio.run(closed_loop(target, _requests(12), [1] * 12, concurrency=3))
-    assert result.steady is not None
+    assert result.steady is not None and len(target.sent) == 12
     start, end = result.steady
-    # Four rounds of three callers, 20 ms each: the window opens with the first round's
-    # answers (20 ms) and closes when the fourth round is sent (60 ms).
-    assert 0.03 <= end - start <= 0.08
-    assert len(target.sent) == 12
+    assert start >= max(target.first_answers.values())  # every caller had an answer
+    assert max(target.sent[:-1]) <= end <= target.sent[-1]  # the last request's send
+    assert start < end
 
 
 def test_no_steady_window_when_callers_outnumber_the_requests() -> None:
@@ -52,30 +55,30 @@ def test_no_steady_window_when_callers_outnumber_the_requests() -> None:
 
 
 class _Forward:
-    """A scorer whose forward pass sleeps ``seconds``."""
+    """A scorer whose forward pass sleeps ``seconds`` and logs when it slept."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.slept: list[tuple[float, float]] = []
 
     def forward(self, batch: Any) -> Any:
-        import time
-
+        start = time.perf_counter()
         time.sleep(self.seconds)
+        self.slept.append((start, time.perf_counter()))
         return np.zeros(1, dtype=np.float32)
 
 
 def test_busy_between_counts_only_the_forward_time_inside_the_window() -> None:
-    import time
-
-    timed = Timed(_Forward(0.05))  # type: ignore[arg-type]
+    inner = _Forward(0.02)
+    timed = Timed(inner)  # type: ignore[arg-type]
     before = time.perf_counter()
     timed.forward(None)
-    middle = time.perf_counter()
-    time.sleep(0.05)
+    between = time.perf_counter()
     timed.forward(None)
     after = time.perf_counter()
-    assert abs(timed.busy_between(before, after) - timed.busy_s) < 1e-9
-    assert 0.05 <= timed.busy_between(before, middle) <= timed.busy_s / 2 + 1e-9
-    half = (before + middle) / 2  # half of the first pass, give or take the call's own time
-    assert 0.4 * 0.05 <= timed.busy_between(half, middle) <= 0.6 * 0.05 + 0.01
-    assert timed.busy_between(middle, middle + 0.04) == 0.0
+    (a, b), (c, d) = inner.slept  # within the spans Timed counts
+    assert timed.busy_between(before, after) == timed.busy_s
+    assert timed.busy_between(a, b) == b - a
+    assert abs(timed.busy_between(a, (a + b) / 2) - (b - a) / 2) < 1e-9
+    assert timed.busy_between((a + b) / 2, (c + d) / 2) > (b - a) / 2 + (d - c) / 2 - 1e-9
+    assert timed.busy_between(between, between) == 0.0

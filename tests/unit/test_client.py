@@ -7,6 +7,7 @@ fresh event loop, so the two are held to the same behaviour by the same assertio
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import pickle
 import time
@@ -55,6 +56,17 @@ def call(kind: str, target: str, method: str, *args: Any, client: Any = None, **
             return await getattr(async_client, method)(*args, **kwargs)
 
     return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("result_type", "message"),
+    [(RerankResult, pb.RerankResult), (Usage, pb.Usage), (rerankd.ChunkInfo, pb.ChunkInfo)],
+)
+def test_result_types_mirror_their_messages_field_for_field(result_type: Any, message: Any) -> None:
+    """The client copies these by field name; a field added on one side only would be lost
+    or fail the conversion."""
+    fields = [f.name for f in dataclasses.fields(result_type)]
+    assert fields == [f.name for f in message.DESCRIPTOR.fields]
 
 
 @pytest.mark.parametrize("kind", KINDS)
