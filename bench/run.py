@@ -162,6 +162,7 @@ def _server_settings(args: argparse.Namespace, model: str, **overrides: Any) -> 
         "lookahead_pairs": args.lookahead,
         "lookahead_batches": args.reach,
         "max_batch_size": args.max_batch_size,
+        "tokenizer_threads": args.tokenizer_threads,
         "warmup": True,
         "max_documents": 1000,
     }
@@ -606,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-batch-size", type=int, default=128)
     run.add_argument("--lookahead", type=int, default=512)
     run.add_argument("--reach", type=int, default=4, help="rerankd --lookahead-batches")
+    run.add_argument(
+        "--tokenizer-threads", type=int, default=0, help="rerankd --tokenizer-threads (0: auto)"
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--no-infinity", dest="infinity", action="store_false")
     run.add_argument("--calls", type=int, default=2000, help="grpc: calls per row")
