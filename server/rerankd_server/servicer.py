@@ -450,12 +450,16 @@ def _guarded(
                     message,
                     extra=fields,
                 )
+        # The deadline passed (or the client left) while this error was on its way: gRPC has
+        # ended the call, so there is no one to tell, and the abort fails in gRPC's core, which
+        # logs a traceback at ERROR unless the handler ends as cancelled. ``done()`` knows only
+        # once the event loop has heard of the end; a failed abort covers the rest.
         if context.done():
-            # The deadline passed (or the client left) while this error was on its way: gRPC
-            # has ended the call, so there is no one to tell, and an abort now would fail in
-            # gRPC's core and be logged there as an error.
             raise asyncio.CancelledError
-        await context.abort(code, message)
+        try:
+            await context.abort(code, message)
+        except grpc.aio.InternalError:  # the status could not be sent: the call is over
+            raise asyncio.CancelledError from None
         raise AssertionError("unreachable: context.abort raises")
 
     return handler
