@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import socket
+import time
 import types
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -41,7 +42,7 @@ from rerankd._types import (
     Truncation,
     Usage,
 )
-from rerankd.errors import from_rpc_error, from_status
+from rerankd.errors import DeadlineExceeded, Internal, from_rpc_error, from_status
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc as pb_grpc
 
@@ -681,9 +682,17 @@ class AsyncClient(_Base):
         **options: Any,
     ) -> AsyncIterator[StreamResult]:
         """As :meth:`Client.rerank_stream`."""
-        call = self._stub.RerankStream(_stream_requests(items, options), **self._call_args(timeout))
+        args = self._call_args(timeout)
+        ends = None if args["timeout"] is None else time.monotonic() + args["timeout"]
+        call = self._stub.RerankStream(_stream_requests(items, options), **args)
         try:
             async for reply in call:
                 yield _stream_result(reply)
         except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
+            error = from_rpc_error(err)
+            if isinstance(error, Internal) and ends is not None and time.monotonic() >= ends:
+                # grpc.aio ends a stream whose deadline falls while a request is being written
+                # with that write's failure, INTERNAL "Internal error from Core", not the
+                # deadline: report the deadline, as the blocking client does.
+                error = DeadlineExceeded(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            raise error from err

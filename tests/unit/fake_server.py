@@ -6,7 +6,9 @@ deadline, and lets the query (or, for GetModelInfo, the model name) steer failur
 - ``"status:NAME"`` aborts with ``grpc.StatusCode.NAME`` and details ``"fake NAME"``;
 - ``"sleep:SECONDS"`` waits that long (or until the caller gives up) before answering;
 - ``servicer.unavailable_first = N`` fails the next N calls with UNAVAILABLE;
-- ``servicer.hang = True`` holds every call until the caller gives up or the server stops.
+- ``servicer.hang = True`` holds every call until the caller gives up or the server stops;
+- ``RerankStream`` reads nothing and answers nothing until the caller gives up, so a caller's
+  requests wait on flow control.
 
 ``FakeServer(credentials=...)`` serves TLS (or mTLS); :func:`make_certificates` makes a CA and
 certificates for it (``support.certs``), so the TLS tests need no files from anywhere.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +122,13 @@ class FakeServicer(pb_grpc.RerankServiceServicer):
     ) -> pb.GetModelInfoResponse:
         self._enter(request, request.model, context)
         return INFO
+
+    def RerankStream(
+        self, requests: Iterator[pb.RerankStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.RerankStreamResponse]:
+        while context.is_active():
+            time.sleep(0.01)
+        yield from ()
 
 
 class FakeServer:

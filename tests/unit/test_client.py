@@ -305,6 +305,25 @@ def test_metadata_is_sent_with_every_call(server: FakeServer, kind: str) -> None
     assert server.servicer.metadata[0]["authorization"] == "Bearer t0k3n"
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stream_past_its_deadline_is_deadline_exceeded(server: FakeServer, kind: str) -> None:
+    """Also while its requests are still being written: there grpc.aio reports the failed
+    write, INTERNAL "Internal error from Core", instead of the deadline."""
+    items = [(str(i), "q", ["x" * 60_000]) for i in range(100)]  # more than flow control lets by
+
+    async def consume() -> None:
+        async with AsyncClient(server.target) as client:
+            async for _ in client.rerank_stream(items, timeout=0.3):
+                pass
+
+    with pytest.raises(rerankd.DeadlineExceeded):
+        if kind == "sync":
+            with Client(server.target) as client:
+                list(client.rerank_stream(items, timeout=0.3))
+        else:
+            asyncio.run(consume())
+
+
 def test_an_unreachable_server_is_unavailable() -> None:
     with FakeServer() as gone:
         target = gone.target
