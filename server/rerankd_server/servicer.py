@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -69,6 +69,13 @@ _TRUNCATION: dict[int, Truncation] = {
 }
 
 
+class _Received(NamedTuple):
+    """A parsed request and its size on the wire: the bytes it holds while it is answered."""
+
+    message: Any
+    size: int
+
+
 @dataclass(frozen=True)
 class _Malformed:
     """Stands in for a request whose bytes did not parse, so it gets INVALID_ARGUMENT."""
@@ -100,6 +107,7 @@ class RerankServicer:
         self._models: dict[str, Reranker] = {}
         self.draining = False
         self._in_flight = 0
+        self._held_bytes = 0  # of the requests being answered
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -111,6 +119,23 @@ class RerankServicer:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
+
+    def hold(self, size: int) -> int:
+        """Count ``size`` request bytes as held until ``release``, or refuse them
+        (RESOURCE_EXHAUSTED). Every call within the per-call limits may still be large, and
+        the queue bounds count pairs and tokens, not bytes: without this, a few hundred calls
+        of 8 MiB held gigabytes while they waited for the model."""
+        limit = self._settings.max_queue_bytes
+        if self._held_bytes + size > limit:
+            raise Overloaded(
+                f"queue full ({self._held_bytes} request bytes held, {size} more asked for; "
+                f"the bound is {limit}, --max-queue-bytes); retry later"
+            )
+        self._held_bytes += size
+        return size
+
+    def release(self, size: int) -> None:
+        self._held_bytes -= size
 
     async def drain(self, grace: float) -> bool:
         """Refuse new calls (UNAVAILABLE) and wait up to ``grace`` seconds for accepted ones.
@@ -208,9 +233,14 @@ class RerankServicer:
                     request_id=item.request_id, code=_code(InvalidRequest), message=item.error
                 )
             else:
-                reply = pb.RerankStreamResponse(request_id=item.request_id)
+                message, size = item
+                reply = pb.RerankStreamResponse(request_id=message.request_id)
                 try:
-                    reply.response.CopyFrom(await self._rerank(item.request, deadline))
+                    held = self.hold(size)
+                    try:
+                        reply.response.CopyFrom(await self._rerank(message.request, deadline))
+                    finally:
+                        self.release(held)
                 except RerankdServerError as exc:
                     reply.code, reply.message = _code(type(exc)), str(exc)
                 except Exception:
@@ -403,11 +433,15 @@ def _guarded(
         trailers: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
         context.set_trailing_metadata(trailers)
         code, message = grpc.StatusCode.OK, ""
+        size = held = 0  # a stream's items are held one by one, by the method
+        if isinstance(request, _Received):
+            request, size = request
         servicer.call_started()
         try:
             if isinstance(request, _Malformed):
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, request.error
             else:
+                held = servicer.hold(size)
                 return await method(request, context)
         except RerankdServerError as exc:
             code, message = _STATUS[type(exc)], str(exc)
@@ -422,6 +456,7 @@ def _guarded(
             log.exception("unexpected error in %s (request %s)", name, request_id)
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
         finally:
+            servicer.release(held)
             servicer.call_ended()
             seconds = time.perf_counter() - started
             if observe is not None:
@@ -466,9 +501,9 @@ def _guarded(
 
 
 def _parser(message: type[Any]) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
+    def parse(data: bytes) -> _Received | _Malformed:
         try:
-            return message.FromString(data)
+            return _Received(message.FromString(data), len(data))
         except (DecodeError, UnicodeDecodeError) as exc:
             error = f"request is not a valid {message.DESCRIPTOR.full_name}: {exc}"
             stream_item = message is pb.RerankStreamRequest

@@ -38,6 +38,7 @@ class Settings:
     max_queue_pairs: int = 16384
     max_queue_tokens: int = 8_000_000
     max_queue_wait: float = 10.0
+    max_queue_bytes: int = 512 * 1024 * 1024
     max_documents: int = 1000
     max_query_bytes: int = 64 * 1024
     max_document_bytes: int = 512 * 1024
@@ -145,6 +146,13 @@ _OPTIONS: list[tuple[str, type, str]] = [
         "or beyond the call's own deadline, RESOURCE_EXHAUSTED at once with a retry hint, "
         "instead of a wait that ends in DEADLINE_EXCEEDED. Lower sheds sooner; 0 turns the "
         "bound off (the deadline still applies).",
+    ),
+    (
+        "max-queue-bytes",
+        int,
+        "Request bytes held by calls being answered, all models together (each costs about "
+        "twice that in memory: the message and its texts); beyond it calls get "
+        "RESOURCE_EXHAUSTED. At least --max-message-bytes.",
     ),
     ("max-documents", int, "Most documents per Rerank call (pairs per Score call)."),
     ("max-query-bytes", int, "Most UTF-8 bytes in a query."),
@@ -336,6 +344,8 @@ def validate(settings: Settings) -> list[str]:
     same_host = settings.metrics_address == settings.host
     if settings.metrics_port and settings.metrics_port == settings.port and same_host:
         problems.append("--metrics-port must differ from --port")
+    if settings.max_queue_bytes < settings.max_message_bytes:
+        problems.append("--max-queue-bytes must be at least --max-message-bytes")
     if settings.max_documents > settings.max_queue_pairs:
         problems.append("--max-documents must not exceed --max-queue-pairs")
     return problems

@@ -237,6 +237,87 @@ def test_full_queue_is_resource_exhausted_then_recovers() -> None:
         )
 
 
+def test_request_bytes_past_the_queue_bound_are_resource_exhausted_until_released() -> None:
+    """Calls hold their request bytes while answered, counted against --max-queue-bytes: a
+    call past it is refused at once, a stream item as well; the bytes come back when a call
+    ends, however it ends (answered, invalid, cancelled by its client)."""
+    scorer = FakeScorer()
+    settings = Settings(
+        model="fake", max_queue_bytes=10_000, max_message_bytes=10_000, warmup=False
+    )
+    text = "w " * 3000
+    big = pb.RerankRequest(query="q", documents=docs(text))  # 6 KB: one fits, two do not
+    assert 5_000 < big.ByteSize() <= 10_000 < 2 * big.ByteSize()
+
+    def item(request_id: str) -> pb.RerankStreamRequest:
+        return pb.RerankStreamRequest(request_id=request_id, request=big)
+
+    with (
+        run_sidecar(settings, _fake_factory(scorer)) as running,
+        grpc.insecure_channel(running.target) as channel,
+    ):
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+
+        def held_by(future: grpc.Future) -> None:
+            """Wait until ``future``'s call is in the (closed) model."""
+            before = len(scorer.events)
+            while "forward 1" not in scorer.events[before:]:
+                assert not future.done(), future.exception()
+                threading.Event().wait(0.01)
+
+        def admitted_again() -> None:
+            """A large call succeeds once the bytes of the calls before it came back (a
+            cancel reaches the server a moment after the client sent it)."""
+            for _ in range(100):
+                try:
+                    assert len(stub.Rerank(big, timeout=30).results) == 1
+                    return
+                except grpc.RpcError as exc:
+                    assert exc.code() == Code.RESOURCE_EXHAUSTED
+                    threading.Event().wait(0.05)
+            pytest.fail("the bytes of an ended call were never given back")
+
+        scorer.gate.clear()
+        try:
+            holder = stub.Rerank.future(big)
+            held_by(holder)
+            for call in (
+                lambda: stub.Rerank(big, timeout=30),
+                lambda: stub.Score(
+                    pb.ScoreRequest(pairs=[pb.Pair(query="q", text=text)]), timeout=30
+                ),
+            ):
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                assert err.value.code() == Code.RESOURCE_EXHAUSTED
+                assert "--max-queue-bytes" in (err.value.details() or "")
+            replies = list(stub.RerankStream(iter([item("a")]), timeout=30))
+            assert [(r.request_id, r.code) for r in replies] == [
+                ("a", Code.RESOURCE_EXHAUSTED.value[0])
+            ]
+        finally:
+            scorer.gate.set()
+        assert len(holder.result(timeout=30).results) == 1
+        admitted_again()
+
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Rerank(pb.RerankRequest(query="q", documents=docs(text), truncation=99))
+        assert err.value.code() == Code.INVALID_ARGUMENT
+        admitted_again()
+
+        assert [r.code for r in stub.RerankStream(iter([item("b")]), timeout=30)] == [0]
+        admitted_again()
+
+        scorer.gate.clear()
+        leaving = stub.Rerank.future(big)
+        try:
+            held_by(leaving)
+            leaving.cancel()
+        finally:
+            scorer.gate.set()
+        admitted_again()
+
+
 def test_unavailable_and_not_serving_while_loading() -> None:
     release = threading.Event()
     settings = Settings(model="fake", warmup=False)
