@@ -4,7 +4,8 @@ A 64 KiB query paired with 1,000 empty documents, or documents of hundreds of ki
 a single ASCII space, used to be tokenized whole for every pair: one such call ran for tens of
 seconds, grew the server by gigabytes, and held the tokenizer while other callers waited. Here
 the real server (a subprocess, so its memory can be read) answers them while a one-document
-call sent meanwhile waits only for the batches ahead of it.
+call sent meanwhile waits only for the batches ahead of it. A burst of calls each as large as
+the limits allow holds memory only up to the bound on request bytes being answered.
 """
 
 from __future__ import annotations
@@ -138,3 +139,34 @@ def test_long_documents_without_ascii_spaces(
         for kind, text in (("spaced", spaced), (name, UNSPACED[name]))
     }
     assert cost[name] < 4 * cost["spaced"] + 0.05, cost
+
+
+def test_a_burst_of_the_largest_calls_holds_memory_to_the_byte_bound(
+    tiny_models: dict[str, Path],
+) -> None:
+    """48 calls at once, each of 14 documents of 500 KB (7 MB, within every per-call limit):
+    past --max-queue-bytes (here 16 MiB, two of them) the server refuses them as they come
+    (RESOURCE_EXHAUSTED), so it grows by about the burst's bytes in transit. Unbounded, every
+    call waited for the model holding its message and its texts: the same burst grew the
+    server by nearly three times its bytes."""
+    request = pb.RerankRequest(
+        query="q", documents=[pb.Document(text=kilobytes(" ".join(WORDS * 8_000)))] * 14
+    )
+    burst_mib = 48 * request.ByteSize() / 2**20
+    bound = str(16 * 2**20)
+    with (
+        start_server(
+            tiny_models["modernbert"], "--max-batch-tokens", "4096", "--max-queue-bytes", bound
+        ) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        assert len(stub.Rerank(request, timeout=300).results) == 14
+        before = peak = rss_mib(server)
+        futures = [stub.Rerank.future(request, timeout=300) for _ in range(48)]
+        while not all(future.done() for future in futures):
+            peak = max(peak, rss_mib(server))
+            time.sleep(0.02)
+        codes = [future.code() for future in futures]
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert peak - before < 2 * burst_mib, (peak - before, burst_mib)
