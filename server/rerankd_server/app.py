@@ -187,6 +187,7 @@ class Sidecar:
         self._schedulers: list[BatchScheduler] = []
         self._loading: asyncio.Task[None] | None = None
         self.metrics = Metrics()
+        self.metrics.held_bytes = lambda: self._servicer.held_bytes
         self.port = 0
         self.metrics_port = 0
 

@@ -83,6 +83,7 @@ class Metrics:
         self._schedulers: list[BatchScheduler] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.cache: ScoreCache | None = None
+        self.held_bytes: Callable[[], int] | None = None  # the servicer's, read at scrape time
         self.registry.register(_SchedulerCollector(self._schedulers, self))
         self._server: Any = None
 
@@ -149,6 +150,12 @@ class _SchedulerCollector(Collector):
         }
         for name, (doc, read) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=total(read))
+        if self._metrics.held_bytes is not None:
+            yield GaugeMetricFamily(
+                "rerankd_queue_bytes",
+                "Request bytes held by calls being answered (bounded by --max-queue-bytes).",
+                value=self._metrics.held_bytes(),
+            )
         counters: dict[str, tuple[str, Callable[[BatchScheduler], float]]] = {
             "rerankd_batches": ("Model batches run.", lambda s: s.stats.batches),
             "rerankd_pairs": ("Pairs scored by the model.", lambda s: s.stats.pairs_scored),

@@ -137,6 +137,11 @@ class RerankServicer:
     def release(self, size: int) -> None:
         self._held_bytes -= size
 
+    @property
+    def held_bytes(self) -> int:
+        """Request bytes of the calls being answered (what ``--max-queue-bytes`` bounds)."""
+        return self._held_bytes
+
     async def drain(self, grace: float) -> bool:
         """Refuse new calls (UNAVAILABLE) and wait up to ``grace`` seconds for accepted ones.
 

@@ -17,6 +17,7 @@ from rerankd_server.errors import ModelLoadError
 from rerankd_server.scoring.base import Scorer
 from rerankd_server.settings import Settings
 from support.fake_scorer import FakeScorer
+from support.metrics import scrape
 from support.sidecar import RunningSidecar, run_sidecar
 
 Code = grpc.StatusCode
@@ -253,10 +254,13 @@ def test_request_bytes_past_the_queue_bound_are_resource_exhausted_until_release
         return pb.RerankStreamRequest(request_id=request_id, request=big)
 
     with (
-        run_sidecar(settings, _fake_factory(scorer)) as running,
+        run_sidecar(settings, _fake_factory(scorer), metrics=True) as running,
         grpc.insecure_channel(running.target) as channel,
     ):
         stub = rerank_pb2_grpc.RerankServiceStub(channel)
+
+        def held_bytes() -> float:
+            return scrape(running.sidecar.metrics_port)[("rerankd_queue_bytes", ())]
 
         def held_by(future: grpc.Future) -> None:
             """Wait until ``future``'s call is in the (closed) model."""
@@ -281,6 +285,7 @@ def test_request_bytes_past_the_queue_bound_are_resource_exhausted_until_release
         try:
             holder = stub.Rerank.future(big)
             held_by(holder)
+            assert held_bytes() == big.ByteSize()  # its size on the wire
             for call in (
                 lambda: stub.Rerank(big, timeout=30),
                 lambda: stub.Score(
@@ -316,6 +321,7 @@ def test_request_bytes_past_the_queue_bound_are_resource_exhausted_until_release
         finally:
             scorer.gate.set()
         admitted_again()
+        assert held_bytes() == 0
 
 
 def test_unavailable_and_not_serving_while_loading() -> None:

@@ -31,14 +31,17 @@ def snapshot(server: ServerProcess, metrics_port: int) -> dict[str, float]:
         "fds": len(os.listdir(f"/proc/{pid}/fd")),
         "tasks": values["rerankd_event_loop_tasks"],
         "queue_pairs": values["rerankd_queue_pairs"],
+        "queue_bytes": values["rerankd_queue_bytes"],
         "pairs": values["rerankd_pairs_total"],
     }
 
 
 def settled(before: dict[str, float], after: dict[str, float]) -> bool:
-    """No queued pairs, and tasks and descriptors back near where the load began."""
+    """No queued pairs or held request bytes, and tasks and descriptors back near where the
+    load began."""
     return (
         after["queue_pairs"] == 0
+        and after["queue_bytes"] == 0
         and after["tasks"] <= before["tasks"] + 4
         and after["fds"] <= before["fds"] + 4
     )
@@ -104,7 +107,7 @@ def test_soak_keeps_memory_descriptors_and_tasks_flat(tiny_models: dict[str, Pat
     print(f"soak {SOAK_SECONDS}s: {counts}; before {before}; after {after}")
     assert counts["ok"] >= 50 and counts["cancelled"] > 0 and counts["error"] > 0
     assert after["pairs"] > before["pairs"]
-    assert after["queue_pairs"] == 0
+    assert after["queue_pairs"] == 0 and after["queue_bytes"] == 0
     assert after["fds"] <= before["fds"] + 4
     assert after["tasks"] <= before["tasks"] + 4
     assert after["rss_mb"] <= before["rss_mb"] * 1.15 + 20
