@@ -447,7 +447,12 @@ def _guarded(
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, request.error
             else:
                 held = servicer.hold(size)
-                return await method(request, context)
+                response = await method(request, context)
+                if not _past_deadline(context):
+                    return response
+                # gRPC may have ended the call already: returning now would make it send a
+                # status, fail in core and log that at ERROR; the error path below ends it.
+                code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed"
         except RerankdServerError as exc:
             code, message = _STATUS[type(exc)], str(exc)
             retry_after = getattr(exc, "retry_after", None)
@@ -457,6 +462,10 @@ def _guarded(
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
+        except grpc.aio.InternalError:  # a stream's write failed in gRPC's core: the call is over
+            past = _past_deadline(context)
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if past else grpc.StatusCode.CANCELLED
+            raise asyncio.CancelledError from None
         except Exception:
             log.exception("unexpected error in %s (request %s)", name, request_id)
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
@@ -503,6 +512,11 @@ def _guarded(
         raise AssertionError("unreachable: context.abort raises")
 
     return handler
+
+
+def _past_deadline(context: Any) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 def _parser(message: type[Any]) -> Callable[[bytes], Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, NoReturn
 
 import grpc
@@ -18,10 +19,14 @@ class Call:
     deadline passed), when a real abort fails in gRPC's core and is logged as an error;
     ``known`` whether ``done()`` says so yet (the event loop may not have heard)."""
 
-    def __init__(self, ended: bool, known: bool = True) -> None:
+    def __init__(self, ended: bool, known: bool = True, remaining: float | None = None) -> None:
         self.ended = ended
         self.known = known
+        self.remaining = remaining  # what ``time_remaining()`` says: None, no deadline
         self.aborted: list[tuple[grpc.StatusCode, str]] = []
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return ()
@@ -76,3 +81,58 @@ async def test_an_error_for_a_call_that_ends_as_it_is_sent_ends_quietly() -> Non
             object(), call
         )
     assert call.aborted == [] and seen == ["DEADLINE_EXCEEDED"]
+
+
+async def _answer(request: Any, context: Any) -> str:
+    return "the response"
+
+
+async def test_an_answer_is_returned_before_the_deadline() -> None:
+    servicer = RerankServicer(Settings(model="fake"))
+    for remaining in (None, 0.5):
+        call = Call(ended=False, remaining=remaining)
+        assert await _guarded("Rerank", _answer, None, servicer)(object(), call) == "the response"
+        assert call.aborted == []
+
+
+@pytest.mark.parametrize("ended", [False, True])
+async def test_an_answer_ready_after_the_deadline_ends_the_call_as_deadline_exceeded(
+    ended: bool,
+) -> None:
+    """A stream that ended as its deadline fell made gRPC log an ExecuteBatchError traceback
+    at ERROR (2 in 3,000 streams with 5-50 ms deadlines): returning from the handler has gRPC
+    send the status of a call its core has ended. The answer goes the error path instead: a
+    DEADLINE_EXCEEDED status while the call lasts, else the handler ends as cancelled."""
+    servicer = RerankServicer(Settings(model="fake"))
+    seen: list[str] = []
+    call = Call(ended=ended, known=False, remaining=0.0)
+    handler = _guarded("RerankStream", _answer, lambda name, code, s: seen.append(code), servicer)
+    with pytest.raises(asyncio.CancelledError if ended else grpc.aio.AbortError):
+        await handler(object(), call)
+    assert seen == ["DEADLINE_EXCEEDED"]
+    assert [code for code, _ in call.aborted] == (
+        [] if ended else [grpc.StatusCode.DEADLINE_EXCEEDED]
+    )
+
+
+async def _write_to_an_ended_call(request: Any, context: Any) -> NoReturn:
+    raise grpc.aio.InternalError("execute_batch failed")  # what a failed context.write raises
+
+
+@pytest.mark.parametrize(("remaining", "code"), [(0.0, "DEADLINE_EXCEEDED"), (5.0, "CANCELLED")])
+async def test_a_stream_whose_write_fails_ends_as_cancelled_without_an_error(
+    remaining: float, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write fails in gRPC's core once the call is over (its deadline fell, its client
+    left) before the event loop heard: 1 in 2,300 streams with 5-50 ms deadlines and client
+    cancels was logged as an unexpected error with a traceback, and counted INTERNAL."""
+    servicer = RerankServicer(Settings(model="fake"))
+    seen: list[str] = []
+    call = Call(ended=True, known=False, remaining=remaining)
+    handler = _guarded(
+        "RerankStream", _write_to_an_ended_call, lambda name, c, s: seen.append(c), servicer
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await handler(object(), call)
+    assert seen == [code] and call.aborted == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
