@@ -2,14 +2,20 @@
 
 A chunk is a span of the document's own tokens that fits the model together with the query.
 Spans are returned as character offsets into the document, so a chunk is plain text: scoring
-(query, chunk text) is exactly what ``CrossEncoder.predict`` does for the same chunk.
+(query, chunk text) is exactly what ``CrossEncoder.predict`` does for the same chunk. Only as
+much of a document is tokenized as its chunks can cover (``plan_documents``).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from rerankd_server.scoring.pairs import CLIP_CHARS_PER_TOKEN, CLIP_MARGIN, clip
+
+#: Character spans of each text's tokens (a scorer's ``token_spans``).
+SpansOf = Callable[[Sequence[str]], list[list[tuple[int, int]]]]
 
 DEFAULT_MAX_CHUNKS = 16
 MAX_CHUNKS_LIMIT = 64
@@ -59,6 +65,49 @@ def plan_chunks(
         if last == len(token_spans) - 1 or len(spans) == max_chunks:
             break
     return ChunkPlan(spans)
+
+
+def plan_documents(
+    spans_of: SpansOf,
+    query: str,
+    texts: Sequence[str],
+    max_input_tokens: int,
+    special_tokens: int,
+    overlap: int,
+    max_chunks: int,
+) -> list[ChunkPlan]:
+    """Each document's chunks beside ``query``, as ``plan_chunks`` makes them from all of its
+    tokens, while tokenizing only the start of a document far longer than its chunks cover
+    (a 500 KB document with four chunks of 128 tokens was tokenized whole, 50 times what was
+    read). At most ``max_chunks`` x budget tokens are read, and one more shows that the
+    document goes on: with those, ``plan_chunks`` gives what it gives with all of them."""
+    budget = document_budget(max_input_tokens, special_tokens, len(spans_of([query])[0]))
+    spans = _leading_spans(spans_of, texts, max_chunks * budget + 1)
+    return [
+        plan_chunks(text, found, budget, overlap, max_chunks)
+        for text, found in zip(texts, spans, strict=True)
+    ]
+
+
+def _leading_spans(
+    spans_of: SpansOf, texts: Sequence[str], count: int
+) -> list[list[tuple[int, int]]]:
+    """The spans of each text's first ``count`` tokens (all, for a text with fewer). A text far
+    longer is cut first (``pairs.clip``, keeping its start) and the cut checked as the pair
+    tokenizer checks it: the ``count``-th token ends well before the cut, so the cut changed
+    none of them (pre-tokenization is local to words); otherwise the whole text is tokenized."""
+    cut = [clip(text, count * CLIP_CHARS_PER_TOKEN, "right") for text in texts]
+    spans = spans_of(cut)
+    redo = [
+        i
+        for i, (text, part, found) in enumerate(zip(texts, cut, spans, strict=True))
+        if part is not text
+        and not (len(found) >= count and found[count - 1][1] < len(part) - CLIP_MARGIN)
+    ]
+    if redo:
+        for i, whole in zip(redo, spans_of([texts[i] for i in redo]), strict=True):
+            spans[i] = whole
+    return [found[:count] for found in spans]
 
 
 def reduce_scores(scores: Sequence[float], how: Reduce) -> tuple[float, int]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from rerankd_server.batching import SchedulerConfig
 from rerankd_server.cache import ScoreCache
-from rerankd_server.chunking import Reduce, document_budget, plan_chunks, reduce_scores
+from rerankd_server.chunking import Reduce, plan_documents, reduce_scores
 from rerankd_server.jobs import Usage
 from rerankd_server.scheduler import BatchScheduler
 from rerankd_server.scoring.base import FloatArray, Scorer, Truncation
@@ -128,14 +128,18 @@ class Reranker:
         """Each document's reduced chunk score, in order, with the chunk that decided it."""
         chunking = options.chunking
         assert chunking is not None  # checked by the caller
-        loop = asyncio.get_running_loop()
-        spans = await loop.run_in_executor(None, self.scorer.token_spans, [query, *texts])
         info = self.scorer.info
-        budget = document_budget(info.max_input_tokens, info.pair_special_tokens, len(spans[0]))
-        plans = [
-            plan_chunks(text, doc_spans, budget, chunking.overlap_tokens, chunking.max_chunks)
-            for text, doc_spans in zip(texts, spans[1:], strict=True)
-        ]
+        plans = await asyncio.get_running_loop().run_in_executor(
+            None,
+            plan_documents,
+            self.scorer.token_spans,
+            query,
+            texts,
+            info.max_input_tokens,
+            info.pair_special_tokens,
+            chunking.overlap_tokens,
+            chunking.max_chunks,
+        )
         pairs = [
             (query, text[a:b])
             for text, plan in zip(texts, plans, strict=True)

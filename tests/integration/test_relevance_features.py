@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -14,8 +14,9 @@ from sentence_transformers import CrossEncoder
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
-from rerankd_server.chunking import document_budget, plan_chunks
+from rerankd_server.chunking import document_budget, plan_chunks, plan_documents
 from rerankd_server.scoring.hf import HFCrossEncoder, resolve_placement
+from rerankd_server.scoring.pairs import CLIP_CHARS_PER_TOKEN
 from rerankd_server.settings import Settings
 from support.sidecar import RunningSidecar, run_sidecar
 
@@ -97,6 +98,54 @@ def test_chunked_scores_reduce_cross_encoder_over_the_same_chunks(
     assert by_index[0].chunk.count == 6  # 600 words hit the cap of six chunks
     assert by_index[1].chunk.count == 1 and by_index[3].chunk.count == 1
     assert response.usage.scored_pairs == sum(r.chunk.count for r in response.results)
+
+
+#: Documents long enough to be cut before they are tokenized for chunking, in the shapes that
+#: make a cut hard: spaced words, CJK, words joined by no-break spaces or carriage returns, one
+#: word far longer than the cut, a space only past it, more characters per token than the cut
+#: allows for (checked, and tokenized whole).
+LONG_DOCUMENTS = {
+    "spaced": text(20_000),
+    "CJK": "文字列を検索する" * 4_000,
+    "no-break spaces": "\u00a0".join(WORDS * 1_500),
+    "carriage returns": "\r".join(WORDS * 1_500),
+    "one long word": "x" * 60_000 + " " + text(100),
+    "short then unspaced": text(30) + " " + "ab" * 30_000,
+    "words longer than the tokenizer reads": " ".join(["x" * 150] * 2_000),  # [UNK] each
+}
+
+
+@pytest.mark.parametrize("model", ["modernbert", "bert"])
+@pytest.mark.parametrize(("overlap", "max_chunks"), [(0, 1), (10, 3), (40, 64)])
+def test_chunks_of_long_documents_are_planned_from_their_start_alone(
+    tiny_models: dict[str, Path], model: str, overlap: int, max_chunks: int
+) -> None:
+    """The plans equal those made from every token of each document, while the tokenizer
+    reads about as much of a long document as its chunks can cover."""
+    scorer = HFCrossEncoder(str(tiny_models[model]), resolve_placement("cpu", "float32", "sdpa"))
+    info = scorer.info
+    texts = list(LONG_DOCUMENTS.values())
+    read: list[int] = []
+
+    def spans_of(batch: Sequence[str]) -> list[list[tuple[int, int]]]:
+        read.extend(map(len, batch))
+        return scorer.token_spans(batch)
+
+    plans = plan_documents(
+        spans_of, QUERY, texts, info.max_input_tokens, info.pair_special_tokens, overlap, max_chunks
+    )
+    budget = document_budget(
+        info.max_input_tokens, info.pair_special_tokens, len(scorer.token_spans([QUERY])[0])
+    )
+    whole = scorer.token_spans(texts)
+    assert plans == [
+        plan_chunks(t, spans, budget, overlap, max_chunks)
+        for t, spans in zip(texts, whole, strict=True)
+    ]
+    assert all(len(plan.spans) == max_chunks for plan in plans[:4])  # all long enough to fill
+    covered = (max_chunks * budget + 1) * CLIP_CHARS_PER_TOKEN
+    if covered < len(texts[0]):  # the spaced document goes on past what its chunks cover
+        assert read[1] <= covered  # (read[0] is the query)
 
 
 def test_documents_that_fit_score_as_without_chunking(
