@@ -78,9 +78,9 @@ def plan_documents(
 ) -> list[ChunkPlan]:
     """Each document's chunks beside ``query``, as ``plan_chunks`` makes them from all of its
     tokens, while tokenizing only the start of a document far longer than its chunks cover
-    (a 500 KB document with four chunks of 128 tokens was tokenized whole, 50 times what was
-    read). At most ``max_chunks`` x budget tokens are read, and one more shows that the
-    document goes on: with those, ``plan_chunks`` gives what it gives with all of them."""
+    (a 500 KB document split into four chunks of 128 tokens was tokenized whole). At most
+    ``max_chunks`` x budget tokens are read, and one more shows that the document goes on:
+    with those, ``plan_chunks`` gives what it gives with all of them."""
     budget = document_budget(max_input_tokens, special_tokens, len(spans_of([query])[0]))
     spans = _leading_spans(spans_of, texts, max_chunks * budget + 1)
     return [
