@@ -128,6 +128,7 @@ class Reranker:
         """Each document's reduced chunk score, in order, with the chunk that decided it."""
         chunking = options.chunking
         assert chunking is not None  # checked by the caller
+        self.scheduler.check_room(len(texts), deadline)  # each document is a chunk at least
         info = self.scorer.info
         plans = await asyncio.get_running_loop().run_in_executor(
             None,

@@ -120,18 +120,10 @@ class BatchScheduler:
         ``max_queue_wait``), DeadlineExpired (it passed, or the call cannot finish before it),
         NotReady (closing), ModelFailure (the scorer failed or gave a wrong or non-finite
         result)."""
-        if self._closing or not self._tasks:
-            raise NotReady("server is not accepting work")
         count = len(pairs)
+        self.check_room(count, deadline)
         if not count:  # a job without pairs would never be batched, nor its caller answered
             return Outcome.empty()
-        if count > self._config.max_queue_pairs:
-            raise InvalidRequest(
-                f"{count} pairs exceed the queue bound of {self._config.max_queue_pairs}"
-            )
-        if self._pairs_in_flight + count > self._config.max_queue_pairs:
-            self._shed(count, f"queue full ({self._pairs_in_flight} pairs waiting)")
-        self._check_wait(count, deadline)
         self._pairs_in_flight += count
         total = 0
         job: Job | None = None
@@ -163,6 +155,21 @@ class BatchScheduler:
                 self._jobs.discard(job)
             self._pairs_in_flight -= count
             self._tokens_in_flight -= total
+
+    def check_room(self, count: int, deadline: float | None) -> None:
+        """Raise what ``submit`` raises at once for ``count`` pairs (NotReady, InvalidRequest,
+        Overloaded): chunking checks before it tokenizes documents for a call that is refused."""
+        if self._closing or not self._tasks:
+            raise NotReady("server is not accepting work")
+        if not count:
+            return
+        if count > self._config.max_queue_pairs:
+            raise InvalidRequest(
+                f"{count} pairs exceed the queue bound of {self._config.max_queue_pairs}"
+            )
+        if self._pairs_in_flight + count > self._config.max_queue_pairs:
+            self._shed(count, f"queue full ({self._pairs_in_flight} pairs waiting)")
+        self._check_wait(count, deadline)
 
     async def _tokenize(self, pairs: Sequence[tuple[str, str]], truncation: Truncation) -> Any:
         try:

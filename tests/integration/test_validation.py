@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -236,6 +236,42 @@ def test_full_queue_is_resource_exhausted_then_recovers() -> None:
             len(stub.Rerank(pb.RerankRequest(query="q", documents=docs("a", "b", "c"))).results)
             == 3
         )
+
+
+def test_a_chunked_call_the_full_queue_refuses_is_not_tokenized() -> None:
+    """Chunking takes each document's token spans before its pairs reach the queue; a call the
+    queue refuses anyway is refused first, so an overloaded server spends no CPU on it."""
+    spans_taken: list[int] = []
+
+    class Counting(FakeScorer):
+        def token_spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+            spans_taken.append(len(texts))
+            return super().token_spans(texts)
+
+    scorer = Counting()
+    settings = Settings(
+        model="fake", max_queue_pairs=6, max_documents=4, max_batch_size=1, warmup=False
+    )
+    chunked = pb.RerankRequest(query="q", documents=docs("a b", "c d", "e f"), chunking={})
+    with (
+        run_sidecar(settings, _fake_factory(scorer)) as running,
+        grpc.insecure_channel(running.target) as channel,
+    ):
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        scorer.gate.clear()
+        try:
+            held = stub.Rerank.future(pb.RerankRequest(query="q", documents=docs(*"abcd")))
+            while not scorer.events:
+                threading.Event().wait(0.01)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Rerank(chunked, timeout=30)
+            assert err.value.code() == Code.RESOURCE_EXHAUSTED
+            assert spans_taken == []
+        finally:
+            scorer.gate.set()
+        assert len(held.result(timeout=30).results) == 4
+        assert len(stub.Rerank(chunked, timeout=30).results) == 3
+        assert spans_taken  # planned once there was room
 
 
 def test_request_bytes_past_the_queue_bound_are_resource_exhausted_until_released() -> None:
