@@ -6,16 +6,21 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from rerankd_server.scoring import pairs
 from rerankd_server.scoring.pairs import (
     PairEncoder,
     PairTemplate,
     TokenizerUnsupported,
+    as_ascii,
+    ascii_variant,
     clip,
     clone,
+    plain_ascii,
     truncated_lengths,
 )
+from rerankd_server.tiny_models import build_tokenizer
 
 VOCAB = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "<s>": 3, "</s>": 4, "a": 5, "b": 6, "list": 7}
 VOCAB |= {"files": 8, "use": 9, "ls": 10}
@@ -118,3 +123,86 @@ def test_clip(text: str, side: str, expected: str) -> None:
         assert clip(text, limit, side) is text
     else:
         assert clip(text, limit, side) == expected
+
+
+def bert_tokenizer(lowercase: bool, lower_first: bool = False) -> Tokenizer:
+    """The tiny models' WordPiece tokenizer with BERT's normalizer (cased or not), optionally
+    behind the lower-casing ``clone`` adds when a model's config asks for it."""
+    backend: Tokenizer = build_tokenizer("bert").backend_tokenizer
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
+    return clone(backend, None, "right", lower_first)
+
+
+#: Every ASCII character, the printable ones (words, punctuation, specials' text) most often.
+ASCII_TEXT = st.lists(
+    st.one_of(
+        st.sampled_from(["list", "Files", "LS", "[SEP]", "[CLS]", "##s", " ", "  "]),
+        st.characters(min_codepoint=32, max_codepoint=126),
+        st.characters(max_codepoint=127),
+    ),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ASCII_TEXT, st.sampled_from([(True, False), (False, False), (False, True)]))
+def test_the_ascii_copy_gives_the_tokenizers_ids_and_offsets(
+    text: str, normalization: tuple[bool, bool]
+) -> None:
+    full = bert_tokenizer(*normalization)
+    fast = ascii_variant(full)
+    assert fast is not None
+    if not plain_ascii(text):  # controls BERT's normalizer removes: the full tokenizer's
+        assert any((ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127 for c in text)
+        return
+    expected = full.encode(text, add_special_tokens=False)
+    got = fast.encode(as_ascii(text), add_special_tokens=False)
+    assert (got.ids, got.offsets) == (expected.ids, expected.offsets)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(ASCII_TEXT, ASCII_TEXT), min_size=1, max_size=6))
+def test_pairs_through_the_ascii_copy_equal_the_tokenizer(pairs: list[tuple[str, str]]) -> None:
+    backend = bert_tokenizer(True)
+    encoder = PairEncoder(backend, 12, uses_types=True)
+    reference = Tokenizer.from_str(backend.to_str())
+    reference.enable_truncation(12, strategy="longest_first", direction="right")
+    expected = reference.encode_batch(pairs)
+    ids, types, truncated = encoder.encode(pairs, "right")
+    assert ids == [e.ids for e in expected] and types == [e.type_ids for e in expected]
+    assert truncated == [bool(e.overflowing) for e in expected]
+
+
+def test_only_berts_cleaning_normalizer_gets_an_ascii_copy() -> None:
+    assert ascii_variant(bert_tokenizer(True)) is not None
+    others = [
+        None,
+        normalizers.NFC(),
+        normalizers.Lowercase(),
+        normalizers.BertNormalizer(clean_text=False),
+        normalizers.Sequence([normalizers.NFD(), normalizers.BertNormalizer()]),
+    ]
+    for normalizer in others:
+        tok = bert_tokenizer(True)
+        tok.normalizer = normalizer
+        assert ascii_variant(tok) is None, normalizer
+
+
+def test_an_ascii_copy_that_encodes_otherwise_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy is checked against the tokenizer at load; one that differs (here, one that
+    forgets to lower-case) is dropped and every text takes the tokenizer itself."""
+    backend = bert_tokenizer(True)
+
+    def unlowered(tokenizer: Tokenizer) -> Tokenizer:
+        copy = Tokenizer.from_str(tokenizer.to_str())
+        copy.normalizer = None
+        return copy
+
+    monkeypatch.setattr(pairs, "ascii_variant", unlowered)
+    encoder = PairEncoder(backend, 12, uses_types=True)
+    reference = Tokenizer.from_str(backend.to_str())
+    reference.enable_truncation(12, strategy="longest_first", direction="right")
+    pair = ("List FILES", "Use LS")
+    assert encoder.encode([pair], "right")[0] == [reference.encode(*pair).ids]

@@ -13,7 +13,10 @@ model reads a few hundred of its tokens. ``PairEncoder`` gives the same ids with
 * a text far longer than the model can read is cut (``clip``) before tokenizing, and the cut is
   checked: it changed nothing when truncation kept only tokens that end well before it (the
   tokenizers' pre-tokenization and models are local to words). Otherwise the whole text is
-  tokenized, as before.
+  tokenized, as before;
+* with BERT's normalizer (MiniLM and the other BERT-style cross-encoders), a text of printable
+  ASCII is tokenized by a copy that only lower-cases (``ascii_variant``): on such text BERT's
+  normalizer does nothing else, and it was a third of the tokenizer's time.
 
 ``ChatEncoder`` does the same for causal-LM rerankers that read a pair through a chat template:
 each pair is rendered (``tokenizer.apply_chat_template``, as Sentence Transformers does), the
@@ -23,6 +26,7 @@ back over the end of a truncated row, so the model always reads its answer promp
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +60,62 @@ def clone(backend: Tokenizer, max_len: int | None, side: str, lower: bool) -> To
             NormalizerSequence([Lowercase(), current]) if current is not None else Lowercase()
         )
     return copy
+
+
+#: Characters BERT's normalizer removes from ASCII text (control characters but tab, newline
+#: and carriage return, which it reads as spaces).
+_ASCII_REMOVED = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_AS_SPACE = str.maketrans("\t\n\r", "   ")
+
+
+def ascii_variant(tokenizer: Tokenizer) -> Tokenizer | None:
+    """A copy of ``tokenizer`` for texts ``plain_ascii`` accepts, after ``as_ascii``: the same
+    ids and offsets a third faster, when its normalizer is BERT's (cleaning text), alone or
+    after lower-casing. On printable ASCII, BERT's normalizer only turns tab, newline and
+    carriage return into spaces (``as_ascii`` does) and lower-cases if told; accents, Chinese
+    characters and other controls do not occur. None for any other normalizer."""
+    config = json.loads(tokenizer.to_str()).get("normalizer")
+    steps = config.get("normalizers", []) if config and config["type"] == "Sequence" else [config]
+    lower, bert = False, False
+    for step in steps:
+        if step and step["type"] == "Lowercase":
+            lower = True
+        elif step and step["type"] == "BertNormalizer" and step["clean_text"]:
+            lower, bert = lower or step["lowercase"], True
+        else:
+            return None
+    if not bert:
+        return None
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.normalizer = Lowercase() if lower else None
+    return copy
+
+
+#: Texts the ASCII copy must encode as the tokenizer does before it is used.
+_ASCII_PROBES = [
+    "List Files\tin a\nDirectory\r\n",
+    "ls -la /usr/bin; echo $HOME && exit 0",
+    "[CLS] a [SEP] b [MASK] ##ing [UNK]",
+    "  UPPER lower MiXeD 123 4.5 a-b_c  ",
+    "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+]
+
+
+def _same_encodings(fast: Tokenizer, full: Tokenizer, texts: list[str]) -> bool:
+    got = fast.encode_batch([as_ascii(text) for text in texts], add_special_tokens=False)
+    expected = full.encode_batch(texts, add_special_tokens=False)
+    return all((a.ids, a.offsets) == (b.ids, b.offsets) for a, b in zip(got, expected, strict=True))
+
+
+def plain_ascii(text: str) -> bool:
+    """Whether ``text`` is ASCII without the control characters BERT's normalizer removes."""
+    return text.isascii() and _ASCII_REMOVED.search(text) is None
+
+
+def as_ascii(text: str) -> str:
+    """``text`` with tab, newline and carriage return as spaces, as BERT's normalizer reads
+    them (each one character for one: offsets stay the same)."""
+    return text.translate(_AS_SPACE)
 
 
 def clip(text: str, limit: int, side: str) -> str:
@@ -185,6 +245,9 @@ class PairEncoder:
         self._max_len = max_len
         self._prompt = prompt
         self._plain = plain
+        self._ascii = ascii_variant(plain)
+        if self._ascii is not None and not _same_encodings(self._ascii, plain, _ASCII_PROBES):
+            self._ascii = None  # the exact path, for a tokenizer built otherwise than assumed
         self._uses_types = uses_types
         self._clip_chars = max_len * CLIP_CHARS_PER_TOKEN
         template = PairTemplate.derive(self._plain)
@@ -244,14 +307,7 @@ class PairEncoder:
         longer than the model reads is clipped first and tokenized with offsets to check it."""
         clipped = [clip(text, self._clip_chars, side) if cut else text for text in texts]
         was_cut = [c is not t for c, t in zip(clipped, texts, strict=True)]
-        encodings: dict[int, Encoding] = {}
-        for wanted, encode in (
-            (False, self._plain.encode_batch_fast),
-            (True, self._plain.encode_batch),
-        ):
-            positions = [i for i, flag in enumerate(was_cut) if flag is wanted]
-            batch = encode([clipped[i] for i in positions], add_special_tokens=False)
-            encodings.update(zip(positions, batch, strict=True))
+        encodings = self._encode(clipped, was_cut)
         return [
             _Text(
                 _kept(encodings[i].ids, budget, side),
@@ -261,6 +317,21 @@ class PairEncoder:
             )
             for i in range(len(texts))
         ]
+
+    def _encode(self, texts: list[str], offsets: list[bool]) -> list[Encoding]:
+        """Each text encoded without special tokens, with offsets where ``offsets`` says (else
+        without: a third faster), by the ASCII copy where it applies."""
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for i, text in enumerate(texts):
+            fast = self._ascii is not None and plain_ascii(text)
+            groups.setdefault((fast, offsets[i]), []).append(i)
+        encodings: dict[int, Encoding] = {}
+        for (fast, with_offsets), positions in groups.items():
+            tokenizer = (self._ascii or self._plain) if fast else self._plain
+            encode = tokenizer.encode_batch if with_offsets else tokenizer.encode_batch_fast
+            batch = [as_ascii(texts[i]) if fast else texts[i] for i in positions]
+            encodings.update(zip(positions, encode(batch, add_special_tokens=False), strict=True))
+        return [encodings[i] for i in range(len(texts))]
 
 
 def _kept(ids: list[int], keep: int, side: str) -> list[int]:
