@@ -153,7 +153,7 @@ class _SchedulerCollector(Collector):
         if self._metrics.held_bytes is not None:
             yield GaugeMetricFamily(
                 "rerankd_queue_bytes",
-                "Request bytes held by calls being answered (bounded by --max-queue-bytes).",
+                "Request bytes of the calls not yet over (bounded by --max-queue-bytes).",
                 value=self._metrics.held_bytes(),
             )
         counters: dict[str, tuple[str, Callable[[BatchScheduler], float]]] = {

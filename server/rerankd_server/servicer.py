@@ -107,7 +107,7 @@ class RerankServicer:
         self._models: dict[str, Reranker] = {}
         self.draining = False
         self._in_flight = 0
-        self._held_bytes = 0  # of the requests being answered
+        self._held_bytes = 0  # of the requests whose calls are not over
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -139,7 +139,7 @@ class RerankServicer:
 
     @property
     def held_bytes(self) -> int:
-        """Request bytes of the calls being answered (what ``--max-queue-bytes`` bounds)."""
+        """Request bytes of the calls not yet over (what ``--max-queue-bytes`` bounds)."""
         return self._held_bytes
 
     async def drain(self, grace: float) -> bool:
@@ -438,7 +438,7 @@ def _guarded(
         trailers: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
         context.set_trailing_metadata(trailers)
         code, message = grpc.StatusCode.OK, ""
-        size = held = 0  # a stream's items are held one by one, by the method
+        size = 0  # a stream's items are held one by one, by the method
         if isinstance(request, _Received):
             request, size = request
         servicer.call_started()
@@ -446,7 +446,11 @@ def _guarded(
             if isinstance(request, _Malformed):
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, request.error
             else:
-                held = servicer.hold(size)
+                servicer.hold(size)
+                # Given back once gRPC has ended the call, not when the handler returns: the
+                # answer (as large as the request with return_documents) waits in gRPC until
+                # the client reads it, and a client that never does kept it there unbounded.
+                context.add_done_callback(lambda _: servicer.release(size))
                 response = await method(request, context)
                 if not _past_deadline(context):
                     return response
@@ -470,7 +474,6 @@ def _guarded(
             log.exception("unexpected error in %s (request %s)", name, request_id)
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
         finally:
-            servicer.release(held)
             servicer.call_ended()
             seconds = time.perf_counter() - started
             if observe is not None:

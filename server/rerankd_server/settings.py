@@ -150,9 +150,9 @@ _OPTIONS: list[tuple[str, type, str]] = [
     (
         "max-queue-bytes",
         int,
-        "Request bytes held by calls being answered, all models together (each costs about "
-        "twice that in memory: the message and its texts); beyond it calls get "
-        "RESOURCE_EXHAUSTED. At least --max-message-bytes.",
+        "Request bytes of the calls not yet over, all models together, an answer waiting for "
+        "its client to read it included (each byte costs two to five in memory); beyond it "
+        "calls get RESOURCE_EXHAUSTED. At least --max-message-bytes.",
     ),
     ("max-documents", int, "Most documents per Rerank call (pairs per Score call)."),
     ("max-query-bytes", int, "Most UTF-8 bytes in a query."),

@@ -5,12 +5,14 @@ a single ASCII space, used to be tokenized whole for every pair: one such call r
 seconds, grew the server by gigabytes, and held the tokenizer while other callers waited. Here
 the real server (a subprocess, so its memory can be read) answers them while a one-document
 call sent meanwhile waits only for the batches ahead of it. A burst of calls each as large as
-the limits allow holds memory only up to the bound on request bytes being answered.
+the limits allow, or calls whose answers the client never reads, hold memory only up to the
+bound on request bytes of calls not yet over.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import threading
 import time
@@ -18,11 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import pytest
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
-from rerankd_server.process import ServerProcess, start_server
+from rerankd_server.process import ServerProcess, free_port, start_server
+from support.metrics import scrape
 
 WORDS = "list the files of a directory with ls and find them by name".split()
 QUERY = " ".join(WORDS[i % len(WORDS)] for i in range(20_000)).encode()[:65_536].decode()
@@ -187,3 +194,96 @@ def test_a_burst_of_the_largest_calls_holds_memory_to_the_byte_bound(
         codes = [future.code() for future in futures]
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert peak - before < 2 * burst_mib, (peak - before, burst_mib)
+
+
+class NeverReading:
+    """An HTTP/2 client that sends gRPC calls and never reads an answer: its receive window is
+    0, so the server can send headers (a status alone) but no message. PyPI's ``h2``."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.socket = socket.create_connection((host, int(port)))
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.h2.initiate_connection()
+        self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        self.statuses: dict[int, str] = {}  # stream -> grpc-status of a status-only answer
+        self._flush()
+
+    def call(self, method: str, message: bytes) -> None:
+        """Send one call whole, as the server's flow control lets it in."""
+        stream = self.h2.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", method)]
+        headers += [(":authority", "rerankd"), ("content-type", "application/grpc")]
+        self.h2.send_headers(stream, [*headers, ("te", "trailers")])
+        body = b"\x00" + len(message).to_bytes(4, "big") + message  # gRPC's framing
+        while body:
+            room = min(self.h2.local_flow_control_window(stream), self.h2.max_outbound_frame_size)
+            if room == 0:
+                self.read(timeout=None)  # until the server opens its window
+                continue
+            chunk, body = body[:room], body[room:]
+            self.h2.send_data(stream, chunk, end_stream=not body)
+            self._flush()
+
+    def read(self, timeout: float | None) -> None:
+        """Take in what the server sent (settings, window updates, headers); never data."""
+        self.socket.settimeout(timeout)
+        try:
+            data = self.socket.recv(1 << 16)
+        except TimeoutError:
+            return
+        for event in self.h2.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                fields = {bytes(k).decode(): bytes(v).decode() for k, v in event.headers}
+                if "grpc-status" in fields:
+                    self.statuses[event.stream_id] = fields["grpc-status"]
+        self._flush()
+
+    def _flush(self) -> None:
+        self.socket.sendall(self.h2.data_to_send())
+
+
+def test_answers_a_client_never_reads_hold_memory_to_the_byte_bound(
+    tiny_models: dict[str, Path],
+) -> None:
+    """A call's bytes count until gRPC has ended the call, not until its handler returns: an
+    answer with ``return_documents`` is as large as its request, and waits in gRPC until the
+    client reads it. Counted only until the handler returned, 40 such calls of 7 MB that the
+    client never read grew the server from 770 to 1,939 MiB, for as long as the connection
+    lived."""
+    request = pb.RerankRequest(
+        query="q",
+        documents=[pb.Document(text=kilobytes(" ".join(WORDS * 8_000)))] * 14,
+        return_documents=True,
+    ).SerializeToString()
+    metrics = free_port()
+    bound = 16 * 2**20  # two of these calls
+    with (
+        start_server(
+            tiny_models["modernbert"],
+            "--max-batch-tokens",
+            "4096",
+            "--max-queue-bytes",
+            str(bound),
+            "--metrics-port",
+            str(metrics),
+        ) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        client = NeverReading(server.target)
+        for _ in range(6):
+            client.call("/rerankd.v1.RerankService/Rerank", request)
+        end = time.monotonic() + 60
+        while len(client.statuses) < 4 and time.monotonic() < end:
+            client.read(timeout=0.1)
+        # Two calls wait for the client with their answers, still holding their bytes; the
+        # other four were refused (a status is headers, which the closed window lets through).
+        assert sorted(client.statuses.values()) == ["8"] * 4  # RESOURCE_EXHAUSTED
+        assert scrape(metrics)[("rerankd_queue_bytes", ())] == 2 * len(request)
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        one = pb.RerankRequest(query="list files", documents=[pb.Document(text="ls")])
+        assert len(stub.Rerank(one, timeout=60).results) == 1  # small calls still fit
+        client.socket.close()  # gRPC ends the two calls: their bytes come back
+        while scrape(metrics)[("rerankd_queue_bytes", ())] and time.monotonic() < end:
+            time.sleep(0.05)
+        assert scrape(metrics)[("rerankd_queue_bytes", ())] == 0

@@ -28,6 +28,9 @@ class Call:
     def time_remaining(self) -> float | None:
         return self.remaining
 
+    def add_done_callback(self, callback: Any) -> None:
+        pass
+
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return ()
 
