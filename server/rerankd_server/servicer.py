@@ -226,13 +226,17 @@ class RerankServicer:
 
         A permit is taken before a request is read and given back only once its response has
         been written, and writes wait for the client's flow control: a slow reader stops the
-        reading, so the server never buffers more than the permits allow.
+        reading, so the server never buffers more than the permits allow. A request's bytes
+        count against ``--max-queue-bytes`` until its response is written, or the stream ends.
         """
         permits = asyncio.Semaphore(self._settings.stream_max_in_flight)
-        outbox: asyncio.Queue[pb.RerankStreamResponse | None] = asyncio.Queue()
+        outbox: asyncio.Queue[tuple[pb.RerankStreamResponse, int] | None] = asyncio.Queue()
         deadline = _deadline(context)
+        unwritten = 0  # request bytes of the items read whose responses are not written
 
         async def answer(item: Any) -> None:
+            nonlocal unwritten
+            held = 0
             if isinstance(item, _Malformed):
                 reply = pb.RerankStreamResponse(
                     request_id=item.request_id, code=_code(InvalidRequest), message=item.error
@@ -242,17 +246,15 @@ class RerankServicer:
                 reply = pb.RerankStreamResponse(request_id=message.request_id)
                 try:
                     held = self.hold(size)
-                    try:
-                        reply.response.CopyFrom(await self._rerank(message.request, deadline))
-                    finally:
-                        self.release(held)
+                    unwritten += held
+                    reply.response.CopyFrom(await self._rerank(message.request, deadline))
                 except RerankdServerError as exc:
                     reply.code, reply.message = _code(type(exc)), str(exc)
                 except Exception:
                     log.exception("unexpected error in RerankStream item %r", reply.request_id)
                     reply.code = grpc.StatusCode.INTERNAL.value[0]
                     reply.message = "internal error; see the server log"
-            await outbox.put(reply)
+            await outbox.put((reply, held))
 
         async def read() -> None:
             tasks: set[asyncio.Task[None]] = set()
@@ -267,16 +269,24 @@ class RerankServicer:
             finally:
                 for task in tasks:
                     task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)  # none holds bytes after
                 await outbox.put(None)
 
         reader = asyncio.create_task(read())
         try:
-            while (reply := await outbox.get()) is not None:
+            while (entry := await outbox.get()) is not None:
+                reply, held = entry
                 await context.write(reply)
+                unwritten -= held
+                self.release(held)
                 permits.release()
             await reader  # surfaces a failed read (e.g. the client cancelled)
         finally:
             reader.cancel()
+            try:
+                await asyncio.gather(reader, return_exceptions=True)
+            finally:
+                self.release(unwritten)  # items never answered on the wire: the stream is over
 
     def _model(self, requested: str) -> Reranker:
         if self.draining:

@@ -209,13 +209,13 @@ class NeverReading:
         self.statuses: dict[int, str] = {}  # stream -> grpc-status of a status-only answer
         self._flush()
 
-    def call(self, method: str, message: bytes) -> None:
-        """Send one call whole, as the server's flow control lets it in."""
+    def call(self, method: str, *messages: bytes) -> None:
+        """Send one call, all its messages, as the server's flow control lets them in."""
         stream = self.h2.get_next_available_stream_id()
         headers = [(":method", "POST"), (":scheme", "http"), (":path", method)]
         headers += [(":authority", "rerankd"), ("content-type", "application/grpc")]
         self.h2.send_headers(stream, [*headers, ("te", "trailers")])
-        body = b"\x00" + len(message).to_bytes(4, "big") + message  # gRPC's framing
+        body = b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)  # gRPC's framing
         while body:
             room = min(self.h2.local_flow_control_window(stream), self.h2.max_outbound_frame_size)
             if room == 0:
@@ -287,3 +287,55 @@ def test_answers_a_client_never_reads_hold_memory_to_the_byte_bound(
         while scrape(metrics)[("rerankd_queue_bytes", ())] and time.monotonic() < end:
             time.sleep(0.05)
         assert scrape(metrics)[("rerankd_queue_bytes", ())] == 0
+
+
+def test_stream_answers_a_client_never_reads_hold_memory_to_the_byte_bound(
+    tiny_models: dict[str, Path],
+) -> None:
+    """A RerankStream item's bytes count until its answer is written: three items of 7 MB with
+    ``return_documents`` on a stream whose client reads nothing, the bound at two. Counted only
+    until each was answered, the stream's unwritten answers were bounded by its permits alone
+    (eight a stream), and a client opening many streams held as many."""
+    inner = pb.RerankRequest(
+        query="q",
+        documents=[pb.Document(text=kilobytes(" ".join(WORDS * 8_000)))] * 14,
+        return_documents=True,
+    )
+    items = [
+        pb.RerankStreamRequest(request_id=str(i), request=inner).SerializeToString()
+        for i in range(3)
+    ]
+    metrics = free_port()
+    with (
+        start_server(
+            tiny_models["modernbert"],
+            "--max-batch-tokens",
+            "4096",
+            "--max-queue-bytes",
+            str(16 * 2**20),
+            "--metrics-port",
+            str(metrics),
+        ) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        client = NeverReading(server.target)
+        client.call("/rerankd.v1.RerankService/RerankStream", *items)
+
+        def held() -> float:
+            return scrape(metrics)[("rerankd_queue_bytes", ())]
+
+        end = time.monotonic() + 60
+        while held() < 2 * len(items[0]) and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the third item is read and refused meanwhile
+        assert held() == 2 * len(items[0])  # two answers wait for the client
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Rerank(inner, timeout=60)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        client.socket.close()  # the stream ends: its unwritten answers' bytes come back
+        while held() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert held() == 0
+        inner.return_documents = False  # (an answer this large passes gRPC's 4 MiB default)
+        assert len(stub.Rerank(inner, timeout=60).results) == 14
