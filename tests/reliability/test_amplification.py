@@ -196,6 +196,13 @@ def test_a_burst_of_the_largest_calls_holds_memory_to_the_byte_bound(
     assert peak - before < 2 * burst_mib, (peak - before, burst_mib)
 
 
+def two_calls_of_7_mb(tiny_models: dict[str, Path], metrics_port: int) -> ServerProcess:
+    """The tiny model's server with the request-byte bound at 16 MiB (two calls of 7 MB) and
+    metrics on ``metrics_port``."""
+    flags = ["--max-batch-tokens", "4096", "--max-queue-bytes", str(16 * 2**20)]
+    return start_server(tiny_models["modernbert"], *flags, "--metrics-port", str(metrics_port))
+
+
 class NeverReading:
     """An HTTP/2 client that sends gRPC calls and never reads an answer: its receive window is
     0, so the server can send headers (a status alone) but no message. PyPI's ``h2``."""
@@ -257,17 +264,8 @@ def test_answers_a_client_never_reads_hold_memory_to_the_byte_bound(
         return_documents=True,
     ).SerializeToString()
     metrics = free_port()
-    bound = 16 * 2**20  # two of these calls
     with (
-        start_server(
-            tiny_models["modernbert"],
-            "--max-batch-tokens",
-            "4096",
-            "--max-queue-bytes",
-            str(bound),
-            "--metrics-port",
-            str(metrics),
-        ) as server,
+        two_calls_of_7_mb(tiny_models, metrics) as server,
         grpc.insecure_channel(server.target) as channel,
     ):
         client = NeverReading(server.target)
@@ -307,15 +305,7 @@ def test_stream_answers_a_client_never_reads_hold_memory_to_the_byte_bound(
     ]
     metrics = free_port()
     with (
-        start_server(
-            tiny_models["modernbert"],
-            "--max-batch-tokens",
-            "4096",
-            "--max-queue-bytes",
-            str(16 * 2**20),
-            "--metrics-port",
-            str(metrics),
-        ) as server,
+        two_calls_of_7_mb(tiny_models, metrics) as server,
         grpc.insecure_channel(server.target) as channel,
     ):
         client = NeverReading(server.target)
