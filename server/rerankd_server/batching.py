@@ -83,7 +83,12 @@ def batch_cost(lengths: Sequence[int], padded: bool) -> int:
     """Tokens the model computes for a batch of pairs with these lengths."""
     if not lengths:
         return 0
-    return max(lengths) * len(lengths) if padded else sum(lengths)
+    return cost_of(len(lengths), sum(lengths), max(lengths), padded)
+
+
+def cost_of(pairs: int, tokens: int, longest: int, padded: bool) -> int:
+    """``batch_cost`` of ``pairs`` pairs of ``tokens`` in all, the longest of ``longest``."""
+    return longest * pairs if padded else tokens
 
 
 def select_batch(window: Sequence[int], limits: BatchLimits) -> list[int]:

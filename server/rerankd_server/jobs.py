@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rerankd_server.batching import IntArray, QueuedJob
+from rerankd_server.batching import IntArray, QueuedJob, cost_of
 from rerankd_server.errors import InvalidRequest, ModelFailure, RerankdServerError
 from rerankd_server.scoring.base import FloatArray, Scorer, TokenizedPairs, Truncation
 
@@ -160,10 +160,10 @@ class Batch:
     @classmethod
     def of(cls, groups: list[tuple[Job, IntArray]], padded: bool) -> Batch:
         pairs = real = longest = 0
-        for job, idx in groups:  # batching.batch_cost, from each job's share
+        for job, idx in groups:  # from each job's share, without a list of lengths
             tokens, top = job.cost(idx)
             pairs, real, longest = pairs + len(idx), real + tokens, max(longest, top)
-        return cls(groups, pairs, real, longest * pairs if padded else real)
+        return cls(groups, pairs, real, cost_of(pairs, real, longest, padded))
 
     def deliver(
         self, raw: FloatArray, scores: FloatArray, started: float, now: float, stats: SchedulerStats
