@@ -70,7 +70,7 @@ _TRUNCATION: dict[int, Truncation] = {
 
 
 class _Received(NamedTuple):
-    """A parsed request and its size on the wire: the bytes it holds while it is answered."""
+    """A parsed request and its size on the wire: the bytes it holds until its call is over."""
 
     message: Any
     size: int
