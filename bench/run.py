@@ -446,6 +446,7 @@ def scenario_tokenize(args: argparse.Namespace) -> None:
 
     from rerankd_server.scoring.base import Truncation
     from rerankd_server.scoring.hf import HFCrossEncoder, resolve_placement
+    from rerankd_server.scoring.packed import pack
 
     model = model_path(args.model, args.max_length)
     scorer = HFCrossEncoder(str(model), resolve_placement("cpu", "float32", "sdpa"))
@@ -466,11 +467,21 @@ def scenario_tokenize(args: argparse.Namespace) -> None:
                 return_tensors="pt",
             )
 
+    def collated(query: str, docs: list[str], collate: Any) -> None:
+        tokens = scorer.tokenize([(query, t) for t in docs], Truncation.END)
+        collate(tokens.ids, tokens.type_ids)
+
     ways = {
         "CrossEncoder.predict's tokenizer call": predict_call,
         "tokenizers encode_batch": lambda q, d: backend.encode_batch([(q, t) for t in d]),
         "rerankd scorer.tokenize": lambda q, d: scorer.tokenize(
             [(q, t) for t in d], Truncation.END
+        ),
+        # With the model's input made from the ids, as CrossEncoder's call makes tensors:
+        # padded as on the CPU, packed as a ModernBERT on CUDA runs (without pinned memory).
+        "rerankd tokenize + padded batch": lambda q, d: collated(q, d, scorer.collate_padded),
+        "rerankd tokenize + packed batch": lambda q, d: collated(
+            q, d, lambda ids, _: pack(ids, pin=False)
         ),
     }
     print(f"\ntokenization on {args.model} (max {max_len} tokens), {args.requests} requests")

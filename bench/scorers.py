@@ -2,10 +2,10 @@
 
 * ``NoopScorer``: no tokenizer, no model; what is left is gRPC, the servicer and the scheduler
   (it says its tokenization is light, so the scheduler does not cross to a tokenizer thread).
-* ``SimulatedGpu``: real tokenization and collation, but ``forward`` sleeps (holding the model
-  thread, not the CPU) for the time a GPU would take: a fixed cost per batch plus a cost per
-  computed token, calibrated to a published H100 rate. It shows whether the host keeps a fast
-  device busy.
+* ``SimulatedGpu``: real tokenization and collation (packed, as on CUDA, for an unpadded
+  device), but ``forward`` sleeps (holding the model thread, not the CPU) for the time a GPU
+  would take: a fixed cost per batch plus a cost per computed token, calibrated to a published
+  H100 rate. It shows whether the host keeps a fast device busy.
 * ``Timed``: wraps any scorer and adds up the model thread's busy time, so a run can report
   the device's busy fraction (over the whole run, or over a window of it) and the time spent
   on work nobody waited for.
@@ -137,6 +137,9 @@ class SimulatedGpu:
     """Real tokenizer and collation from ``tokenizer_scorer``; the forward pass is a timed sleep."""
 
     def __init__(self, tokenizer_scorer: Scorer, device: DeviceModel) -> None:
+        from rerankd_server.scoring.packed import pack  # torch: not for the no-op scorer's server
+
+        self._pack = pack
         self._real = tokenizer_scorer
         self._device = device
         self._info = replace(
@@ -154,7 +157,12 @@ class SimulatedGpu:
         return self._real.tokenize(pairs, truncation)
 
     def collate(self, ids: Sequence[list[int]], type_ids: Sequence[list[int]] | None) -> Any:
-        return self._real.collate(ids, type_ids), [len(row) for row in ids]
+        """The host's work for the device simulated: packed rows for an unpadded one, as a
+        ModernBERT on CUDA runs (pinning aside: this host has no CUDA), else padded ones."""
+        lengths = [len(row) for row in ids]
+        if self._device.padded:
+            return self._real.collate(ids, type_ids), lengths
+        return self._pack(ids, pin=False), lengths
 
     def forward(self, batch: Any) -> FloatArray:
         _, lengths = batch

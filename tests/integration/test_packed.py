@@ -9,6 +9,7 @@ test_parity.py.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from rerankd_server.scoring import hf
 from rerankd_server.scoring.base import Truncation
 from rerankd_server.scoring.hf import HFCrossEncoder, Placement
-from rerankd_server.scoring.packed import PackedBatch
+from rerankd_server.scoring.packed import PackedBatch, pack
 from rerankd_server.tiny_models import build_tiny_model
 
 PAIRS = [("query", "word " * n) for n in (0, 1, 5, 14, 15, 16, 17, 40, 90, 300)]
@@ -118,3 +119,43 @@ def test_auto_attention_on_cuda_packs_half_precision_only(monkeypatch: Any) -> N
     monkeypatch.setattr(hf.importlib.util, "find_spec", lambda name: None)
     assert hf.resolve_placement("cuda", "auto", "auto") == Placement("cuda", "bfloat16", "packed")
     assert hf.resolve_placement("cuda", "float32", "auto") == Placement("cuda", "float32", "sdpa")
+
+
+def test_a_packed_batch_lays_its_rows_end_to_end() -> None:
+    rng = np.random.default_rng(7)
+    for count in (1, 2, 37):
+        rows = [rng.integers(0, 50_000, rng.integers(1, 60)).tolist() for _ in range(count)]
+        batch = pack(rows, pin=False)
+        assert batch.input_ids.tolist() == [token for row in rows for token in row]
+        assert batch.positions.tolist() == [p for row in rows for p in range(len(row))]
+        assert batch.cu_seqlens.tolist() == [0, *itertools.accumulate(map(len, rows))]
+        assert batch.lengths == tuple(map(len, rows))
+        assert all(type(n) is int for n in batch.lengths)
+        assert (batch.input_ids.dtype, batch.positions.dtype, batch.cu_seqlens.dtype) == (
+            torch.int64,
+            torch.int64,
+            torch.int32,
+        )
+
+
+@pytest.mark.parametrize("name", ["modernbert", "bert", "causal"])
+def test_a_padded_batch_holds_each_row_in_its_span(tiny_models: dict[str, Path], name: str) -> None:
+    """Right-padded, with type ids (BERT), and left-padded (the causal reranker)."""
+    model = scorer(tiny_models[name], "sdpa")
+    tokens = model.tokenize(PAIRS, Truncation.DEFAULT)
+    batch = model.collate_padded(tokens.ids, tokens.type_ids)
+    longest = max(map(len, tokens.ids))
+    pad, left = model._pad_id, model._pad_left
+    assert left == (name == "causal")
+    assert ("token_type_ids" in batch) == (tokens.type_ids is not None) == (name == "bert")
+    for row, ids in enumerate(tokens.ids):
+        gap = longest - len(ids)
+        span = slice(gap, longest) if left else slice(0, len(ids))
+        rest = slice(0, gap) if left else slice(len(ids), longest)
+        assert batch["input_ids"][row, span].tolist() == ids
+        assert set(batch["input_ids"][row, rest].tolist()) <= {pad}
+        assert batch["attention_mask"][row, span].tolist() == [1] * len(ids)
+        assert set(batch["attention_mask"][row, rest].tolist()) <= {0}
+        if tokens.type_ids is not None:
+            assert batch["token_type_ids"][row, span].tolist() == tokens.type_ids[row]
+            assert set(batch["token_type_ids"][row, rest].tolist()) <= {0}

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from bench.load import closed_loop
-from bench.scorers import Timed
+from bench.scorers import DeviceModel, NoopScorer, SimulatedGpu, Timed
 from bench.workloads import Request
+from rerankd_server.scoring.packed import PackedBatch
 
 
 class _Sleeper:
@@ -82,3 +83,17 @@ def test_busy_between_counts_only_the_forward_time_inside_the_window() -> None:
     assert abs(timed.busy_between(a, (a + b) / 2) - (b - a) / 2) < 1e-9
     assert timed.busy_between((a + b) / 2, (c + d) / 2) > (b - a) / 2 + (d - c) / 2 - 1e-9
     assert timed.busy_between(between, between) == 0.0
+
+
+def test_the_simulated_device_gets_the_batches_a_gpu_would() -> None:
+    """Packed rows for an unpadded device (a ModernBERT on CUDA), the scorer's own otherwise;
+    with each pair's length for the simulated time."""
+    rows = [[5, 6, 7], [8]]
+    packed, lengths = SimulatedGpu(NoopScorer(), DeviceModel(0.0, 0.0, padded=False)).collate(
+        rows, None
+    )
+    assert isinstance(packed, PackedBatch)
+    assert packed.input_ids.tolist() == [5, 6, 7, 8]
+    assert lengths == [3, 1]
+    padded, _ = SimulatedGpu(NoopScorer(), DeviceModel(0.0, 0.0, padded=True)).collate(rows, None)
+    assert padded == NoopScorer().collate(rows, None)

@@ -42,6 +42,7 @@ from rerankd_server.scoring.packed import (
     PackedModernBert,
     PackingUnsupported,
     flash_attn_varlen,
+    flat,
     modernbert_encoder,
     pack,
     reference_attention,
@@ -366,20 +367,23 @@ class HFCrossEncoder:
     ) -> dict[str, torch.Tensor]:
         """The padded form of a batch, however the model runs (for the packed load check and
         for benchmarks that compare the two)."""
-        longest = max(len(row) for row in ids)
-        input_ids = np.full((len(ids), longest), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), longest), dtype=np.int64)
-        types = np.zeros((len(ids), longest), dtype=np.int64) if type_ids is not None else None
-        for row, tokens in enumerate(ids):
-            span = (
-                slice(longest - len(tokens), longest) if self._pad_left else slice(0, len(tokens))
-            )
-            input_ids[row, span] = tokens
-            mask[row, span] = 1
-            if types is not None and type_ids is not None:
-                types[row, span] = type_ids[row]
-        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
-        if types is not None:
+        # Whole arrays at once: the real tokens, in row order, fill each row's span.
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        columns = np.arange(int(lengths.max()))
+        if self._pad_left:
+            real = columns >= (len(columns) - lengths)[:, None]
+        else:
+            real = columns < lengths[:, None]
+        total = int(lengths.sum())
+        input_ids = np.full(real.shape, self._pad_id, dtype=np.int64)
+        input_ids[real] = flat(ids, total)
+        batch = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(real.astype(np.int64)),
+        }
+        if type_ids is not None:
+            types = np.zeros(real.shape, dtype=np.int64)
+            types[real] = flat(type_ids, total)
             batch["token_type_ids"] = torch.from_numpy(types)
         if self._device.type == "cuda":
             batch = {key: value.pin_memory() for key, value in batch.items()}
