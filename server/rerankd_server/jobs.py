@@ -118,7 +118,7 @@ class Job(QueuedJob):
         """Take one batch's scores for the pairs ``idx``; answer the caller once all came, or
         fail it for a non-finite score. ``checked``: the whole batch is known to be finite."""
         self.batches += 1
-        self.last_end = now
+        self.last_end = max(self.last_end, now)  # batches may come back out of order
         if self.dead:
             return
         if not checked:
@@ -179,7 +179,7 @@ class Batch:
         finite = bool(np.isfinite(raw).all() and np.isfinite(scores).all())
         offset = 0
         for job, idx in self.groups:
-            job.first_start = started if job.first_start is None else job.first_start
+            job.first_start = started if job.first_start is None else min(job.first_start, started)
             part = slice(offset, offset + len(idx))
             offset += len(idx)
             if job.dead:  # the caller left while its pairs were computed

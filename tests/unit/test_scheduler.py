@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +22,7 @@ from rerankd_server.errors import (
     NotReady,
     Overloaded,
 )
+from rerankd_server.jobs import Batch, Job, SchedulerStats
 from rerankd_server.scheduler import BatchScheduler
 from rerankd_server.scoring.base import Truncation
 from support.fake_scorer import FAULT_WORD, FakeScorer, expected_logit, token_id
@@ -582,3 +585,51 @@ async def test_a_fault_while_handing_out_scores_fails_the_batch_and_the_schedule
             await asyncio.wait_for(scheduler.submit([("q", "d")], Truncation.DEFAULT), 1.0)
         scheduler.stats.on_batch = None
         assert (await scheduler.submit([("q", "d")], Truncation.DEFAULT)).logits.size == 1
+
+
+async def test_a_batch_whose_successor_is_prepared_is_handed_back_by_another_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Waking the event loop gives up the GIL: with its next batch ready, the model thread
+    leaves that to the hand-back thread and goes on. A last batch comes back from the model
+    thread itself. Either way every caller gets its scores."""
+    loop = asyncio.get_running_loop()
+    wakers: dict[int, str] = {}  # a batch's first pair -> the thread that woke the loop for it
+    wake = loop.call_soon_threadsafe
+
+    def spy(callback: Any, *args: Any) -> Any:
+        if getattr(callback, "__name__", "") == "_finish":
+            wakers[int(args[0].groups[0][1][0])] = threading.current_thread().name
+        return wake(callback, *args)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", spy)
+    scorer = FakeScorer()
+    pairs = [("q", doc(5, f"d{i}")) for i in range(12)]
+    async with BatchScheduler(scorer, config(budget=64, size=4)) as scheduler:
+        scorer.gate.clear()
+        task = asyncio.create_task(scheduler.submit(pairs, Truncation.DEFAULT))
+        await wait_until(lambda: not scheduler._prepared.empty())  # the second batch waits
+        scorer.gate.set()
+        outcome = await task
+    assert outcome.logits.tolist() == [expected_logit(q, t) for q, t in pairs]
+    assert sorted(wakers) == [0, 4, 8]
+    assert wakers[0].startswith("rerankd-handback")
+    assert wakers[8].startswith("rerankd-model")
+
+
+async def test_usage_spans_a_calls_batches_in_whatever_order_they_come_back() -> None:
+    scorer = FakeScorer()
+    pairs = [("q", doc(3)), ("q", doc(4))]
+    tokens = scorer.tokenize(pairs, Truncation.DEFAULT)
+    job = Job(0, tokens, tokens.lengths(), 0, None)
+    first, second = (Batch.of([(job, np.array([i]))], padded=True) for i in (0, 1))
+    zero, stats = job.admitted_at, SchedulerStats()
+    one = np.ones(1, dtype=np.float32)
+    second.deliver(one, one, zero + 2.0, zero + 3.0, stats)  # the later batch came back first
+    first.deliver(one, one, zero + 1.0, zero + 2.5, stats)
+    usage = (await job.future).usage
+    assert (usage.queue_time_us, usage.inference_time_us, usage.batches) == (
+        1_000_000,
+        2_000_000,
+        2,
+    )
