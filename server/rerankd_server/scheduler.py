@@ -252,7 +252,7 @@ class BatchScheduler:
                 outcome = self._compute(batch)
             except Exception as exc:
                 outcome = exc
-            if not self._prepared.empty():  # a closed loop's error stays in the Future
+            if not self._prepared.empty():  # (a closed loop's RuntimeError stays in its Future)
                 self._handback.submit(loop.call_soon_threadsafe, self._finish, batch, outcome)
                 continue
             try:
