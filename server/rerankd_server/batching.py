@@ -1,5 +1,6 @@
-"""Pure batching policy: the fair queue of every caller's pairs, and which of them form the
-next model batch. No torch, no asyncio, no clocks of its own: the scheduler passes the time in.
+"""Pure batching policy: the fair queue of every caller's pairs, which of them form the next
+model batch, and which calls the queue admits (``Admission``). No torch, no asyncio, no clocks
+of its own: the scheduler passes the time in.
 
 Fair queue (``FairQueue``): a request's pairs, sorted longest first, get start tags in tokens
 s, s + len(pair 0), ...; its start s is the later of the queue's virtual time (the tag of the
@@ -34,10 +35,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+from rerankd_server.errors import InvalidRequest, Overloaded
+
+if TYPE_CHECKING:
+    from rerankd_server.jobs import SchedulerStats
 
 #: A batch's fixed cost (Python, kernel launches, GEMMs too small to run at full speed) as a
 #: share of the token budget, by device, where the warm-up measured none (``fixed_batch_cost``
@@ -570,3 +576,66 @@ class FairQueue(Generic[J]):
                 owners[starts].tolist(), np.split(positions[chosen], cuts), strict=True
             )
         ]
+
+
+class Admission:
+    """The admitted, unanswered work against the queue's bounds: a call that would break
+    ``max_queue_pairs`` or ``max_queue_tokens``, or wait longer than ``max_queue_wait`` or its
+    deadline allow for the work ahead (``FairQueue.refusal``), is refused before it queues.
+    A call above a bound on its own is InvalidRequest (no retry can help), one the queue has
+    no room for now is Overloaded, with a hint of when to retry; ``stats.pairs_shed`` counts
+    the latter's pairs."""
+
+    def __init__(self, queue: FairQueue[Any], stats: SchedulerStats) -> None:
+        self._queue = queue
+        self._config = queue.config
+        self._stats = stats
+        self.pairs = 0  # admitted and not yet answered
+        self.tokens = 0
+
+    def check(self, count: int, deadline: float | None, now: float) -> None:
+        """Raise what admitting ``count`` more pairs would break, their tokens not yet known."""
+        bound = self._config.max_queue_pairs
+        if count > bound:
+            raise InvalidRequest(f"{count} pairs exceed the queue bound of {bound}")
+        if self.pairs + count > bound:
+            self._shed(count, f"queue full ({self.pairs} pairs waiting)")
+        self.check_wait(count, deadline, now)
+
+    def admit(self, count: int, deadline: float | None, now: float) -> None:
+        """Count ``count`` pairs in, or raise what they would break (``check``)."""
+        self.check(count, deadline, now)
+        self.pairs += count
+
+    def reserve(self, count: int, tokens: int) -> int:
+        """Count the ``tokens`` of ``count`` admitted pairs in and return them, or raise a
+        token bound."""
+        bound = self._config.max_queue_tokens
+        if tokens > bound:
+            raise InvalidRequest(f"{tokens} tokens exceed the queue bound of {bound}")
+        if self.tokens + tokens > bound:
+            self._shed(count, f"queue full ({self.tokens} tokens waiting)")
+        self.tokens += tokens
+        return tokens
+
+    def release(self, count: int, tokens: int) -> None:
+        """Count an answered (or failed) call out."""
+        self.pairs -= count
+        self.tokens -= tokens
+
+    def check_wait(
+        self, count: int, deadline: float | None, now: float, own_tokens: int = 0
+    ) -> None:
+        """Refuse a call when the queue ahead makes it wait too long or end late."""
+        if deadline is None and not self._config.max_queue_wait:
+            return  # no bound to break
+        refusal = self._queue.refusal(now, deadline, own_tokens, self.tokens)
+        if refusal is not None:
+            self._shed(count, *refusal)
+
+    def _shed(self, count: int, why: str, retry_after: float | None = None) -> NoReturn:
+        self._stats.pairs_shed += count
+        rate = self._queue.speed.seconds_per_token()
+        if retry_after is None and rate is not None:  # about when the queue has drained
+            retry_after = self.tokens * rate
+        raise Overloaded(f"{why}; retry later", retry_after=retry_after)

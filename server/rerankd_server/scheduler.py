@@ -2,10 +2,10 @@
 
 Two plain loops joined by a queue holding at most the prepared next batch (the shape of
 text-embeddings-inference, whose backend also runs on a thread of its own). The batcher, on the
-event loop, takes the next batch from the fair queue (``batching.FairQueue``: order, window,
-deadlines, admission and batch choice are policy and live there) and collates it on the
-preparation thread while the model computes the current one (for an idle model, the model
-thread collates it in the same hop as its forward pass). The model loop, on the model thread,
+event loop, takes the next batch from the fair queue (order, window, deadlines, admission and
+batch choice are policy: ``batching.FairQueue`` and ``batching.Admission``) and collates it
+on the preparation thread while the model computes the current one (for an idle model, the
+model thread collates it in the same hop as its forward pass). The model loop, on the model thread,
 runs each batch (forward, then activation: every torch computation stays there) and hands it
 back to the event loop, where ``_finish`` gives out the scores: a batch crosses threads once
 each way (back through the hand-back thread when the model has its next batch already). Each
@@ -27,14 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from rerankd_server.batching import FairQueue, IntArray, SchedulerConfig
-from rerankd_server.errors import (
-    DeadlineExpired,
-    InvalidRequest,
-    ModelFailure,
-    NotReady,
-    Overloaded,
-)
+from rerankd_server.batching import Admission, FairQueue, IntArray, SchedulerConfig
+from rerankd_server.errors import DeadlineExpired, ModelFailure, NotReady
 from rerankd_server.jobs import Batch, Job, Outcome, SchedulerStats, checked_lengths, fail_all
 from rerankd_server.scoring.base import FloatArray, Scorer, Truncation
 from rerankd_server.workers import Worker, model_executor
@@ -57,10 +51,9 @@ class BatchScheduler:
         self._config = config
         self.stats = SchedulerStats()
         self._queue: FairQueue[Job] = FairQueue(config)
+        self._admission = Admission(self._queue, self.stats)
         self._seq = itertools.count()
         self._jobs: set[Job] = set()  # admitted and unanswered
-        self._pairs_in_flight = 0
-        self._tokens_in_flight = 0
         self._in_model = 0  # batches handed to the model loop and not finished: at most two
         self._prepared: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()  # None: stop
         self._changed = asyncio.Event()  # new work, or the model finished a batch
@@ -80,11 +73,11 @@ class BatchScheduler:
 
     @property
     def queue_pairs(self) -> int:  # admitted and not yet answered, as are the two below
-        return self._pairs_in_flight
+        return self._admission.pairs
 
     @property
     def queue_tokens(self) -> int:
-        return self._tokens_in_flight
+        return self._admission.tokens
 
     @property
     def queued_requests(self) -> int:  # tokenized ones
@@ -123,10 +116,11 @@ class BatchScheduler:
         NotReady (closing), ModelFailure (the scorer failed or gave a wrong or non-finite
         result)."""
         count = len(pairs)
-        self.check_room(count, deadline)
+        self._check_open()
         if not count:  # a job without pairs would never be batched, nor its caller answered
             return Outcome.empty()
-        self._pairs_in_flight += count
+        loop = asyncio.get_running_loop()
+        self._admission.admit(count, deadline, loop.time())
         total = 0
         job: Job | None = None
         try:
@@ -134,8 +128,8 @@ class BatchScheduler:
                 tokens = await self._tokenize(pairs, truncation)
                 limit = self._scorer.info.max_input_tokens
                 lengths = checked_lengths(tokens, count, truncation, limit)
-                total = self._admit_tokens(lengths, count)
-                self._check_wait(count, deadline, total)
+                total = self._admission.reserve(count, sum(lengths))
+                self._admission.check_wait(count, deadline, loop.time(), total)
                 start = self._queue.start_tag(total)
                 job = Job(next(self._seq), tokens, lengths, start, deadline)
                 self._jobs.add(job)
@@ -155,23 +149,18 @@ class BatchScheduler:
         finally:
             if job is not None:
                 self._jobs.discard(job)
-            self._pairs_in_flight -= count
-            self._tokens_in_flight -= total
+            self._admission.release(count, total)
 
     def check_room(self, count: int, deadline: float | None) -> None:
         """Raise what ``submit`` raises at once for ``count`` pairs (NotReady, InvalidRequest,
         Overloaded): chunking checks before it tokenizes documents for a call that is refused."""
+        self._check_open()
+        if count:
+            self._admission.check(count, deadline, asyncio.get_running_loop().time())
+
+    def _check_open(self) -> None:
         if self._closing or not self._tasks:
             raise NotReady("server is not accepting work")
-        if not count:
-            return
-        if count > self._config.max_queue_pairs:
-            raise InvalidRequest(
-                f"{count} pairs exceed the queue bound of {self._config.max_queue_pairs}"
-            )
-        if self._pairs_in_flight + count > self._config.max_queue_pairs:
-            self._shed(count, f"queue full ({self._pairs_in_flight} pairs waiting)")
-        self._check_wait(count, deadline)
 
     async def _tokenize(self, pairs: Sequence[tuple[str, str]], truncation: Truncation) -> Any:
         try:
@@ -181,35 +170,6 @@ class BatchScheduler:
         except Exception as exc:
             log.error("tokenizing %d pairs failed", len(pairs), exc_info=exc)
             raise ModelFailure(f"tokenization failed: {exc}") from exc
-
-    def _shed(self, pairs: int, why: str, retry_after: float | None = None) -> None:
-        self.stats.pairs_shed += pairs
-        rate = self._queue.speed.seconds_per_token()
-        if retry_after is None and rate is not None:  # about when the queue has drained
-            retry_after = self._tokens_in_flight * rate
-        raise Overloaded(f"{why}; retry later", retry_after=retry_after)
-
-    def _check_wait(self, pairs: int, deadline: float | None, own_tokens: int = 0) -> None:
-        """Refuse at once when the queue ahead makes the call wait too long or end late."""
-        if deadline is None and not self._config.max_queue_wait:
-            return  # no bound to break
-        now = asyncio.get_running_loop().time()
-        refusal = self._queue.refusal(now, deadline, own_tokens, self._tokens_in_flight)
-        if refusal is not None:
-            self._shed(pairs, *refusal)
-
-    def _admit_tokens(self, lengths: list[int], count: int) -> int:
-        """Check a call's ``count`` pairs of ``lengths`` against the token bounds; reserve the
-        tokens."""
-        total = sum(lengths)
-        if total > self._config.max_queue_tokens:
-            raise InvalidRequest(
-                f"{total} tokens exceed the queue bound of {self._config.max_queue_tokens}"
-            )
-        if self._tokens_in_flight + total > self._config.max_queue_tokens:
-            self._shed(count, f"queue full ({self._tokens_in_flight} tokens waiting)")
-        self._tokens_in_flight += total
-        return total
 
     async def _batcher(self) -> None:
         """Form the next batch, prepare it, queue it for the model; fail its callers if any

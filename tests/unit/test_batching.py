@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rerankd_server.batching import (
+    Admission,
     BatchLimits,
     FairQueue,
     QueuedJob,
@@ -20,6 +21,8 @@ from rerankd_server.batching import (
     is_full,
     select_batch,
 )
+from rerankd_server.errors import InvalidRequest, Overloaded
+from rerankd_server.jobs import SchedulerStats
 
 MAX_LEN = 64
 
@@ -248,3 +251,66 @@ def test_taking_everything_at_once_is_what_the_window_would_choose(
         assert fast._vtime == full._vtime
         if not taken:
             break
+
+
+@given(st.lists(st.tuples(st.integers(1, 12), st.integers(1, 120), st.booleans()), max_size=40))
+def test_admission_keeps_the_queue_within_its_bounds(calls: list[tuple[int, int, bool]]) -> None:
+    """Calls of (pairs, tokens, answered at once) against bounds of 10 pairs and 100 tokens:
+    pairs are checked on arrival, tokens once known; a call above a bound alone is invalid,
+    one the queue has no room for now is shed (its pairs counted); neither changes what the
+    queue holds, and every call that fits is admitted."""
+    stats = SchedulerStats()
+    config = SchedulerConfig(BatchLimits(50, 8, False), max_queue_pairs=10, max_queue_tokens=100)
+    admission = Admission(FairQueue(config), stats)
+    held: list[tuple[int, int]] = []
+    shed = 0
+    for pairs, tokens, answered in calls:
+        held_pairs, held_tokens = sum(p for p, _ in held), sum(t for _, t in held)
+        expected: type[Exception] | None = None
+        if pairs > 10 or (held_pairs + pairs <= 10 and tokens > 100):
+            expected = InvalidRequest
+        elif held_pairs + pairs > 10 or held_tokens + tokens > 100:
+            expected = Overloaded
+        outcome: type[Exception] | None = None
+        admitted = False
+        try:
+            admission.admit(pairs, None, now=0.0)
+            admitted = True
+            assert admission.reserve(pairs, tokens) == tokens
+            held.append((pairs, tokens))
+        except (InvalidRequest, Overloaded) as refused:
+            outcome = type(refused)
+            if admitted:  # its tokens were refused: the call ends, as a submit's does
+                admission.release(pairs, 0)
+        assert outcome is expected
+        if outcome is Overloaded:
+            shed += pairs
+        if answered and outcome is None:
+            admission.release(*held.pop())
+        assert (admission.pairs, admission.tokens) == (
+            sum(p for p, _ in held),
+            sum(t for _, t in held),
+        )
+    assert stats.pairs_shed == shed
+    for call in held:
+        admission.release(*call)
+    assert (admission.pairs, admission.tokens) == (0, 0)
+
+
+def test_a_refused_call_is_told_when_the_queue_will_have_drained() -> None:
+    queue, _ = _queue_with_a_large_job()  # 0.1 ms per token
+    stats = SchedulerStats()
+    admission = Admission(queue, stats)
+    admission.admit(1000, None, now=0.0)
+    admission.reserve(1000, 10_000)
+    with pytest.raises(Overloaded, match="1000 pairs waiting") as full:
+        admission.check(16384 - 999, None, now=0.0)
+    assert full.value.retry_after == pytest.approx(10_000 * 1e-4)
+    # A deadline the work ahead would outlast (the large job's first quantum, 400 tokens):
+    # refused, with the time it falls short by.
+    with pytest.raises(Overloaded, match="to the deadline") as late:
+        admission.check(1, deadline=0.03, now=0.0)
+    assert late.value.retry_after == pytest.approx(400 * 1e-4 - 0.03)
+    admission.check(1, deadline=0.05, now=0.0)
+    assert stats.pairs_shed == 16384 - 999 + 1
+    admission.check(1, deadline=None, now=0.0)  # no deadline and no longest wait: admitted
