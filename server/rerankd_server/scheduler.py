@@ -3,15 +3,15 @@
 Two plain loops joined by a queue holding at most the prepared next batch (the shape of
 text-embeddings-inference, whose backend also runs on a thread of its own). The batcher, on the
 event loop, takes the next batch from the fair queue (order, window, deadlines, admission and
-batch choice are policy: ``batching.FairQueue`` and ``batching.Admission``) and collates it
-on the preparation thread while the model computes the current one (for an idle model, the
-model thread collates it in the same hop as its forward pass). The model loop, on the model thread,
+batch choice are policy: ``batching.FairQueue`` and ``batching.Admission``) and collates it on
+the preparation thread while the model computes the current one (for an idle model, the model
+thread collates it in the same hop as its forward pass). The model loop, on the model thread,
 runs each batch (forward, then activation: every torch computation stays there) and hands it
 back to the event loop, where ``_finish`` gives out the scores: a batch crosses threads once
 each way (back through the hand-back thread when the model has its next batch already). Each
-loop fails exactly the callers of the batch it holds when anything in it raises, and goes on.
-A caller that leaves marks its job dead: its pairs are skipped before they are collated and
-again before the model runs.
+loop fails exactly the callers of the batch it holds when anything in it raises, and goes on. A
+caller that leaves marks its job dead: its pairs are skipped before they are collated and again
+before the model runs.
 """
 
 from __future__ import annotations
