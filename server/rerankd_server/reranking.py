@@ -46,13 +46,15 @@ class ChunkChoice:
     end_byte: int
 
 
-@dataclass(slots=True)
-class Ranked:
-    """One result: the document's index in the request, its score, the chunk that decided it."""
+@dataclass(frozen=True)
+class Ranking:
+    """The results, best first: each document's index in the request and its score, as plain
+    lists (no object per result: the servicer builds a message from each pair), and for a
+    chunked call the chunk that decided each document, by its index in the request."""
 
-    index: int
-    score: float
-    chunk: ChunkChoice | None = None
+    indices: list[int]
+    scores: list[float]
+    chunks: list[ChunkChoice] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class Reranker:
 
     async def rerank(
         self, query: str, texts: Sequence[str], options: RerankOptions, deadline: float | None
-    ) -> tuple[list[Ranked], Usage]:
+    ) -> tuple[Ranking, Usage]:
         """Documents best first (ties by index), cut to top_n, then to min_score."""
         chunks: list[ChunkChoice] | None = None
         if options.chunking is None:
@@ -112,15 +114,11 @@ class Reranker:
             )
         else:
             scores, chunks, usage = await self._rerank_chunked(query, texts, options, deadline)
-        # Best first, ties by index (a stable sort), in numpy; objects only for the results
-        # returned.
+        # Best first, ties by index (a stable sort), in numpy.
         order = (-scores).argsort(kind="stable")[: options.top_n or None]
         if options.min_score is not None:  # compared as Python floats compare them
             order = order[scores[order].astype(np.float64) >= options.min_score]
-        kept = scores[order].tolist()
-        if chunks is None:
-            return list(map(Ranked, order.tolist(), kept)), usage
-        return [Ranked(i, s, chunks[i]) for i, s in zip(order.tolist(), kept, strict=True)], usage
+        return Ranking(order.tolist(), scores[order].tolist(), chunks), usage
 
     async def _rerank_chunked(
         self, query: str, texts: Sequence[str], options: RerankOptions, deadline: float | None

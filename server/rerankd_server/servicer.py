@@ -176,16 +176,17 @@ class RerankServicer:
             top_n=request.top_n,
             min_score=_min_score(request),
         )
-        ranked, usage = await model.rerank(request.query, texts, options, deadline)
+        ranking, usage = await model.rerank(request.query, texts, options, deadline)
         response = pb.RerankResponse(model=model.name, usage=_usage_pb(usage))
-        add, documents = response.results.add, request.documents
-        for hit in ranked:  # results.add() builds in place: half the time of a list of messages
-            doc = documents[hit.index]
-            result = add(index=hit.index, id=doc.id, score=hit.score)
-            if request.return_documents:
+        add, documents, chunks = response.results.add, request.documents, ranking.chunks
+        with_text = request.return_documents
+        for index, score in zip(ranking.indices, ranking.scores, strict=True):
+            doc = documents[index]  # results.add() builds in place: half a list of messages' time
+            result = add(index=index, id=doc.id, score=score)
+            if with_text:
                 result.text = doc.text
-            if hit.chunk is not None:
-                result.chunk.CopyFrom(pb.ChunkInfo(**dataclasses.asdict(hit.chunk)))
+            if chunks is not None:
+                result.chunk.CopyFrom(pb.ChunkInfo(**dataclasses.asdict(chunks[index])))
         return response
 
     async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
