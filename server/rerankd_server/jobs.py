@@ -138,12 +138,14 @@ class Job(QueuedJob):
             self.future.set_result(Outcome(self.raw, self.scores, self.usage()))
 
     def usage(self) -> Usage:
+        """What the call cost. A loop whose clock is cached per turn (uvloop's) can put a
+        batch's start a little before the call's admission: the times are kept >= 0."""
         start = self.first_start if self.first_start is not None else self.last_end
         return Usage(
             input_tokens=self.total_tokens,
             truncated_pairs=sum(self.tokens.truncated),
-            queue_time_us=round((start - self.admitted_at) * 1e6),
-            inference_time_us=round((self.last_end - start) * 1e6),
+            queue_time_us=max(0, round((start - self.admitted_at) * 1e6)),
+            inference_time_us=max(0, round((self.last_end - start) * 1e6)),
             batches=self.batches,
             scored_pairs=self.size,
         )

@@ -36,7 +36,7 @@ from rerankd_server.workers import Worker, model_executor
 log = logging.getLogger(__name__)
 
 _NO_TIMEOUT = contextlib.nullcontext()  # a call without a deadline needs no timer
-#: A batch that ran: as run (without callers who left), its start on the loop's clock, raw and
+#: A batch that ran: as run (without callers who left), its start (``time.monotonic``), raw and
 #: activated scores, forward seconds; None when every caller had left.
 _Ran = tuple[Batch, float, FloatArray, FloatArray, float] | None
 
@@ -231,7 +231,10 @@ class BatchScheduler:
                 raise outcome
             if outcome is not None:
                 ran, started, raw, scores, seconds = outcome
-                ran.deliver(raw, scores, started, asyncio.get_running_loop().time(), self.stats)
+                now = asyncio.get_running_loop().time()
+                # Onto the loop's clock: asyncio's own reads time.monotonic, others (uvloop) not.
+                started += now - time.monotonic()
+                ran.deliver(raw, scores, started, now, self.stats)
                 self._queue.speed.record(seconds, ran.pairs, ran.computed_tokens)
         except Exception as exc:
             log.error("model batch of %d pairs failed", batch.pairs, exc_info=exc)
@@ -245,7 +248,7 @@ class BatchScheduler:
         alive = batch.alive(self._config.limits.padded)
         if alive is None:
             return None
-        started = time.monotonic()  # the clock of asyncio's loop.time()
+        started = time.monotonic()  # the loop's own clock may not be read from this thread
         model_input = alive.model_input
         if model_input is None:
             model_input = alive.collate(self._scorer)

@@ -633,3 +633,30 @@ async def test_usage_spans_a_calls_batches_in_whatever_order_they_come_back() ->
         2_000_000,
         2,
     )
+
+
+class _ShiftedClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock is not ``time.monotonic`` (as uvloop's is not)."""
+
+    def time(self) -> float:
+        return super().time() + 1000.0
+
+
+def test_usage_is_timed_on_the_event_loops_clock_whatever_it_reads() -> None:
+    async def call() -> Any:
+        scorer = FakeScorer()
+        scorer.gate.clear()  # the forward pass waits until the gate opens
+        async with BatchScheduler(scorer, config()) as scheduler:
+            deadline = asyncio.get_running_loop().time() + 5.0  # on the loop's clock too
+            call = asyncio.create_task(
+                scheduler.submit([("q", doc(3))], Truncation.DEFAULT, deadline)
+            )
+            await wait_until(lambda: scorer.events)
+            await asyncio.sleep(0.1)
+            scorer.gate.set()
+            return (await call).usage
+
+    with asyncio.Runner(loop_factory=_ShiftedClockLoop) as runner:
+        usage = runner.run(call())
+    assert 0 <= usage.queue_time_us < 1_000_000
+    assert 100_000 <= usage.inference_time_us < 1_000_000  # the 0.1 s the forward pass waited
