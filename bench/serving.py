@@ -134,8 +134,12 @@ def _build_scorer(settings: Any, spec: ScorerSpec) -> Any:
 def _child(conn: Connection, settings_kwargs: dict[str, Any], spec: ScorerSpec) -> None:
     import logging
 
+    from rerankd_server import app
+
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_child_main(conn, settings_kwargs, spec))
+    factory = app.loop_factory(settings_kwargs.get("event_loop", "auto"))  # as the CLI's
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_child_main(conn, settings_kwargs, spec))
 
 
 async def _child_main(conn: Connection, settings_kwargs: dict[str, Any], spec: ScorerSpec) -> None:

@@ -49,6 +49,7 @@ class Settings:
     score_cache_bytes: int = 0
     stream_max_in_flight: int = 8
     tokenizer_threads: int = 0
+    event_loop: str = "auto"
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -215,6 +216,12 @@ _OPTIONS: list[tuple[str, type, str]] = [
         "Requests of one RerankStream worked on at once; a slow reader "
         "holds the stream to this many.",
     ),
+    (
+        "event-loop",
+        str,
+        "auto (uvloop when installed, else asyncio's own), uvloop or asyncio; uvloop spends "
+        "less of the event loop's time on each call, which small calls on a fast device feel.",
+    ),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR."),
     ("log-format", str, "text for people, json for log pipelines (one object per line)."),
 ]
@@ -224,6 +231,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "attention": ("auto", "flash_attention_2", "packed", "sdpa", "eager"),
     "log-level": ("DEBUG", "INFO", "WARNING", "ERROR"),
     "log-format": ("text", "json"),
+    "event-loop": ("auto", "uvloop", "asyncio"),
 }
 
 

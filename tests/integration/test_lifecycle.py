@@ -120,3 +120,31 @@ def test_json_logs_are_json_lines_from_start_to_exit(tiny_models: dict[str, Path
     assert any(m.startswith("serving ") for m in messages), messages
     assert any(entry.get("code") == "INVALID_ARGUMENT" for entry in entries)
     assert any("draining" in m for m in messages)
+
+
+def test_the_server_runs_on_the_event_loop_asked_for(tiny_models: dict[str, Path]) -> None:
+    docs = ["ls lists files", "rain tomorrow", "cd changes directory"]
+    answers = {}
+    for choice, loop in (("auto", "uvloop"), ("asyncio", "asyncio")):
+        with start_server(tiny_models["modernbert"], "--event-loop", choice) as server:
+            with Client(server.target, timeout=30) as client:
+                answers[loop] = [client.rerank("list files", docs) for _ in range(3)]
+            assert f"event loop: {loop}" in server.output()
+    for reranked in answers["uvloop"]:  # the times are on the loop's own clock: sane on both
+        assert 0 <= reranked.usage.queue_time_us < 10_000_000
+        assert 0 <= reranked.usage.inference_time_us < 10_000_000
+    assert [r.results for r in answers["uvloop"]] == [r.results for r in answers["asyncio"]]
+
+
+def test_uvloop_asked_for_where_it_is_missing_exits_2_in_one_line(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "uvloop").mkdir()  # shadows the installed one, as if it were not there
+    (tmp_path / "uvloop" / "__init__.py").write_text("raise ImportError('no uvloop here')\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    with pytest.raises(ServerStartError) as err:
+        start_server(tiny_models["modernbert"], "--event-loop", "uvloop", env=env)
+    output = str(err.value)
+    assert "exited with code 2" in output and "Traceback" not in output
+    errors = [line for line in output.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "uvloop is not installed" in errors[0], output

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from rerankd_server.app import scheduler_config
+from rerankd_server.app import loop_factory, scheduler_config
 from rerankd_server.batching import (
     CPU_BATCH_OVERHEAD_SHARE,
     CUDA_BATCH_OVERHEAD_SHARE,
     MEASURED_OVERHEAD_SHARE,
 )
+from rerankd_server.errors import StartupError
 from rerankd_server.settings import DEFAULT_MODEL, Settings, env_name, parse_settings
 from rerankd_server.workers import default_tokenizer_threads
 from support.fake_scorer import FakeScorer
@@ -45,6 +47,7 @@ def test_flag_beats_environment_beats_default() -> None:
         ([], {"RERANKD_WARMUP": "maybe"}, "RERANKD_WARMUP='maybe' is not a valid bool"),
         (["--max-batch-tokens", "-1"], {}, "0 (auto) or positive"),
         (["--tokenizer-threads", "-2"], {}, "--tokenizer-threads must be 0 (auto) or positive"),
+        (["--event-loop", "trio"], {}, "invalid choice"),
     ],
 )
 def test_bad_values_exit_with_a_message(
@@ -104,3 +107,17 @@ def test_a_container_cpu_limit_sizes_the_tokenizer_threads(
     cpu_max.write_text("max 100000\n")  # no limit
     assert default_tokenizer_threads(cpu_max) == 8
     assert default_tokenizer_threads(tmp_path / "absent") == 8
+
+
+def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvloop
+
+    assert parse_settings([], env={"RERANKD_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    assert loop_factory("auto") is loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as where it is not installed
+    assert loop_factory("auto") is None
+    with pytest.raises(StartupError, match="uvloop is not installed"):
+        loop_factory("uvloop")
