@@ -367,16 +367,28 @@ def _us_per_call(rounds: Sequence[ServerStats], field: str, calls: int) -> float
     return float(statistics.median(getattr(stats, field) for stats in rounds)) / calls * 1e6
 
 
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def scenario_grpc(args: argparse.Namespace) -> None:
     """rerankd's own path (gRPC + servicer + scheduler, a no-op scorer) against the raw gRPC
-    floor (a bare grpc.aio servicer of the same ``.proto``), both in a child process and
-    called by the same client; rounds alternate between the two and medians are compared.
-    ``--layers`` adds rerankd without its scheduler (zero scores at once), which splits the
-    path's cost into gRPC with the servicer and the scheduler."""
+    floor (a bare grpc.aio servicer of the same ``.proto``, on asyncio's own event loop), both
+    in a child process and called by the same client; rounds alternate between them and
+    medians are compared. rerankd runs on the loop ``--event-loop auto`` picks (uvloop where
+    installed), so the floor also runs on uvloop, as a column of its own. ``--layers`` adds
+    rerankd without its scheduler (zero scores at once), which splits the path's cost into
+    gRPC with the servicer and the scheduler."""
     settings = _server_settings(args, "noop", max_batch_tokens=65536, max_batch_size=1024)
     proc = RerankdProcess(settings, ScorerSpec("noop")).start()
     floor = FloorProcess({}).start()
     servers = {"floor": floor, "rerankd": proc}
+    if _has_uvloop():
+        servers["floor on uvloop"] = FloorProcess({}, event_loop="uvloop").start()
     if args.layers:
         servers["no scheduler"] = RerankdProcess(
             settings, ScorerSpec("noop", no_scheduler=True)
@@ -404,6 +416,8 @@ def scenario_grpc(args: argparse.Namespace) -> None:
             }
             p99 = statistics.median(r.quantile(0.99) for r in runs["rerankd"]) * 1e6
             failed = sum(r.failed for results in runs.values() for r in results)
+            on_uvloop = rate.get("floor on uvloop")
+            uv = f"{rate['rerankd'] / on_uvloop:.2f}" if on_uvloop else "-"
             layer = f"| {rate['no scheduler'] / rate['floor']:.2f} " if args.layers else ""
             floor_cpu, ours = costs["floor"], costs["rerankd"]
             cpu = (
@@ -414,7 +428,7 @@ def scenario_grpc(args: argparse.Namespace) -> None:
             )
             rows.append(
                 f"| {docs} | {concurrency} | {rate['floor']:,.0f} | {rate['rerankd']:,.0f} "
-                f"| {rate['rerankd'] / rate['floor']:.2f} | {1e6 / rate['rerankd']:,.0f} "
+                f"| {rate['rerankd'] / rate['floor']:.2f} | {uv} | {1e6 / rate['rerankd']:,.0f} "
                 f"| {p50['floor']:,.0f} | {p50['rerankd']:,.0f} | {p99:,.0f} "
                 f"| {batches / args.rounds:,.0f} | {cpu} | {failed} {layer}|"
             )
@@ -427,12 +441,13 @@ def scenario_grpc(args: argparse.Namespace) -> None:
         f"({args.calls} calls per row, median of {args.rounds} alternating rounds)\n"
     )
     print(
-        "| docs/call | clients | floor calls/s | rerankd calls/s | x floor | rerankd us/call "
+        "| docs/call | clients | floor calls/s | rerankd calls/s | x floor "
+        "| x floor on uvloop | rerankd us/call "
         "| floor p50 us | rerankd p50 us | rerankd p99 us | batches "
         "| server CPU us/call: floor / rerankd (its event loop, of that in the kernel) | failed |"
         + (" x floor without the scheduler |" if args.layers else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.layers else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.layers else ""))
     print("\n".join(rows))
 
 

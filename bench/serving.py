@@ -288,8 +288,14 @@ class RerankdProcess:
         return await client.rerank(query, docs, timeout=timeout)
 
 
-def _floor_child(conn: Connection) -> None:
-    asyncio.run(_floor_main(conn))
+def _floor_child(conn: Connection, event_loop: str) -> None:
+    factory = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_floor_main(conn))
 
 
 async def _floor_main(conn: Connection) -> None:
@@ -320,13 +326,16 @@ async def _floor_main(conn: Connection) -> None:
 @dataclass
 class FloorProcess(RerankdProcess):
     """The raw gRPC floor: a no-op servicer of the same ``.proto`` in a child process (no
-    rerankd code on the server side), called through the same client as rerankd."""
+    rerankd code on the server side), called through the same client as rerankd, on
+    asyncio's own event loop or (``event_loop="uvloop"``) on uvloop."""
+
+    event_loop: str = "asyncio"
 
     def _target_function(self) -> Any:
         return _floor_child
 
     def _target_args(self, child: Connection) -> tuple[Any, ...]:
-        return (child,)
+        return (child, self.event_loop)
 
 
 def infinity_problem() -> str | None:
