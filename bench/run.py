@@ -367,14 +367,6 @@ def _us_per_call(rounds: Sequence[ServerStats], field: str, calls: int) -> float
     return float(statistics.median(getattr(stats, field) for stats in rounds)) / calls * 1e6
 
 
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def scenario_grpc(args: argparse.Namespace) -> None:
     """rerankd's own path (gRPC + servicer + scheduler, a no-op scorer) against the raw gRPC
     floor (a bare grpc.aio servicer of the same ``.proto``, on asyncio's own event loop), both
@@ -383,11 +375,13 @@ def scenario_grpc(args: argparse.Namespace) -> None:
     installed), so the floor also runs on uvloop, as a column of its own. ``--layers`` adds
     rerankd without its scheduler (zero scores at once), which splits the path's cost into
     gRPC with the servicer and the scheduler."""
+    from rerankd_server.app import loop_factory
+
     settings = _server_settings(args, "noop", max_batch_tokens=65536, max_batch_size=1024)
     proc = RerankdProcess(settings, ScorerSpec("noop")).start()
     floor = FloorProcess({}).start()
     servers = {"floor": floor, "rerankd": proc}
-    if _has_uvloop():
+    if loop_factory("auto") is not None:  # rerankd runs on uvloop
         servers["floor on uvloop"] = FloorProcess({}, event_loop="uvloop").start()
     if args.layers:
         servers["no scheduler"] = RerankdProcess(
