@@ -167,18 +167,28 @@ class Batch:
             pairs, real, longest = pairs + len(idx), real + tokens, max(longest, top)
         return cls(groups, pairs, real, cost_of(pairs, real, longest, padded))
 
-    def deliver(
-        self, raw: FloatArray, scores: FloatArray, started: float, now: float, stats: SchedulerStats
-    ) -> None:
-        """Hand each job its scores from the model (which started at ``started``; ``now`` it
-        ended); a job with a non-finite one fails alone."""
+    def check(self, raw: FloatArray, scores: FloatArray) -> bool:
+        """Whether the model's scores for this batch are all finite; ModelFailure when they
+        are not one per pair (on the model thread: the event loop only gives them out)."""
         for what, values in (("scores", raw), ("activated scores", scores)):
             if values.shape != (self.pairs,):
                 raise ModelFailure(
                     f"the model returned {what} of shape {values.shape} for {self.pairs} pairs"
                 )
+        return bool(np.isfinite(raw).all() and np.isfinite(scores).all())
+
+    def deliver(
+        self,
+        raw: FloatArray,
+        scores: FloatArray,
+        finite: bool,
+        started: float,
+        now: float,
+        stats: SchedulerStats,
+    ) -> None:
+        """Hand each job its scores from the model (which started at ``started``; ``now`` it
+        ended; ``finite`` from ``check``); a job with a non-finite one fails alone."""
         stats.count(self.pairs, self.real_tokens, self.computed_tokens)
-        finite = bool(np.isfinite(raw).all() and np.isfinite(scores).all())
         offset = 0
         for job, idx in self.groups:
             job.first_start = started if job.first_start is None else min(job.first_start, started)

@@ -6,12 +6,12 @@ event loop, takes the next batch from the fair queue (order, window, deadlines, 
 batch choice are policy: ``batching.FairQueue`` and ``batching.Admission``) and collates it on
 the preparation thread while the model computes the current one (for an idle model, the model
 thread collates it in the same hop as its forward pass). The model loop, on the model thread,
-runs each batch (forward, then activation: every torch computation stays there) and hands it
-back to the event loop, where ``_finish`` gives out the scores: a batch crosses threads once
-each way (back through the hand-back thread when the model has its next batch already). Each
-loop fails exactly the callers of the batch it holds when anything in it raises, and goes on. A
-caller that leaves marks its job dead: its pairs are skipped before they are collated and again
-before the model runs.
+runs each batch (forward, activation: every torch computation stays there; then the check that
+the scores are one per pair and finite) and hands it back to the event loop, where ``_finish``
+gives out the scores: a batch crosses threads once each way (back through the hand-back thread
+when the model has its next batch already). Each loop fails exactly the callers of the batch it
+holds when anything in it raises, and goes on. A caller that leaves marks its job dead: its
+pairs are skipped before they are collated and again before the model runs.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 _NO_TIMEOUT = contextlib.nullcontext()  # a call without a deadline needs no timer
 #: A batch that ran: as run (without callers who left), its start (``time.monotonic``), raw and
-#: activated scores, forward seconds; None when every caller had left.
-_Ran = tuple[Batch, float, FloatArray, FloatArray, float] | None
+#: activated scores, whether all are finite, forward seconds; None when every caller had left.
+_Ran = tuple[Batch, float, FloatArray, FloatArray, bool, float] | None
 
 
 class BatchScheduler:
@@ -230,11 +230,11 @@ class BatchScheduler:
             if isinstance(outcome, Exception):
                 raise outcome
             if outcome is not None:
-                ran, started, raw, scores, seconds = outcome
+                ran, started, raw, scores, finite, seconds = outcome
                 now = asyncio.get_running_loop().time()
                 # Onto the loop's clock: asyncio's own reads time.monotonic, others (uvloop) not.
                 started += now - time.monotonic()
-                ran.deliver(raw, scores, started, now, self.stats)
+                ran.deliver(raw, scores, finite, started, now, self.stats)
                 self._queue.speed.record(seconds, ran.pairs, ran.computed_tokens)
         except Exception as exc:
             log.error("model batch of %d pairs failed", batch.pairs, exc_info=exc)
@@ -244,7 +244,7 @@ class BatchScheduler:
     def _compute(self, batch: Batch) -> _Ran:
         """On the model thread: drop the pairs of callers that left meanwhile, collate if not
         done yet, forward (timed here: the loop's delay in noticing the end would inflate the
-        speed estimate), activate."""
+        speed estimate), activate, check the scores."""
         alive = batch.alive(self._config.limits.padded)
         if alive is None:
             return None
@@ -256,4 +256,4 @@ class BatchScheduler:
         raw = np.asarray(self._scorer.forward(model_input), dtype=np.float32)
         seconds = time.perf_counter() - began
         scores = np.asarray(self._scorer.activate(raw), dtype=np.float32)
-        return alive, started, raw, scores, seconds
+        return alive, started, raw, scores, alive.check(raw, scores), seconds

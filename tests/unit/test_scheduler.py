@@ -625,8 +625,8 @@ async def test_usage_spans_a_calls_batches_in_whatever_order_they_come_back() ->
     first, second = (Batch.of([(job, np.array([i]))], padded=True) for i in (0, 1))
     zero, stats = job.admitted_at, SchedulerStats()
     one = np.ones(1, dtype=np.float32)
-    second.deliver(one, one, zero + 2.0, zero + 3.0, stats)  # the later batch came back first
-    first.deliver(one, one, zero + 1.0, zero + 2.5, stats)
+    second.deliver(one, one, True, zero + 2.0, zero + 3.0, stats)  # the later batch came back first
+    first.deliver(one, one, True, zero + 1.0, zero + 2.5, stats)
     usage = (await job.future).usage
     assert (usage.queue_time_us, usage.inference_time_us, usage.batches) == (
         1_000_000,
