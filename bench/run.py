@@ -371,10 +371,11 @@ def scenario_grpc(args: argparse.Namespace) -> None:
     """rerankd's own path (gRPC + servicer + scheduler, a no-op scorer) against the raw gRPC
     floor (a bare grpc.aio servicer of the same ``.proto``, on asyncio's own event loop), both
     in a child process and called by the same client; rounds alternate between them and
-    medians are compared. rerankd runs on the loop ``--event-loop auto`` picks (uvloop where
-    installed), so the floor also runs on uvloop, as a column of its own. ``--layers`` adds
-    rerankd without its scheduler (zero scores at once), which splits the path's cost into
-    gRPC with the servicer and the scheduler."""
+    medians are compared, with the spread of each round's own ratio beside them. rerankd runs
+    on the loop ``--event-loop auto`` picks (uvloop where installed), so the floor also runs on
+    uvloop, as a column of its own. ``--layers`` adds rerankd without its scheduler (zero
+    scores at once), which splits the path's cost into gRPC with the servicer and the
+    scheduler."""
     from rerankd_server.app import loop_factory
 
     settings = _server_settings(args, "noop", max_batch_tokens=65536, max_batch_size=1024)
@@ -400,10 +401,15 @@ def scenario_grpc(args: argparse.Namespace) -> None:
                     runs[name].append(res)
                     costs[name].append(stats)
             batches = sum(stats.batches for stats in costs["rerankd"])
-            rate = {
-                name: statistics.median(len(r.latencies) / r.wall_s for r in results)
+            rounds = {
+                name: [len(r.latencies) / r.wall_s for r in results]
                 for name, results in runs.items()
             }
+            rate = {name: statistics.median(rates) for name, rates in rounds.items()}
+            # Each round's ratio to the floor served just before it: the spread says how far
+            # one run's ratio can be trusted on a machine this noisy.
+            pairs = zip(rounds["rerankd"], rounds["floor"], strict=True)
+            paired = [ours / floor for ours, floor in pairs]
             p50 = {
                 name: statistics.median(r.quantile(0.5) for r in results) * 1e6
                 for name, results in runs.items()
@@ -422,7 +428,8 @@ def scenario_grpc(args: argparse.Namespace) -> None:
             )
             rows.append(
                 f"| {docs} | {concurrency} | {rate['floor']:,.0f} | {rate['rerankd']:,.0f} "
-                f"| {rate['rerankd'] / rate['floor']:.2f} | {uv} | {1e6 / rate['rerankd']:,.0f} "
+                f"| {rate['rerankd'] / rate['floor']:.2f} | {min(paired):.2f}-{max(paired):.2f} "
+                f"| {uv} | {1e6 / rate['rerankd']:,.0f} "
                 f"| {p50['floor']:,.0f} | {p50['rerankd']:,.0f} | {p99:,.0f} "
                 f"| {batches / args.rounds:,.0f} | {cpu} | {failed} {layer}|"
             )
@@ -436,12 +443,12 @@ def scenario_grpc(args: argparse.Namespace) -> None:
     )
     print(
         "| docs/call | clients | floor calls/s | rerankd calls/s | x floor "
-        "| x floor on uvloop | rerankd us/call "
+        "| x floor, rounds' spread | x floor on uvloop | rerankd us/call "
         "| floor p50 us | rerankd p50 us | rerankd p99 us | batches "
         "| server CPU us/call: floor / rerankd (its event loop, of that in the kernel) | failed |"
         + (" x floor without the scheduler |" if args.layers else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.layers else ""))
+    print("|---" * 14 + "|" + ("---|" if args.layers else ""))
     print("\n".join(rows))
 
 
