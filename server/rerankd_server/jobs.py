@@ -95,13 +95,13 @@ class Job(QueuedJob):
         lengths: Sequence[int],
         start: int,
         deadline: float | None,
+        loop: asyncio.AbstractEventLoop,
     ):
         super().__init__(seq, lengths, start, deadline)
         self.tokens = tokens
         self.raw = np.zeros(self.size, dtype=np.float32)
         self.scores = np.zeros(self.size, dtype=np.float32)
         self.remaining = self.size
-        loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Outcome] = loop.create_future()
         self.admitted_at = self.last_end = loop.time()
         self.first_start: float | None = None

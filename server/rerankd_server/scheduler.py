@@ -58,6 +58,9 @@ class BatchScheduler:
         self._prepared: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()  # None: stop
         self._changed = asyncio.Event()  # new work, or the model finished a batch
         self._tasks: list[asyncio.Task[None]] = []
+        # The loop it runs on, kept by ``start``: asyncio.get_running_loop() makes a system
+        # call (getpid, to notice a fork), and the request path asked up to four times a call.
+        self._loop: asyncio.AbstractEventLoop
         self._closing = False
         self._tokenizer = Worker(config.tokenizer_threads, "rerankd-tokenize")
         self._prepare = Worker(1, "rerankd-prepare")
@@ -85,8 +88,9 @@ class BatchScheduler:
 
     async def start(self) -> None:
         """Start the batcher on the running loop and the model loop on the model thread."""
+        self._loop = asyncio.get_running_loop()
         self._tasks = [asyncio.create_task(self._batcher(), name="rerankd-batcher")]
-        self._model.submit(self._model_loop, asyncio.get_running_loop())
+        self._model.submit(self._model_loop, self._loop)
 
     async def aclose(self) -> None:
         """Stop; calls still waiting fail with NotReady. Waits for the threads to finish."""
@@ -119,7 +123,7 @@ class BatchScheduler:
         self._check_open()
         if not count:  # a job without pairs would never be batched, nor its caller answered
             return Outcome.empty()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._admission.admit(count, deadline, loop.time())
         total = 0
         job: Job | None = None
@@ -131,7 +135,7 @@ class BatchScheduler:
                 total = self._admission.reserve(count, sum(lengths))
                 self._admission.check_wait(count, deadline, loop.time(), total)
                 start = self._queue.start_tag(total)
-                job = Job(next(self._seq), tokens, lengths, start, deadline)
+                job = Job(next(self._seq), tokens, lengths, start, deadline, loop)
                 self._jobs.add(job)
                 self._queue.add(job)
                 self._changed.set()
@@ -156,7 +160,7 @@ class BatchScheduler:
         Overloaded): chunking checks before it tokenizes documents for a call that is refused."""
         self._check_open()
         if count:
-            self._admission.check(count, deadline, asyncio.get_running_loop().time())
+            self._admission.check(count, deadline, self._loop.time())
 
     def _check_open(self) -> None:
         if self._closing or not self._tasks:
@@ -191,7 +195,7 @@ class BatchScheduler:
         """Wait until the model can take another batch and the queue has one for it."""
         while True:
             if self._in_model < 2 and self._queue.waiting:
-                for job, message in self._queue.expire(asyncio.get_running_loop().time()):
+                for job, message in self._queue.expire(self._loop.time()):
                     if message:  # else the deadline passed: the caller's submit reports it
                         self.stats.pairs_expired += job.remaining
                         job.fail(DeadlineExpired(message))
@@ -231,7 +235,7 @@ class BatchScheduler:
                 raise outcome
             if outcome is not None:
                 ran, started, raw, scores, finite, seconds = outcome
-                now = asyncio.get_running_loop().time()
+                now = self._loop.time()
                 # Onto the loop's clock: asyncio's own reads time.monotonic, others (uvloop) not.
                 started += now - time.monotonic()
                 ran.deliver(raw, scores, finite, started, now, self.stats)

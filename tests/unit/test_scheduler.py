@@ -621,7 +621,7 @@ async def test_usage_spans_a_calls_batches_in_whatever_order_they_come_back() ->
     scorer = FakeScorer()
     pairs = [("q", doc(3)), ("q", doc(4))]
     tokens = scorer.tokenize(pairs, Truncation.DEFAULT)
-    job = Job(0, tokens, tokens.lengths(), 0, None)
+    job = Job(0, tokens, tokens.lengths(), 0, None, asyncio.get_running_loop())
     first, second = (Batch.of([(job, np.array([i]))], padded=True) for i in (0, 1))
     zero, stats = job.admitted_at, SchedulerStats()
     one = np.ones(1, dtype=np.float32)
