@@ -1,7 +1,7 @@
 """Logging set-up: plain text for people, JSON lines for log pipelines.
 
 Per-request records carry ``request_id`` (from the caller's ``x-request-id`` metadata, else
-generated and sent back in the response's initial metadata), ``method``, ``code``,
+generated; either way sent back in the response's trailing metadata), ``method``, ``code``,
 ``duration_ms`` and ``items``; the JSON format emits them as fields.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import sys
 import time
 from typing import Any
@@ -22,7 +22,9 @@ def request_id(context: Any) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and value:
             return str(value)[:128]
-    return os.urandom(8).hex()  # uuid4's 64 bits of it, without building a UUID
+    # 64 random bits, as uuid4 has, from the random module: os.urandom is a system call per
+    # call, and an id needs to be unique, not unpredictable (the module reseeds after a fork).
+    return f"{random.getrandbits(64):016x}"
 
 
 class JsonFormatter(logging.Formatter):
