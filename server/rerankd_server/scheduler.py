@@ -59,7 +59,7 @@ class BatchScheduler:
         self._changed = asyncio.Event()  # new work, or the model finished a batch
         self._tasks: list[asyncio.Task[None]] = []
         # The loop it runs on, kept by ``start``: asyncio.get_running_loop() makes a system
-        # call (getpid, to notice a fork), and the request path asked up to four times a call.
+        # call each time (getpid, to notice a fork), and the request path needs it four times.
         self._loop: asyncio.AbstractEventLoop
         self._closing = False
         self._tokenizer = Worker(config.tokenizer_threads, "rerankd-tokenize")
