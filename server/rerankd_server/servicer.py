@@ -167,7 +167,10 @@ class RerankServicer:
         model = self._model(request.model)
         self._check_query(request.query, "query")
         self._check_count(len(request.documents), "documents")
-        texts = [doc.text for doc in request.documents]
+        # Each document read once, for its text and id: every read from a repeated field makes
+        # a new wrapper object (two reads made a 100-document call a tenth dearer).
+        documents = [(doc.text, doc.id) for doc in request.documents]
+        texts = [text for text, _ in documents]
         self._check_texts(texts, "documents[{}].text")
         options = RerankOptions(
             truncation=_truncation(request.truncation),
@@ -178,13 +181,13 @@ class RerankServicer:
         )
         ranking, usage = await model.rerank(request.query, texts, options, deadline)
         response = pb.RerankResponse(model=model.name, usage=_usage_pb(usage))
-        add, documents, chunks = response.results.add, request.documents, ranking.chunks
+        add, chunks = response.results.add, ranking.chunks
         with_text = request.return_documents
         for index, score in zip(ranking.indices, ranking.scores, strict=True):
-            doc = documents[index]  # results.add() builds in place: half a list of messages' time
-            result = add(index=index, id=doc.id, score=score)
+            text, doc_id = documents[index]
+            result = add(index=index, id=doc_id, score=score)  # in place: half a list's time
             if with_text:
-                result.text = doc.text
+                result.text = text
             if chunks is not None:
                 result.chunk.CopyFrom(pb.ChunkInfo(**dataclasses.asdict(chunks[index])))
         return response
