@@ -26,6 +26,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from rerankd_bridge.wire import Literal
+
 __all__ = ["as_mapping", "clean_text", "field_values", "fit_text", "hit_text", "lookup_path"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -131,6 +133,8 @@ def _strings(node: Any) -> Iterator[str]:
     if isinstance(node, str):
         if node.strip():
             yield node
+    elif isinstance(node, Literal):
+        yield node.text  # as the engine wrote it
     elif isinstance(node, bool | int | float):
         yield json.dumps(node)
     elif isinstance(node, list):

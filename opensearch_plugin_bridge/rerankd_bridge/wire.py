@@ -7,7 +7,9 @@ its Cohere rerank post-processing cannot cast to ``Double``. So every score the 
 is a :class:`Score`, written by :func:`dumps` in its shortest float32 form: at most 9
 significant digits, always with a ``.`` (an integer literal would be read as ``Integer``),
 never longer than 15 characters, and parsing back to the same float32. Every other number
-(the engine's own scores, aggregations) is written as Python reads it, unchanged.
+(the engine's own scores, aggregations, ``_source``) is written exactly as it was read: a
+:class:`Literal` keeps its text (``1.50``, ``1E+2``, ``1e400``, which as a Python float
+would become ``1.5``, ``100.0`` or infinity).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 __all__ = [
     "BodyTooLarge",
+    "Literal",
     "Score",
     "accepted_coding",
     "dumps",
@@ -47,6 +50,19 @@ class Score(float):
     """A reranker score: a float, written by :func:`dumps` in its shortest float32 form."""
 
     __slots__ = ()
+
+
+class Literal(float):
+    """A number with a fraction or an exponent as the JSON read had it: its value as a float
+    (for comparing), its ``text`` for writing back unchanged."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> Literal:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
 
 
 def float32_text(value: float) -> str:
@@ -103,6 +119,8 @@ def _write(value: Any, out: Callable[[str], None]) -> None:
         out("false")
     elif isinstance(value, Score):
         out(float32_text(value))
+    elif isinstance(value, Literal):
+        out(value.text)
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{value} is not valid JSON")
@@ -131,7 +149,7 @@ def loads(data: bytes | str) -> Any:
     """Parse strict JSON; raise ValueError for invalid text or UTF-8, ``NaN``/``Infinity``
     (Python would accept them, no engine writes them) or nesting too deep to read."""
     try:
-        return json.loads(data, parse_constant=_no_constant)
+        return json.loads(data, parse_float=Literal, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("the JSON is nested too deeply") from None
     except UnicodeDecodeError as err:

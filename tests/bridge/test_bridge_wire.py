@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rerankd_bridge.text import hit_text
 from rerankd_bridge.wire import (
     BodyTooLarge,
     Score,
@@ -80,6 +81,16 @@ def test_dumps_writes_scores_as_float32_and_everything_else_as_it_came() -> None
     assert json.loads(raw)["hits"][0]["kept"] == engine_score
     with pytest.raises(ValueError):
         dumps({"x": float("nan")})
+
+
+def test_numbers_are_written_back_exactly_as_they_were_read() -> None:
+    # Python's float would write these as 1.5, 100.0, 20.0, 0.0 and fail on infinity.
+    raw = b'{"a":1.50,"b":1E+2,"c":19.999999999999999999,"d":1e-400,"e":1e400,"f":-0.0,"g":[3,-7]}'
+    value = loads(raw)
+    assert dumps(value) == raw
+    assert value["a"] == 1.5 and value["e"] == float("inf")  # compared as the floats they are
+    hit = {"_source": {"n": value["b"], "m": value["g"]}}
+    assert hit_text(hit, ("n", "m"), " ") == "1E+2 3 -7"  # a number field read as it was sent
 
 
 def test_loads_refuses_what_is_not_strict_json() -> None:
