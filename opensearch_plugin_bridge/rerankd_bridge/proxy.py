@@ -9,10 +9,16 @@ widened to the rank window, and come back reranked with a ``"rerank"`` block (an
 ``Accept-Encoding`` allows. Any application in any language gets reranked results by
 changing only its URL.
 
+A search paged in the engine's order (``scroll``, ``search_after``, a sort other than by score)
+is not reranked: it goes to the engine as it came when only ``--config`` asks for reranking,
+and is refused when ``ext.rerank`` does. ``filter_path`` is applied to the bridge's answer, not
+sent on (the engine must send whole hits to rerank).
+
 The bridge's own errors are in the engine's error shape: a client's mistake (a bad
-``ext.rerank``, from/size, ``_msearch`` header) 400, a compressed body inflating past the limit
-413, an engine that is unreachable or answers a search with something that is not a search
-response 502. A body the bridge cannot read as JSON goes to the engine as it came.
+``ext.rerank``, from/size, ``_msearch`` header, ``ext.rerank`` with a sort or cursor) 400, a
+compressed body inflating past the limit 413, an engine that is unreachable or answers a search
+with something that is not a search response 502, a fault of the bridge itself 500. A body the
+bridge cannot read as JSON goes to the engine as it came.
 
 The same server answers the rerank endpoints of :mod:`rerankd_bridge.endpoints` (Cohere
 ``/v1/rerank`` and ``/v2/rerank``, Elasticsearch ``/_inference/...``, TEI ``/rerank``,
@@ -44,12 +50,14 @@ from rerankd.connection import Connection, OptionError
 from rerankd.connection import add_arguments as add_connection_arguments
 from rerankd_bridge import endpoints
 from rerankd_bridge.endpoints import reply
+from rerankd_bridge.filter_path import apply_filter_path
 from rerankd_bridge.ranking import RerankOptions
 from rerankd_bridge.search import (
     BadEngineResponse,
     RerankFailed,
     SearchJob,
     rerank_async,
+    rerank_conflict,
     search_response,
 )
 from rerankd_bridge.spec import BridgeConfig, QuerySource, RerankSpec
@@ -190,6 +198,10 @@ class Bridge:
                     return _error(request, 400, "illegal_argument_exception", str(err))
                 except _EngineFault as err:
                     return _error(request, 502, "engine_response_exception", str(err))
+                except Exception:  # a bug of the bridge: an engine-shaped error, not a page
+                    log.exception("reranking %s %s failed", request.method, request.path)
+                    reason = "the rerankd bridge failed; see its log"
+                    return _error(request, 500, "rerank_bridge_exception", reason)
                 if answer is not None:
                     return answer
         return await self._forward(request, request.url.raw_path_qs, raw, request.headers)
@@ -201,12 +213,17 @@ class Bridge:
         if body is None:
             return None
         with _client_mistakes():
-            spec = self.settings.config.spec_for(index, as_mapping(body.get("ext")).get("rerank"))
+            ext = as_mapping(body.get("ext")).get("rerank")
+            spec = self.settings.config.spec_for(index, ext)
             if spec is None:
                 return None
             params = MultiDict(request.query)
-            if "scroll" in params:
-                raise ValueError("ext.rerank cannot be combined with scroll")
+            conflict = rerank_conflict(body, params)
+            if conflict is not None:
+                if ext is None:  # reranked by --config only: the engine pages it as it would
+                    return None
+                raise ValueError(f"ext.rerank cannot be combined with {conflict}")
+            paths = _pop_filter_path(params)
             for name in ("from", "size"):
                 if name in params:
                     body[name] = _int_param(params.popall(name)[-1], name)
@@ -222,7 +239,7 @@ class Bridge:
             return reply(request, answer["status"], answer, _answer_headers(headers))
         out = _answer_headers(headers)
         out["X-Rerankd-Rerank"] = str(answer["rerank"]["status"])
-        return reply(request, 200, answer, out)
+        return reply(request, 200, apply_filter_path(answer, paths), out)
 
     async def _msearch(
         self, request: web.Request, text: str, index: str | None
@@ -240,7 +257,10 @@ class Bridge:
                 target = _msearch_index(header.get("index", index))
                 ext = as_mapping(body.get("ext")).get("rerank")
                 spec = self.settings.config.spec_for(target, ext)
-                if spec is None:
+                conflict = None if spec is None else rerank_conflict(body, {})
+                if conflict is not None and ext is not None:
+                    raise ValueError(f"ext.rerank cannot be combined with {conflict}")
+                if spec is None or conflict is not None:
                     bodies += [header, lines[i + 1]]
                     continue
                 job = SearchJob.prepare(body, spec, self.stats)
@@ -248,7 +268,9 @@ class Bridge:
             bodies += [header, job.engine_body()]
         if not jobs:
             return None
-        status, headers, payload = await self._send(request, MultiDict(request.query), bodies)
+        params = MultiDict(request.query)
+        paths = _pop_filter_path(params)
+        status, headers, payload = await self._send(request, params, bodies)
         if status != 200:
             return _response(status, headers, payload)
         answer = _engine_json(payload, headers, self.settings.max_body_bytes)
@@ -260,7 +282,7 @@ class Bridge:
         )
         for i, item in zip([i for i in jobs if _ok(responses, i)], done, strict=True):
             responses[i] = item
-        return reply(request, 200, answer, _answer_headers(headers))
+        return reply(request, 200, apply_filter_path(answer, paths), _answer_headers(headers))
 
     async def _finish(self, job: SearchJob, response: dict[str, Any]) -> dict[str, Any]:
         """Rerank one engine answer; a strict failure becomes an engine-style error object."""
@@ -372,6 +394,11 @@ def _msearch_index(value: Any) -> str | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return ",".join(value)
     raise ValueError(f"an _msearch header's index must be a string or strings, not {value!r}")
+
+
+def _pop_filter_path(params: MultiDict[str]) -> str:
+    """Take ``filter_path`` off a reranked search's query string, to apply to the answer."""
+    return ",".join(params.popall("filter_path", []))
 
 
 def _int_param(value: str, name: str) -> int:

@@ -119,11 +119,18 @@ class Page:
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> Page:
-        """The page of a search body (engine defaults: from 0, size 10)."""
+        """The page of a search body (engine defaults: from 0, size 10). Integers, or strings
+        of digits, which both engines accept too (``"size": "20"``)."""
         from_, size = body.get("from", 0), body.get("size", 10)
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in (from_, size)):
-            raise ValueError(f"from and size must be integers, not {from_!r} and {size!r}")
-        return cls(from_, size)
+        return cls(_integer(from_, from_, size), _integer(size, from_, size))
+
+
+def _integer(value: Any, from_: Any, size: Any) -> int:
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"from and size must be integers, not {from_!r} and {size!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -219,8 +226,8 @@ def apply_ranking(
         order += [_rescored(hit, None, options) for hit in tail]
     hits_block = dict(as_mapping(response.get("hits")))
     hits_block["hits"] = order[page.from_ : page.from_ + page.size]
-    if ranked:
-        hits_block["max_score"] = Score(max(ranked.values()))
+    if ranked:  # None when min_score left no hit, as the engines write it
+        hits_block["max_score"] = Score(max(ranked.values())) if order else None
     return {**response, "hits": hits_block, "rerank": dict(block)}
 
 

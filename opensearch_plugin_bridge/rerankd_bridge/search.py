@@ -17,13 +17,15 @@ bounded by the options' timeout (the gRPC deadline). With ``strict`` the same ca
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rerankd import AsyncClient, Client, ModelInfo, RerankdError, Reranked
+from rerankd import AsyncClient, Client, ModelInfo, RerankdError, Reranked, RerankResult, Usage
+from rerankd_bridge.filter_path import apply_filter_path
 from rerankd_bridge.ranking import (
     Candidate,
     FetchPlan,
@@ -54,13 +56,22 @@ __all__ = [
     "async_rerank_search",
     "model_info",
     "rerank_async",
+    "rerank_conflict",
     "rerank_search",
     "rerank_sync",
     "search_response",
 ]
 
-# HTTP status the proxy gives a strict-mode failure, by skip reason.
-_HTTP_STATUS = {"deadline_exceeded": 504, "resource_exhausted": 429, "no_query_text": 400}
+# HTTP status the proxy gives a strict-mode failure, by skip reason: the caller's own mistakes
+# are 4xx (a client retries 502-504), the rest 503.
+_HTTP_STATUS = {
+    "deadline_exceeded": 504,
+    "resource_exhausted": 429,
+    "no_query_text": 400,
+    "no_document_text": 400,
+    "invalid_argument": 400,
+    "not_found": 404,
+}
 
 CHARS_PER_TOKEN = 32
 """Characters kept per model input token: real text has 3-6, so the cut never reaches what
@@ -96,7 +107,8 @@ class RerankFailed(Exception):
 
     Attributes:
         reason: the skip reason (``"unavailable"``, ``"deadline_exceeded"``,
-            ``"resource_exhausted"``, ``"no_query_text"``, or another gRPC code, lower case).
+            ``"resource_exhausted"``, ``"no_query_text"``, ``"no_document_text"``, or another
+            gRPC code, lower case).
         detail: a human-readable explanation.
         http_status: the status the proxy answers with (503 unless the reason says otherwise).
     """
@@ -190,7 +202,10 @@ class SearchJob:
         """What to ask the reranker about ``response``; None when no call is needed."""
         if not self.plan.rerank or self.query is None:
             return None
-        docs = to_score(candidates(response, self.options), self.options)
+        found = candidates(response, self.options)
+        if _no_text(found):
+            return None
+        docs = to_score(found, self.options)
         return RerankCall(clean_text(self.query), tuple(docs)) if docs else None
 
     def finish(
@@ -214,6 +229,9 @@ class SearchJob:
         if isinstance(outcome, RerankdError):
             return self._skip(response, outcome.code.name.lower(), outcome.details)
         found = candidates(response, self.options)
+        if _no_text(found):
+            fields = ", ".join(self.options.fields)
+            return self._skip(response, "no_document_text", f"no window hit has text in {fields}")
         scores: dict[int, float] = {}
         model = ""
         if call is not None and isinstance(outcome, Reranked):
@@ -236,6 +254,46 @@ class SearchJob:
             raise RerankFailed(reason, detail)
         block = rerank_block("skipped", reason=reason, detail=detail)
         return apply_ranking(response, self.page, self.options, None, block)
+
+
+def _no_text(found: list[Candidate]) -> bool:
+    """Whether a window has hits and none with text: an order from scoring empty texts would be
+    noise (the fields are misnamed, or ``_source`` filtering or ``filter_path`` hid them)."""
+    return bool(found) and all(c.text is None for c in found)
+
+
+def rerank_conflict(body: Mapping[str, Any], params: Mapping[str, Any]) -> str | None:
+    """What in a search (its body and query-string ``params``) rules out reranking, or None:
+    ``scroll``, ``search_after``, or a ``sort`` other than by descending score. Their pages
+    follow the engine's order, which reranking would break (pages would skip and repeat
+    hits); Elasticsearch refuses ``rescore`` with them alike."""
+    if "scroll" in params:
+        return "scroll"
+    if "search_after" in body:
+        return "search_after"
+    sort = body.get("sort", params.get("sort"))
+    if sort is not None and not _by_score(sort):
+        return "sort"
+    return None
+
+
+def _by_score(sort: Any) -> bool:
+    """Whether a ``sort`` (body: a string, an object or a list of them; query string:
+    ``field:order`` items) orders by descending ``_score`` alone."""
+    if isinstance(sort, str):
+        items: list[Any] = [part.strip() for part in sort.split(",") if part.strip()]
+        return all(item in ("_score", "_score:desc") for item in items)
+    items = sort if isinstance(sort, list) else [sort]
+    for item in items:
+        if item == "_score":
+            continue
+        if not isinstance(item, Mapping) or list(item) != ["_score"]:
+            return False
+        order = item["_score"]
+        order = order.get("order", "desc") if isinstance(order, Mapping) else order
+        if order != "desc":
+            return False
+    return True
 
 
 def strip_rerank_ext(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -279,9 +337,12 @@ def rerank_sync(job: SearchJob, response: dict[str, Any], reranker: Client) -> d
     outcome: Reranked | RerankdError
     try:
         info = model_info(reranker, options.model, options.timeout)
-        texts = call.texts(TextBudget.of(info, call.query, len(call.documents)))
-        left = _time_left(options, started)
-        outcome = reranker.rerank(call.query, texts, **_rerank_kwargs(options, left))
+        sends = _Sends.of(call, info)
+        answers = []
+        for texts in sends.requests:  # one after another, all within the options' timeout
+            left = _time_left(options, started)
+            answers.append(reranker.rerank(call.query, texts, **_rerank_kwargs(options, left)))
+        outcome = sends.merged(answers)
     except RerankdError as err:
         outcome = err
     return job.finish(response, call, outcome, (time.perf_counter() - started) * 1000)
@@ -299,12 +360,56 @@ async def rerank_async(
     outcome: Reranked | RerankdError
     try:
         info = await async_model_info(reranker, options.model, options.timeout)
-        texts = call.texts(TextBudget.of(info, call.query, len(call.documents)))
-        left = _time_left(options, started)
-        outcome = await reranker.rerank(call.query, texts, **_rerank_kwargs(options, left))
+        sends = _Sends.of(call, info)
+        kwargs = _rerank_kwargs(options, _time_left(options, started))
+        answers = await asyncio.gather(
+            *(reranker.rerank(call.query, texts, **kwargs) for texts in sends.requests)
+        )
+        outcome = sends.merged(list(answers))
     except RerankdError as err:
         outcome = err
     return job.finish(response, call, outcome, (time.perf_counter() - started) * 1000)
+
+
+@dataclass(frozen=True)
+class _Sends:
+    """The Rerank requests for one call: each distinct text once (identical texts, such as
+    the empty text of every hit without one, then score exactly alike and keep first-stage
+    order among themselves), at most the server's ``max_documents`` a request (a window may
+    be larger: a cross-encoder scores each pair alone, so split requests score the same)."""
+
+    slots: list[int]  # for each document of the call, its text's place among the distinct
+    requests: list[list[str]]
+
+    @classmethod
+    def of(cls, call: RerankCall, info: ModelInfo) -> _Sends:
+        step = max(info.limits.max_documents, 1)
+        texts = call.texts(TextBudget.of(info, call.query, min(len(call.documents), step)))
+        places: dict[str, int] = {}
+        slots = [places.setdefault(text, len(places)) for text in texts]
+        distinct = list(places)
+        return cls(slots, [distinct[i : i + step] for i in range(0, len(distinct), step)])
+
+    def merged(self, answers: list[Reranked]) -> Reranked:
+        """The answers as one, a result per document of the call (its index in the call)."""
+        scores: list[float] = []
+        for answer in answers:
+            part = [0.0] * len(answer.results)
+            for result in answer.results:
+                part[result.index] = result.score
+            scores += part
+        results = [RerankResult(i, "", scores[slot], "") for i, slot in enumerate(self.slots)]
+        usages = [answer.usage for answer in answers]
+        usage = Usage(
+            input_tokens=sum(u.input_tokens for u in usages),
+            truncated_pairs=sum(u.truncated_pairs for u in usages),
+            queue_time_us=max(u.queue_time_us for u in usages),
+            inference_time_us=max(u.inference_time_us for u in usages),
+            batches=sum(u.batches for u in usages),
+            cached_pairs=sum(u.cached_pairs for u in usages),
+            scored_pairs=sum(u.scored_pairs for u in usages),
+        )
+        return Reranked(results, answers[0].model, usage)
 
 
 # GetModelInfo answers per client and model name: the limits do not change while a server
@@ -362,20 +467,23 @@ def rerank_search(
             the text of a simple ``match``/``multi_match``/``query_string`` query.
         options: window, fields and policies (default :class:`RerankOptions`).
         stats: the counters to update.
-        search_kwargs: passed on to ``client.search`` (not ``from_``/``size``: use the body).
+        search_kwargs: passed on to ``client.search`` (not ``from_``/``size``: use the body),
+            but ``filter_path``, which is applied to the reranked answer.
 
     Returns:
         The engine's response as a dict with the page reranked and a ``"rerank"`` block.
 
     Raises:
         RerankFailed: strict options and the reranking could not be done.
-        ValueError: bad ``ext.rerank`` or from/size.
+        ValueError: bad ``ext.rerank`` or from/size; ``scroll``, ``search_after`` or a sort
+            other than by score (see :func:`rerank_conflict`).
         BadEngineResponse: the engine's answer is not a search response.
         Whatever ``client.search`` raises for engine errors, unchanged.
     """
     job = job_for(body, options, query, query_path, stats)
-    raw = client.search(index=index, body=job.engine_body(), **_checked(search_kwargs))
-    return rerank_sync(job, _as_dict(raw), reranker)
+    kwargs, paths = _checked(body, search_kwargs)
+    raw = client.search(index=index, body=job.engine_body(), **kwargs)
+    return apply_filter_path(rerank_sync(job, _as_dict(raw), reranker), paths)
 
 
 async def async_rerank_search(
@@ -393,19 +501,28 @@ async def async_rerank_search(
     """The asyncio twin of :func:`rerank_search` (``AsyncOpenSearch``/``AsyncElasticsearch``
     and :class:`rerankd.AsyncClient`); same arguments, result and errors."""
     job = job_for(body, options, query, query_path, stats)
-    raw = await client.search(index=index, body=job.engine_body(), **_checked(search_kwargs))
-    return await rerank_async(job, _as_dict(raw), reranker)
+    kwargs, paths = _checked(body, search_kwargs)
+    raw = await client.search(index=index, body=job.engine_body(), **kwargs)
+    return apply_filter_path(await rerank_async(job, _as_dict(raw), reranker), paths)
 
 
 def _rerank_kwargs(options: RerankOptions, timeout: float) -> dict[str, Any]:
     return {"raw_scores": options.raw_scores, "model": options.model, "timeout": timeout}
 
 
-def _checked(search_kwargs: dict[str, Any]) -> dict[str, Any]:
+def _checked(body: Mapping[str, Any], search_kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The arguments for ``client.search`` and the ``filter_path`` taken out of them.
+
+    Raises ValueError for from/size among them, or what rules out reranking."""
     clash = {"from_", "size", "body", "from"} & set(search_kwargs)
     if clash:
         raise ValueError(f"put from/size in the body, not as arguments: {sorted(clash)}")
-    return search_kwargs
+    conflict = rerank_conflict({**body, **search_kwargs}, search_kwargs)
+    if conflict is not None:
+        raise ValueError(f"reranking cannot be combined with {conflict}")
+    kwargs = dict(search_kwargs)
+    paths = kwargs.pop("filter_path", None) or ""
+    return kwargs, paths if isinstance(paths, str) else ",".join(paths)
 
 
 def _as_dict(response: Any) -> dict[str, Any]:

@@ -110,7 +110,9 @@ def test_hits_missing_the_field_go_last(opensearch: Engine, tiny_sidecar: Runnin
         )
     plain = [h["_id"] for h in first_stage(opensearch, body)]
     assert [h["_id"] for h in out["hits"]["hits"]] == plain
-    assert out["rerank"]["scored"] == 0 and out["rerank"]["missing_text"] == len(plain)
+    # No hit has text to score: reranking is skipped, not an order of empty texts.
+    assert out["rerank"]["status"] == "skipped"
+    assert out["rerank"]["reason"] == "no_document_text"
 
 
 def test_reranker_down_falls_back_fast(engine: Engine) -> None:
@@ -161,3 +163,21 @@ def test_engine_errors_pass_through(flavour: str, request: pytest.FixtureRequest
     error = opensearchpy.NotFoundError if flavour == "opensearch" else elasticsearch.NotFoundError
     with Client(dead_target()) as reranker, pytest.raises(error):
         rerank_search(sync_client(engine), reranker, index="no-such-index", body=BODY)
+
+
+def test_filter_path_applies_after_reranking_and_sorts_are_refused(
+    engine: Engine, tiny_sidecar: RunningSidecar
+) -> None:
+    body = {"query": {"match": {"text": "files"}}, "size": 5}
+    options = RerankOptions(window=8)
+    client = sync_client(engine)
+    with Client(tiny_sidecar.target) as reranker:
+        whole = rerank_search(client, reranker, index="small", body=body, options=options)
+        kept = rerank_search(
+            client, reranker, index="small", body=body, options=options, filter_path="hits.hits._id"
+        )
+        assert kept == {"hits": {"hits": [{"_id": h["_id"]} for h in whole["hits"]["hits"]]}}
+        assert whole["rerank"]["status"] == "reranked"
+        for refused in ({"sort": [{"title.keyword": "asc"}]}, {"scroll": "1m"}):
+            with pytest.raises(ValueError, match="cannot be combined"):
+                rerank_search(client, reranker, index="small", body=body, **refused)

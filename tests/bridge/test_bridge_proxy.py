@@ -458,3 +458,146 @@ async def test_one_nonsense_msearch_item_is_a_502_item(fake_sidecar: FakeSidecar
     bad, good = out["responses"]
     assert bad["status"] == 502 and bad["error"]["type"] == "engine_response_exception"
     assert good["rerank"]["status"] == "reranked" and good["hits"]["hits"] == []
+
+
+async def direct(proxy: Proxy, engine: Engine, path: str, body: Any) -> tuple[int, Any]:
+    """The engine's own answer to a search, through the same HTTP session."""
+    async with proxy.http.post(engine.url + path, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_filter_path_is_applied_to_the_reranked_answer(proxy: Proxy, engine: Engine) -> None:
+    # Sent on, it would strip the texts from the hits the bridge must score.
+    body = {"query": {"match": {"text": QUERY}}, "size": 5, "ext": {"rerank": RERANK}}
+    status, whole = await proxy.call("POST", "/small/_search", body)
+    assert status == 200 and whole["rerank"]["status"] == "reranked"
+    path = "/small/_search?filter_path=hits.hits._id,hits.hits._score"
+    async with proxy.http.post(proxy.url + path, json=body) as resp:
+        assert resp.status == 200 and resp.headers["X-Rerankd-Rerank"] == "reranked"
+        filtered = await resp.json()
+    hits = [{"_id": h["_id"], "_score": h["_score"]} for h in whole["hits"]["hits"]]
+    assert filtered == {"hits": {"hits": hits}}
+    plain = {k: v for k, v in body.items() if k != "ext"}
+    _, engine_filtered = await direct(proxy, engine, path, plain)
+    assert {key for h in engine_filtered["hits"]["hits"] for key in h} == {"_id", "_score"}
+    status, out = await proxy.call(
+        "POST", "/small/_search?filter_path=-hits.hits._source,-rerank", body
+    )
+    assert status == 200 and ids(out) == ids(whole) and "rerank" not in out
+    assert all("_source" not in h for h in out["hits"]["hits"])
+
+
+async def test_config_reranking_leaves_sorted_and_scrolled_searches_to_the_engine(
+    engine: Engine, tiny_sidecar: RunningSidecar
+) -> None:
+    # Their pages follow the engine's order: reranking would skip and repeat hits.
+    config = BridgeConfig(indices=(("small", RerankSpec(RerankOptions(window=6))),))
+    query = {"match": {"text": "files"}}
+    searches = [
+        ("/small/_search", {"query": query, "size": 3, "sort": [{"title.keyword": "asc"}]}),
+        ("/small/_search", {"query": query, "size": 3, "sort": "title.keyword:desc"}),
+        ("/small/_search", {"query": query, "size": 2, "search_after": [0.5, "cp"]}),
+        ("/small/_search?scroll=1m", {"query": query, "size": 3}),
+    ]
+    async for proxy in start_proxy(engine, tiny_sidecar.target, config):
+        for path, body in searches:
+            status, out = await proxy.call("POST", path, body)
+            expected_status, expected = await direct(proxy, engine, path, body)
+            assert status == expected_status and "rerank" not in out, (path, body)
+            if status == 200:
+                assert ids(out) == ids(expected)
+        by_score = {"query": query, "size": 3, "sort": ["_score", {"_score": "desc"}]}
+        status, out = await proxy.call("POST", "/small/_search", by_score)
+        assert status == 200 and out["rerank"]["status"] == "reranked"
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "named"),
+    [
+        ("/small/_search", {"sort": [{"title.keyword": "asc"}]}, "sort"),
+        ("/small/_search", {"sort": [{"_score": "asc"}]}, "sort"),
+        ("/small/_search", {"search_after": [1.0]}, "search_after"),
+        ("/small/_search?scroll=1m", {}, "scroll"),
+    ],
+)
+async def test_ext_rerank_with_a_sort_or_cursor_is_a_400(
+    proxy: Proxy, path: str, extra: dict[str, Any], named: str
+) -> None:
+    body = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": RERANK}, **extra}
+    status, out = await proxy.call("POST", path, body)
+    assert status == 400 and named in out["error"]["reason"]
+    msearch = "\n".join(json.dumps(line) for line in ({}, body)) + "\n"
+    if named != "scroll":
+        status, out = await proxy.call("POST", "/small/_msearch", msearch)
+        assert status == 400 and named in out["error"]["reason"]
+
+
+async def test_a_window_above_the_servers_document_limit_is_split(engine: Engine) -> None:
+    # A cross-encoder scores each pair alone: split requests give the same ranking.
+    body = {"query": {"match": {"text": "files"}}, "size": 10, "ext": {"rerank": RERANK}}
+    answers = []
+    for limit in (1000, 3):
+        settings = Settings(model="fake", warmup=False, max_documents=limit)
+        with run_sidecar(settings, lambda _: FakeScorer()) as running:
+            async for proxy in start_proxy(engine, running.target):
+                status, out = await proxy.call("POST", "/small/_search", body)
+                assert status == 200 and out["rerank"]["status"] == "reranked"
+                assert out["rerank"]["scored"] == RERANK["window"]
+                answers.append([(h["_id"], h["_score"]) for h in out["hits"]["hits"]])
+    assert answers[0] == answers[1]
+
+
+async def test_identical_texts_score_alike_and_keep_first_stage_order(
+    tiny_sidecar: RunningSidecar,
+) -> None:
+    # Batched float arithmetic can score copies of one text a few ulps apart; each distinct
+    # text is sent once, so copies tie and keep their first-stage order.
+    same = "the same text about files"
+    hits = [{"_id": f"d{i}", "_score": 10.0 - i, "_source": {"text": same}} for i in range(6)]
+    hits.insert(2, {"_id": "other", "_score": 9.5, "_source": {"text": "mkdir makes dirs"}})
+    answer = {"hits": {"total": {"value": 7, "relation": "eq"}, "hits": hits}}
+    async with bad_engine(json.dumps(answer).encode(), "application/json") as engine:
+        async for proxy in start_proxy(engine, tiny_sidecar.target):
+            search = {"query": {"match": {"text": "files"}}, "ext": {"rerank": RERANK}}
+            status, out = await proxy.call("POST", "/small/_search", search)
+    assert status == 200 and out["rerank"]["status"] == "reranked"
+    copies = [h for h in out["hits"]["hits"] if h["_id"] != "other"]
+    assert [h["_id"] for h in copies] == [f"d{i}" for i in range(6)]
+    assert len({h["_score"] for h in copies}) == 1
+
+
+async def test_engine_numbers_come_back_as_the_engine_wrote_them(
+    fake_sidecar: FakeSidecar,
+) -> None:
+    source = b'{"text": "files", "n": 1.50, "e": 1E+2, "big": 1e400, "tiny": 1e-400}'
+    answer = b'{"hits": {"max_score": 2.50, "hits": [{"_id": "a", "_score": 2.50, "_source": '
+    answer += source + b"}]}}"
+    async with bad_engine(answer, "application/json") as engine:
+        async for proxy in start_proxy(engine, fake_sidecar.target):
+            search = {"query": {"match": {"text": "files"}}, "ext": {"rerank": RERANK}}
+            async with proxy.http.post(proxy.url + "/small/_search", json=search) as resp:
+                raw = await resp.read()
+                assert resp.status == 200
+    assert source.replace(b": ", b":").replace(b", ", b",") in raw
+    assert b'"_first_stage_score":[2.50]' in raw
+
+
+async def test_strict_mistakes_are_4xx_not_retried_5xx(proxy: Proxy) -> None:
+    # opensearch-py and elastic-transport retry 502-504; a wrong model name is not transient.
+    rerank = {**RERANK, "strict": True, "model": "no-such-model"}
+    body = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": rerank}}
+    status, out = await proxy.call("POST", "/small/_search", body)
+    assert status == 404 and out["error"]["type"] == "rerank_exception"
+    assert "not_found" in out["error"]["reason"]
+
+
+async def test_a_bridge_fault_is_an_engine_shaped_500(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("rerankd_bridge.proxy.rerank_async", broken)
+    body = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": RERANK}}
+    status, out = await proxy.call("POST", "/small/_search", body)
+    assert status == 500 and out["error"]["type"] == "rerank_bridge_exception"

@@ -90,6 +90,15 @@ def test_min_score_drops_low_hits_and_the_tail() -> None:
     assert ids(out) == ["d1", "d2"]
 
 
+def test_min_score_that_drops_every_hit_leaves_no_max_score() -> None:
+    options = RerankOptions(window=3, min_score=0.95)
+    out = apply_ranking(ranked(5), Page(0, 10), options, {0: 0.2, 1: 0.9, 2: 0.5}, BLOCK)
+    assert ids(out) == [] and out["hits"]["max_score"] is None
+    kept = apply_ranking(ranked(5), Page(0, 10), RerankOptions(window=3, min_score=0.5),
+                         {0: 0.2, 1: 0.9, 2: 0.5}, BLOCK)  # fmt: skip
+    assert kept["hits"]["max_score"] == 0.9
+
+
 def test_skipped_keeps_first_stage_order_without_min_score() -> None:
     options = RerankOptions(window=3, min_score=0.5)
     out = apply_ranking(ranked(3), Page(1, 5), options, None, rerank_block("skipped"))
@@ -148,10 +157,18 @@ def test_bad_options_rejected(kwargs: dict[str, Any]) -> None:
 
 
 def test_bad_page_rejected() -> None:
-    with pytest.raises(ValueError):
-        Page.of({"from": "3"})
+    for bad in ("three", "3x", "", 2.5, True, None, [3]):
+        with pytest.raises(ValueError):
+            Page.of({"from": bad})
     with pytest.raises(ValueError):
         Page(-1, 10)
+    with pytest.raises(ValueError):
+        Page.of({"size": "-1"})
+
+
+def test_page_numbers_may_be_strings_of_digits() -> None:
+    # Both engines read "from": "3" as 3.
+    assert Page.of({"from": "3", "size": " 20"}) == Page(3, 20)
 
 
 def global_order(n_hits: int, window: int, size: int, scores: list[float]) -> list[list[str]]:
