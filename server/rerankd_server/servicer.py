@@ -105,6 +105,8 @@ class RerankServicer:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._models: dict[str, Reranker] = {}
+        # Every model the server was started with: those not added yet are still loading.
+        self._configured = {name for name, _ in settings.model_specs()}
         self.draining = False
         self._in_flight = 0
         self._held_bytes = 0  # of the requests whose calls are not over
@@ -306,6 +308,8 @@ class RerankServicer:
         if model is None:
             # Echo a prefix only: the name is the caller's, and goes into the status and the log.
             shown = repr(requested[:64]) + ("..." if len(requested) > 64 else "")
+            if requested in self._configured:  # UNAVAILABLE, which clients retry
+                raise NotReady(f"model {shown} is still loading; retry shortly")
             served = ", ".join(sorted(self._models))
             raise ModelNotFound(f"model {shown} is not served here (served: {served})")
         return model

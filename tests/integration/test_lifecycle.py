@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,9 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from rerankd import Client, InvalidArgument, Unavailable
+from rerankd import Client, InvalidArgument, NotFound, Unavailable
 from rerankd_server.process import ServerStartError, free_port, start_server
+from rerankd_server.settings import Settings
+from support.fake_scorer import FakeScorer
 from support.metrics import wait_until_queued
+from support.sidecar import run_sidecar
 
 
 def test_missing_model_exits_at_once_with_advice(tmp_path: Path) -> None:
@@ -148,3 +152,38 @@ def test_uvloop_asked_for_where_it_is_missing_exits_2_in_one_line(
     assert "exited with code 2" in output and "Traceback" not in output
     errors = [line for line in output.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "uvloop is not installed" in errors[0], output
+
+
+def _served(client: Client, model: str) -> None:
+    """Wait until ``model`` answers (UNAVAILABLE until then), at most 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert len(client.rerank("q", ["d"], model=model, timeout=5).results) == 1
+            return
+        except Unavailable:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_a_model_still_loading_is_unavailable_not_unknown() -> None:
+    # NOT_FOUND tells a client not to retry; a configured model that is loading will serve.
+    gate = threading.Event()
+
+    def factory(settings: Settings) -> FakeScorer:
+        if settings.model == "slow-source":
+            assert gate.wait(30)
+        return FakeScorer()
+
+    settings = Settings(model="fast=fast-source", extra_models=("slow=slow-source",), warmup=False)
+    with (
+        run_sidecar(settings, factory, wait_ready=False) as running,
+        Client(running.target) as client,
+    ):
+        _served(client, "fast")  # the default model serves first
+        with pytest.raises(Unavailable, match="still loading"):
+            client.rerank("q", ["d"], model="slow", timeout=5)
+        with pytest.raises(NotFound):
+            client.rerank("q", ["d"], model="no-such-model", timeout=5)
+        gate.set()
+        _served(client, "slow")
