@@ -4,6 +4,11 @@ A chunk is a span of the document's own tokens that fits the model together with
 Spans are returned as character offsets into the document, so a chunk is plain text: scoring
 (query, chunk text) is exactly what ``CrossEncoder.predict`` does for the same chunk. Only as
 much of a document is tokenized as its chunks can cover (``plan_documents``).
+
+A chunk's text, tokenized on its own, can take more tokens than its span held in the whole
+document (a span starting inside a word, or a byte-level BPE reading a word without the space
+before it), so each plan is checked and, where a chunk came out too long, made again with
+the budget less the excess: chunks never need truncating beside a query that leaves room.
 """
 
 from __future__ import annotations
@@ -51,20 +56,38 @@ def plan_chunks(
 ) -> ChunkPlan:
     """Split a document into at most ``max_chunks`` spans of ``budget`` tokens.
 
-    Consecutive chunks share ``overlap`` tokens (lowered to less than half the budget).
-    A document that fits is one chunk: the whole text, so it scores exactly as unchunked.
+    Consecutive chunks share ``overlap`` tokens (lowered to less than half the budget), or a
+    few more: chunks hold whole words where the text has them (a word's first token is one
+    with a gap before it), so that a chunk's text tokenizes as its tokens did in the document,
+    and each starts with the space before its first word, which byte-level tokenizers read
+    as part of it. A document that fits is one chunk: the whole text, so it scores exactly
+    as unchunked.
     """
-    if len(token_spans) <= budget:
+    count = len(token_spans)
+    if count <= budget:
         return ChunkPlan([(0, len(text))])
+
+    def starts_word(i: int) -> bool:
+        return i == 0 or i == count or token_spans[i][0] > token_spans[i - 1][1]
+
     overlap = max(0, min(overlap, (budget - 1) // 2))
-    stride = budget - overlap
     spans: list[tuple[int, int]] = []
-    for first in range(0, len(token_spans), stride):
-        last = min(first + budget, len(token_spans)) - 1
-        spans.append((token_spans[first][0], token_spans[last][1]))
-        if last == len(token_spans) - 1 or len(spans) == max_chunks:
-            break
-    return ChunkPlan(spans)
+    first = 0
+    while True:
+        end = min(first + budget, count)  # one past the chunk's last token
+        whole = end
+        while whole > first + 1 and not starts_word(whole):
+            whole -= 1
+        end = whole if starts_word(whole) else end  # a word longer than the chunk: cut it
+        begin = token_spans[first - 1][1] if first else 0
+        spans.append((begin, token_spans[end - 1][1]))
+        if end == count or len(spans) == max_chunks:
+            return ChunkPlan(spans)
+        following = min(first + budget - overlap, end)
+        start = following
+        while start > first + 1 and not starts_word(start):
+            start -= 1
+        first = start if starts_word(start) else following
 
 
 def plan_documents(
@@ -83,10 +106,39 @@ def plan_documents(
     with those, ``plan_chunks`` gives what it gives with all of them."""
     budget = document_budget(max_input_tokens, special_tokens, len(spans_of([query])[0]))
     spans = _leading_spans(spans_of, texts, max_chunks * budget + 1)
-    return [
+    plans = [
         plan_chunks(text, found, budget, overlap, max_chunks)
         for text, found in zip(texts, spans, strict=True)
     ]
+    budgets = [budget] * len(texts)
+    for _ in range(_REPLANS):
+        excess = _excess(spans_of, texts, plans, budgets)
+        if not excess:
+            break
+        for i, over in excess.items():
+            budgets[i] = max(budgets[i] - over, 1)
+            plans[i] = plan_chunks(texts[i], spans[i], budgets[i], overlap, max_chunks)
+    return plans
+
+
+#: Plans made again at most this often: each time a chunk comes out too long, the budget
+#: shrinks by its excess (one more token or two, as a rule, so once is nearly always enough).
+_REPLANS = 4
+
+
+def _excess(
+    spans_of: SpansOf, texts: Sequence[str], plans: list[ChunkPlan], budgets: list[int]
+) -> dict[int, int]:
+    """For each document some chunk of whose takes more than its budget on its own, by how
+    many tokens the longest one does (a document in one chunk, its whole text, is exact)."""
+    chunked = [i for i, plan in enumerate(plans) if len(plan.spans) > 1]
+    pieces = [(i, texts[i][a:b]) for i in chunked for a, b in plans[i].spans]
+    counts = spans_of([piece for _, piece in pieces]) if pieces else []
+    excess: dict[int, int] = {}
+    for (i, _), found in zip(pieces, counts, strict=True):
+        if len(found) > budgets[i]:
+            excess[i] = max(excess.get(i, 0), len(found) - budgets[i])
+    return excess
 
 
 def _leading_spans(

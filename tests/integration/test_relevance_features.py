@@ -14,7 +14,7 @@ from sentence_transformers import CrossEncoder
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
-from rerankd_server.chunking import document_budget, plan_chunks, plan_documents
+from rerankd_server.chunking import ChunkPlan, document_budget, plan_chunks, plan_documents
 from rerankd_server.scoring.hf import HFCrossEncoder, resolve_placement
 from rerankd_server.scoring.pairs import CLIP_CHARS_PER_TOKEN
 from rerankd_server.settings import Settings
@@ -47,13 +47,33 @@ def stub(two_models: RunningSidecar) -> Iterator[rerank_pb2_grpc.RerankServiceSt
         yield rerank_pb2_grpc.RerankServiceStub(channel)
 
 
+def fitted_plan(
+    scorer: HFCrossEncoder,
+    doc: str,
+    spans: list[tuple[int, int]],
+    budget: int,
+    overlap: int,
+    max_chunks: int,
+) -> ChunkPlan:
+    """``plan_chunks`` from every token of the document, its budget lowered until each chunk's
+    own text, tokenized alone, fits in it."""
+    while True:
+        plan = plan_chunks(doc, spans, budget, overlap, max_chunks)
+        if len(plan.spans) == 1:
+            return plan
+        longest = max(map(len, scorer.token_spans([doc[a:b] for a, b in plan.spans])))
+        if longest <= budget:
+            return plan
+        budget -= longest - budget
+
+
 def chunk_texts(path: Path, query: str, doc: str, overlap: int, max_chunks: int) -> list[str]:
     """The chunks rerankd should score, computed independently from the tokenizer."""
     scorer = HFCrossEncoder(str(path), resolve_placement("cpu", "float32", "sdpa"))
     spans = scorer.token_spans([query, doc])
     info = scorer.info
     budget = document_budget(info.max_input_tokens, info.pair_special_tokens, len(spans[0]))
-    plan = plan_chunks(doc, spans[1], budget, overlap, max_chunks)
+    plan = fitted_plan(scorer, doc, spans[1], budget, overlap, max_chunks)
     return [doc[a:b] for a, b in plan.spans]
 
 
@@ -139,13 +159,33 @@ def test_chunks_of_long_documents_are_planned_from_their_start_alone(
     )
     whole = scorer.token_spans(texts)
     assert plans == [
-        plan_chunks(t, spans, budget, overlap, max_chunks)
+        fitted_plan(scorer, t, spans, budget, overlap, max_chunks)
         for t, spans in zip(texts, whole, strict=True)
     ]
     assert all(len(plan.spans) == max_chunks for plan in plans[:4])  # all long enough to fill
     covered = (max_chunks * budget + 1) * CLIP_CHARS_PER_TOKEN
     if covered < len(texts[0]):  # the spaced document goes on past what its chunks cover
         assert read[1] <= covered  # (read[0] is the query)
+
+
+@pytest.mark.parametrize("model", ["modern", "bert"])
+@pytest.mark.parametrize(
+    "doc", ["alpha " * 3000, text(2000), "unbreakable" * 400 + " " + text(500)], ids=["a", "b", "c"]
+)
+def test_chunks_fit_the_model_beside_a_short_query(
+    stub: rerank_pb2_grpc.RerankServiceStub, model: str, doc: str
+) -> None:
+    # Spans re-tokenized on their own may take more tokens than in the whole document; the
+    # plan makes room, so no chunk is truncated and TRUNCATION_NONE does not refuse the call.
+    request = pb.RerankRequest(
+        query="list files",
+        documents=[pb.Document(text=doc)],
+        model=model,
+        chunking=pb.Chunking(max_chunks=16),
+        truncation=pb.TRUNCATION_NONE,
+    )
+    response = stub.Rerank(request)
+    assert response.results[0].chunk.count > 1 and response.usage.truncated_pairs == 0
 
 
 def test_documents_that_fit_score_as_without_chunking(
