@@ -116,11 +116,54 @@ def test_tls_tokens_and_a_model_volume_are_wired_through() -> None:
     [
         ({"mode": "sidecar"}, "mode sidecar needs sidecar.containers"),
         ({"mode": "daemonset"}, 'mode must be pool or sidecar, not "daemonset"'),
+        ({"model": {"offline": "yes"}}, "model.offline must be true, false or null"),
     ],
 )
 def test_unusable_values_fail_with_a_reason(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message):
         rendered(values)
+
+
+def _rerankd(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod template's metadata and its rerankd container, rendered with ``values``."""
+    [workload] = [doc for doc in rendered(values) if doc["kind"] in {"Deployment", "StatefulSet"}]
+    template = workload["spec"]["template"]
+    pod = template["spec"]
+    [container] = [
+        c for c in [*pod.get("initContainers", []), *pod["containers"]] if c["name"] == "rerankd"
+    ]
+    return template["metadata"], container
+
+
+@pytest.mark.parametrize("shape", [{}, SIDECAR], ids=["pool", "sidecar"])
+def test_the_scrape_annotation_follows_the_metrics_port(shape: dict[str, Any]) -> None:
+    metadata, container = _rerankd({**shape, "server": {"metricsPort": 9191}})
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["metrics"] == 9191
+    annotations = metadata["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9191"
+
+
+def test_scrape_annotations_can_be_overridden_or_dropped() -> None:
+    metadata, _ = _rerankd({"podAnnotations": {"prometheus.io/port": "8080"}})
+    assert metadata["annotations"]["prometheus.io/port"] == "8080"
+    unscraped = {"prometheus.io/scrape": None, "prometheus.io/path": None}
+    metadata, _ = _rerankd({"podAnnotations": unscraped})
+    assert "annotations" not in metadata
+
+
+@pytest.mark.parametrize(
+    ("offline", "expected"),
+    [(None, None), (True, "1"), (False, "0")],
+    ids=["unset", "true", "false"],
+)
+def test_hf_hub_offline_is_set_only_when_chosen(offline: bool | None, expected: str | None) -> None:
+    # Unset, the image's entrypoint decides (HF_HUB_OFFLINE=1 when it serves a baked model).
+    values = {} if offline is None else {"model": {"offline": offline}}
+    _, container = _rerankd(values)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env.get("HF_HUB_OFFLINE") == expected
 
 
 def _bridge(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

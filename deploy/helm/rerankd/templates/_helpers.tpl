@@ -81,8 +81,12 @@ env:
   - name: RERANKD_MODEL
     value: {{ . | quote }}
   {{- end }}
+  {{- if kindIs "bool" $v.model.offline }}
   - name: HF_HUB_OFFLINE
     value: {{ ternary "1" "0" $v.model.offline | quote }}
+  {{- else if not (kindIs "invalid" $v.model.offline) }}
+  {{- fail (printf "model.offline must be true, false or null (unset), not %q" (toString $v.model.offline)) }}
+  {{- end }}
   - name: RERANKD_PORT
     value: {{ $v.server.port | quote }}
   - name: RERANKD_METRICS_PORT
@@ -153,6 +157,18 @@ volumeMounts:
     mountPath: /etc/rerankd/tls
     readOnly: true
   {{- end }}
+{{- end -}}
+
+{{/* The pod's annotations: podAnnotations, plus prometheus.io/port set to server.metricsPort
+whenever podAnnotations has a prometheus.io/scrape key (a prometheus.io/port given there wins). */}}
+{{- define "rerankd.podAnnotations" -}}
+{{- $annotations := deepCopy (.Values.podAnnotations | default dict) -}}
+{{- if hasKey $annotations "prometheus.io/scrape" -}}
+{{- $_ := merge $annotations (dict "prometheus.io/port" (toString .Values.server.metricsPort)) -}}
+{{- end -}}
+{{- with $annotations -}}
+{{- toYaml . -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The pod-level settings and rerankd's volumes, shared by both modes. */}}
