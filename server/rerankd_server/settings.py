@@ -91,7 +91,11 @@ _OPTIONS: list[tuple[str, type, str]] = [
     (
         "model",
         str,
-        "Hugging Face model id or local folder of a sequence-classification cross-encoder.",
+        "Hugging Face model id or local folder, as SOURCE or NAME=SOURCE (NAME is what requests "
+        "use, else SOURCE); repeat it to serve several, the first being the default. Serves "
+        "Sentence Transformers cross-encoders: modular (the Ettin rerankers), single-module "
+        "classifiers and causal-LM rerankers. Unset: the environment variable's models "
+        f"(comma-separated), else {DEFAULT_MODEL}.",
     ),
     ("model-name", str, "Name of the first model in requests (default: its NAME= or source)."),
     ("host", str, "Address to listen on; 127.0.0.1 keeps a sidecar private to its pod."),
@@ -207,7 +211,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     (
         "score-cache-bytes",
         int,
-        "Memory for a cache of (model, query, text) scores; paging and "
+        "Memory for a cache of (model, truncation, query, text) scores; paging and "
         "repeated searches skip the model. 0 turns it off.",
     ),
     (

@@ -498,7 +498,7 @@ def _build_backbone(kind: ModelKind, tokenizer: Any, *, headless: bool) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """CLI: build a tiny model into PATH and say loudly that its weights are random."""
     parser = argparse.ArgumentParser(
-        prog="python -m rerankd_server.tiny_models",
+        prog="rerankd make-tiny-model",
         description="Build a tiny RANDOM-weight cross-encoder (for demos and tests only) offline.",
     )
     parser.add_argument("path", type=Path, help="folder to write the model into")
