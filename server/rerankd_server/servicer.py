@@ -481,8 +481,9 @@ def _guarded(
             if retry_after is not None:  # gRPC's own pushback hint (honoured by its retries)
                 pushback = str(max(1, math.ceil(retry_after * 1000)))
                 context.set_trailing_metadata((*trailers, (RETRY_PUSHBACK_KEY, pushback)))
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+        except asyncio.CancelledError:  # gRPC ends a call so when its deadline passes, too
+            past = _past_deadline(context)
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if past else grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.InternalError:  # a stream's write failed in gRPC's core: the call is over
             past = _past_deadline(context)

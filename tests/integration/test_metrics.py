@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
+import pytest
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
@@ -29,3 +32,29 @@ def test_calls_and_their_batches_are_counted() -> None:
     assert samples[("rerankd_batch_pairs_count", ())] == batches
     assert samples[("rerankd_batch_pairs_sum", ())] == 5
     assert samples[("rerankd_batch_tokens_count", ())] == batches
+
+
+def test_a_call_past_its_deadline_is_counted_as_deadline_exceeded() -> None:
+    # gRPC cancels the handler when the deadline passes; that is not the client leaving.
+    scorer = FakeScorer()
+    scorer.gate.clear()  # the model holds every batch
+    settings = Settings(model="fake", warmup=False)
+    key = ("rerankd_requests_total", (("code", "DEADLINE_EXCEEDED"), ("method", "Rerank")))
+    with (
+        run_sidecar(settings, lambda _: scorer, metrics=True) as running,
+        grpc.insecure_channel(running.target) as channel,
+    ):
+        stub = rerank_pb2_grpc.RerankServiceStub(channel)
+        request = pb.RerankRequest(query="q", documents=[pb.Document(text="d")])
+        large = pb.RerankRequest(query="q", documents=[pb.Document(text="word " * 100)] * 500)
+        calls = [(request, 0.2), (request, 0.02)] + [(large, 0.02)] * 3
+        for message, timeout in calls:  # the queue's own timer, or gRPC's cancel, ends them
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Rerank(message, timeout=timeout)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        scorer.gate.set()
+        deadline = time.monotonic() + 10
+        while (samples := scrape(running.sidecar.metrics_port)).get(key) != len(calls):
+            assert time.monotonic() < deadline, samples
+            time.sleep(0.05)
+    assert ("rerankd_requests_total", (("code", "CANCELLED"), ("method", "Rerank"))) not in samples
