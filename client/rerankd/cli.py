@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import io
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -72,8 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     except RerankdError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(output, indent=2, ensure_ascii=False))
+    try:
+        print(json.dumps(output, indent=2, ensure_ascii=False), flush=True)
+    except BrokenPipeError:  # the reader stopped early (``| head``): nothing left to tell
+        _silence_stdout()
+        return 1
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so the interpreter's last flush at exit does not
+    fail on the closed pipe again (what Python's own docs advise for SIGPIPE)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a file: nothing to flush
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:

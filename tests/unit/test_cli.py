@@ -321,3 +321,14 @@ def test_unusable_security_flags_exit_2(
     assert (status, out) == (2, None)
     assert message in err
     assert server.servicer.calls == 0
+
+
+def test_a_reader_that_stops_early_is_no_traceback(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())  # as `rerankd info | head -1` leaves it
+    assert cli.main(["info", "--target", server.target]) == 1
