@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from sentence_transformers import CrossEncoder
 
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.process import ServerStartError, start_server
@@ -29,6 +31,13 @@ Damage = Callable[[Path], None]
 
 def _edit_json(path: Path, edit: Callable[[object], object]) -> None:
     path.write_text(json.dumps(edit(json.loads(path.read_text()))), encoding="utf-8")
+
+
+def _set_activation(root: Path, path: str) -> None:
+    _edit_json(
+        root / "config_sentence_transformers.json",
+        lambda c: {**c, "activation_fn": path},  # type: ignore[dict-item]
+    )
 
 
 def _add_weight(path: Path) -> None:
@@ -120,6 +129,36 @@ BROKEN: dict[str, tuple[Damage, tuple[str, ...]]] = {
         lambda root: _edit_json(root / "modules.json", lambda m: [m[1], m[0], *m[2:]]),  # type: ignore[index]
         ("exactly one Transformer, first", "Pooling > Transformer"),
     ),
+    "a model activation torch does not have": (
+        lambda root: _set_activation(root, "torch.nn.NoSuchActivation"),
+        ("torch.nn.NoSuchActivation", "not a torch.nn.Module class"),
+    ),
+    "a model activation in no module": (
+        lambda root: _set_activation(root, "torch.nosuch.Thing"),
+        ("torch.nosuch.Thing", "not a torch.nn.Module class"),
+    ),
+    "a model activation that needs arguments": (
+        lambda root: _set_activation(root, "torch.nn.Threshold"),
+        ("torch.nn.Threshold", "cannot be built without arguments"),
+    ),
+    "a Dense activation in no module": (
+        _dense_config(activation_function="torch.nosuch.Thing"),
+        ("module 4 Dense", "torch.nosuch.Thing"),
+    ),
+    "tokenizer arguments it would not apply": (
+        lambda root: _edit_json(
+            root / "sentence_bert_config.json",
+            lambda c: {**c, "tokenizer_args": {"model_max_length": 32}},  # type: ignore[dict-item]
+        ),
+        ("tokenizer_args", "does not apply"),
+    ),
+    "config arguments it would not apply": (
+        lambda root: _edit_json(
+            root / "sentence_bert_config.json",
+            lambda c: {**c, "config_kwargs": {"hidden_act": "relu"}},  # type: ignore[dict-item]
+        ),
+        ("config_kwargs", "does not apply"),
+    ),
     "a corrupt weight file": (
         lambda root: (root / "2_Dense" / "model.safetensors").write_bytes(b"\x00" * 16),
         ("module 2 Dense", "cannot read"),
@@ -191,8 +230,32 @@ def test_a_headless_backbone_without_its_pooler_serves(
     assert scores[0].tolist() == scores[1].tolist()
 
 
+def test_a_max_length_beyond_the_position_table_is_refused(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A pair longer than a learned position table fails in the model (CrossEncoder's too):
+    the length must be one the model can read."""
+    root = tmp_path / "too-long"
+    shutil.copytree(tiny_models["bert"], root)
+    positions = json.loads((root / "config.json").read_text())["max_position_embeddings"]
+    _edit_json(
+        root / "sentence_bert_config.json",
+        lambda c: {**c, "max_seq_length": positions + 1},  # type: ignore[dict-item]
+    )
+    with pytest.raises(ModelLoadError) as err:
+        HFCrossEncoder(str(root), Placement("cpu", "float32", "sdpa"))
+    assert f"more than the {positions} positions" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize(
-    "name", ["a module's weights missing", "an unexpected weight", "an unknown module type"]
+    "name",
+    [
+        "a module's weights missing",
+        "an unexpected weight",
+        "an unknown module type",
+        "a model activation in no module",
+    ],
 )
 def test_the_server_exits_2_with_one_line_and_never_serves(
     broken: Callable[[str], Path], name: str
@@ -214,3 +277,47 @@ def test_known_modules_are_the_documented_ones() -> None:
     readme = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     for kind in KNOWN_MODULES:
         assert f"`{kind}`" in readme, kind
+
+
+def _scores(scorer: HFCrossEncoder, pairs: list[tuple[str, str]]) -> list[float]:
+    """Activated scores of ``pairs`` in one batch, as the scheduler computes them."""
+    tokens = scorer.tokenize(pairs, Truncation.DEFAULT)
+    logits = scorer.forward(scorer.collate(tokens.ids, tokens.type_ids))
+    return [float(v) for v in scorer.activate(logits)]
+
+
+PAIRS = [
+    ("list files", "ls lists directory contents"),
+    ("list files", " ".join(["copy files and directories"] * 12)),
+    ("weather", "rain tomorrow"),
+]
+
+
+@pytest.mark.parametrize("activation", ["torch.nn.Softmax", "torch.nn.LogSoftmax"])
+def test_an_activation_across_its_input_never_mixes_pairs(
+    tiny_models: dict[str, Path], tmp_path: Path, activation: str
+) -> None:
+    # CrossEncoder.predict applies it to each pair's (1,) logits: Softmax gives 1.0.
+    root = tmp_path / "softmax"
+    shutil.copytree(tiny_models["bert"], root)
+    _set_activation(root, activation)
+    scorer = HFCrossEncoder(str(root), Placement("cpu", "float32", "sdpa"))
+    with warnings.catch_warnings():  # torch's, for the implicit dimension
+        warnings.simplefilter("ignore", UserWarning)
+        expected = CrossEncoder(str(root), device="cpu").predict(PAIRS, batch_size=8).tolist()
+    assert _scores(scorer, PAIRS) == pytest.approx(expected, abs=1e-6)
+    assert _scores(scorer, PAIRS[:1]) == pytest.approx(expected[:1], abs=1e-6)
+
+
+def test_a_left_padding_tokenizer_scores_each_pair_as_alone(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    # An encoder reads positions from its first token: padded left, a pair's score moved
+    # with its batch mates (CrossEncoder's too); padded right, it is the score of the pair
+    # alone, which is CrossEncoder's with a batch of one.
+    root = tmp_path / "left-padded"
+    shutil.copytree(tiny_models["bert"], root)
+    _edit_json(root / "tokenizer_config.json", lambda c: {**c, "padding_side": "left"})  # type: ignore[dict-item]
+    scorer = HFCrossEncoder(str(root), Placement("cpu", "float32", "sdpa"))
+    alone = CrossEncoder(str(root), device="cpu").predict(PAIRS, batch_size=1).tolist()
+    assert _scores(scorer, PAIRS) == pytest.approx(alone, abs=1e-5)

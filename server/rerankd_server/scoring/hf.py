@@ -147,20 +147,34 @@ class HFCrossEncoder:
             )
         self._spec = spec
         self._model = self._load_model(source, spec, placement)
+        positions = _position_table(self._model)
+        if positions is not None and max_len > positions:
+            raise ModelLoadError(
+                f"{source}: its max length, {max_len} tokens, is more than the {positions} "
+                "positions its embeddings have (longer pairs would fail); set max_seq_length "
+                f"to at most {positions} in sentence_bert_config.json"
+            )
         self._chain = build_chain(source, layout.modules)
         labels = self._num_labels(source)
         st_config = resolve_config(source, self._model.config, labels)
         self._device = torch.device(placement.device)
         self._chain.to(self._device)
-        self._activation = load_activation(st_config.activation)
+        try:
+            self._activation = load_activation(st_config.activation)
+        except ValueError as exc:
+            raise ModelLoadError(f"{source}: {exc}") from exc
+        if getattr(self._activation, "dim", 0) is None:  # Softmax and its kin
+            self._activation.dim = 1  # what torch picks for (pairs, 1), without its warning
         forward_params = inspect.signature(self._model.forward).parameters
         self._uses_type_ids = (
             "token_type_ids" in tokenizer.model_input_names and "token_type_ids" in forward_params
         )
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # A causal LM reads its answer at the last position: Sentence Transformers pads left.
+        # Any other model is padded right, whatever its tokenizer says: its positions count
+        # from the first token, so a pair then scores as it does alone in any batch.
         self._causal = spec.task == "text-generation"
-        self._pad_left = self._causal or tokenizer.padding_side == "left"
+        self._pad_left = self._causal
         self._max_len = max_len
         default_side = "left" if tokenizer.truncation_side == "left" else "right"
         self._sides = {
@@ -449,8 +463,11 @@ class HFCrossEncoder:
         return scores
 
     def activate(self, logits: FloatArray) -> FloatArray:
+        """The activation of each pair's logit, applied as ``CrossEncoder.predict`` applies it,
+        to a (pairs, 1) array: an activation across its input (Softmax) then never mixes the
+        scores of different pairs."""
         with torch.inference_mode():
-            out: FloatArray = self._activation(torch.from_numpy(logits)).numpy()
+            out: FloatArray = self._activation(torch.from_numpy(logits)[:, None])[:, 0].numpy()
         return out
 
     def warmup(self, max_batch_tokens: int, max_batch_size: int) -> float:
@@ -549,3 +566,13 @@ def _load_advice(source: str, exc: BaseException | str) -> str:
         "HF_HUB_OFFLINE=1) or a local folder holding the model. Without network access, copy "
         "the model folder to this machine and run: rerankd serve --model /path/to/model-folder"
     )
+
+
+def _position_table(model: torch.nn.Module) -> int | None:
+    """How many positions a model with a learned table of position embeddings can read (a
+    RoBERTa-style table starts after its padding index); None for other position schemes."""
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            offset = module.padding_idx + 1 if module.padding_idx is not None else 0
+            return int(module.num_embeddings) - offset
+    return None

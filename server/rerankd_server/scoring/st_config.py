@@ -58,6 +58,18 @@ TASK_OUTPUTS = {
 #: Size kwargs of the chat template, which rerankd sets itself from the model's max length.
 _SIZE_KWARGS = {"padding", "truncation", "max_length", "return_tensors"}
 
+#: Keys of a Transformer's config that Sentence Transformers hands to the model's, tokenizer's
+#: or config's from_pretrained (hand-written: its own save writes none); not applied here.
+_LOADER_KWARGS = (
+    "model_args",
+    "tokenizer_args",
+    "config_args",
+    "model_kwargs",
+    "tokenizer_kwargs",
+    "config_kwargs",
+    "processor_kwargs",
+)
+
 # Sentence Transformers' names for the Transformer's config file, newest first.
 _TRANSFORMER_CONFIGS = (
     "sentence_bert_config.json",
@@ -236,6 +248,13 @@ def _transformer(source: str, path: str, task: str | None) -> TransformerSpec:
             f"{source}: its Transformer reads the model's {sorted(map(str, read))}; for {task} "
             f"rerankd reads {method_output!r}"
         )
+    unapplied = {key: config[key] for key in _LOADER_KWARGS if config.get(key)}
+    if unapplied:
+        raise ModelLoadError(
+            f"{source}: its Transformer sets {unapplied!r}, which Sentence Transformers passes "
+            "to the model's loaders and rerankd does not apply; remove them (or set "
+            "max_seq_length for a length)"
+        )
     message = modality.get("message")
     message_format = str(message.get("format", "auto")) if isinstance(message, dict) else None
     chat_kwargs = _chat_kwargs(source, config.get("processing_kwargs") or {})
@@ -321,17 +340,24 @@ def load_activation(path: Any) -> Any:
     are built, as Sentence Transformers does without remote code.
 
     Raises:
-        ValueError: another path, or one that names no such class.
+        ValueError: another path, one that names no such class, or a class that needs
+            arguments.
     """
     from torch import nn
 
     if not isinstance(path, str) or not path.startswith("torch."):
         raise ValueError(f"activation {path!r} is not a torch.* class")
     module_name, _, name = path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name, None)
+    try:
+        cls = getattr(importlib.import_module(module_name), name, None)
+    except ImportError:
+        cls = None
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
         raise ValueError(f"activation {path!r} is not a torch.nn.Module class")
-    return cls()
+    try:
+        return cls()
+    except TypeError as exc:  # e.g. torch.nn.Threshold, which needs arguments
+        raise ValueError(f"activation {path!r} cannot be built without arguments: {exc}") from None
 
 
 def _where(filename: str, subfolder: str) -> str:
