@@ -49,15 +49,17 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str, fmt: str) -> None:
     """Send logs to stderr as ``text`` or ``json``; quiet chatty libraries.
 
-    In ``json`` every line must be a JSON object, so Python warnings go through logging and
-    progress bars (Hugging Face's "Loading weights", downloads), which write raw text to
-    stderr, are turned off; the log says what is loading instead.
+    In ``json`` every line must be a JSON object, so Python warnings go through logging.
+    Progress bars (Hugging Face's "Loading weights", downloads), which write raw text to
+    stderr, are turned off there, and in text too unless stderr is a terminal: in a log file
+    or a pod's log they are noise. The log says what is loading instead.
     """
     handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json" or not sys.stderr.isatty():
+        _disable_progress_bars()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
         logging.captureWarnings(True)
-        _disable_progress_bars()
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

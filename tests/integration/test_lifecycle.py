@@ -187,3 +187,11 @@ def test_a_model_still_loading_is_unavailable_not_unknown() -> None:
             client.rerank("q", ["d"], model="no-such-model", timeout=5)
         gate.set()
         _served(client, "slow")
+
+
+def test_a_log_that_is_no_terminal_gets_no_progress_bars(tiny_models: dict[str, Path]) -> None:
+    # Loading bars are raw text in a log file or a pod's log; the log says what loads.
+    server = start_server(tiny_models["modernbert"])
+    server.stop()
+    output = server.output()
+    assert "serving" in output and "Loading weights" not in output and "it/s]" not in output
