@@ -94,8 +94,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
         "Hugging Face model id or local folder, as SOURCE or NAME=SOURCE (NAME is what requests "
         "use, else SOURCE); repeat it to serve several, the first being the default. Serves "
         "Sentence Transformers cross-encoders: modular (the Ettin rerankers), single-module "
-        "classifiers and causal-LM rerankers. Unset: the environment variable's models "
-        f"(comma-separated), else {DEFAULT_MODEL}.",
+        "classifiers and causal-LM rerankers.",
     ),
     ("model-name", str, "Name of the first model in requests (default: its NAME= or source)."),
     ("host", str, "Address to listen on; 127.0.0.1 keeps a sidecar private to its pod."),
@@ -259,8 +258,15 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         if flag == "model":  # repeatable: the first is --model, the others extra_models
             raw_models = env.get(env_name(flag))
             models = raw_models.split(",") if raw_models else [default]
+            # The default it will use, from the environment too (argparse's own would say
+            # None: the list stays empty until a flag is given). "%(default).0s" prints
+            # nothing, and tells the formatter not to add that.
+            shown = ",".join(models)
             parser.add_argument(
-                "--model", action="append", default=None, help=f"{help_text} [env {env_name(flag)}]"
+                "--model",
+                action="append",
+                default=None,
+                help=f"{help_text} [env {env_name(flag)}] (default: {shown}%(default).0s)",
             )
             parser.set_defaults(env_models=models)
             continue

@@ -14,7 +14,13 @@ from rerankd_server.batching import (
     MEASURED_OVERHEAD_SHARE,
 )
 from rerankd_server.errors import StartupError
-from rerankd_server.settings import DEFAULT_MODEL, Settings, env_name, parse_settings
+from rerankd_server.settings import (
+    DEFAULT_MODEL,
+    Settings,
+    build_parser,
+    env_name,
+    parse_settings,
+)
 from rerankd_server.workers import default_tokenizer_threads
 from support.fake_scorer import FakeScorer
 
@@ -121,3 +127,14 @@ def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked_for(
     assert loop_factory("auto") is None
     with pytest.raises(StartupError, match="uvloop is not installed"):
         loop_factory("uvloop")
+
+
+def test_help_gives_the_models_that_would_be_served() -> None:
+    def model_help(env: dict[str, str]) -> str:
+        text = " ".join(build_parser(env).format_help().split())
+        start = text.index("--model MODEL Hugging")
+        return text[start : text.index("--model-name", start)]
+
+    assert f"(default: {DEFAULT_MODEL})" in model_help({})
+    assert "(default: fast=/m/a,/m/b)" in model_help({"RERANKD_MODEL": "fast=/m/a,/m/b"})
+    assert "None" not in model_help({})
