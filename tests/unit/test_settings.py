@@ -129,7 +129,9 @@ def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked_for(
         loop_factory("uvloop")
 
 
-def test_help_gives_the_models_that_would_be_served() -> None:
+def test_help_gives_the_models_that_would_be_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per flag: no wrap inside a model id
+
     def model_help(env: dict[str, str]) -> str:
         text = " ".join(build_parser(env).format_help().split())
         start = text.index("--model MODEL Hugging")
