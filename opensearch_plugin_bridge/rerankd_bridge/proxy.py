@@ -218,6 +218,8 @@ class Bridge:
             if spec is None:
                 return None
             params = MultiDict(request.query)
+            if _engine_pipeline(body, params):  # its own rerank processor reads ext.rerank
+                return None
             conflict = rerank_conflict(body, params)
             if conflict is not None:
                 if ext is None:  # reranked by --config only: the engine pages it as it would
@@ -394,6 +396,14 @@ def _msearch_index(value: Any) -> str | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return ",".join(value)
     raise ValueError(f"an _msearch header's index must be a string or strings, not {value!r}")
+
+
+def _engine_pipeline(body: Mapping[str, Any], params: Mapping[str, str]) -> bool:
+    """Whether a search names an OpenSearch search pipeline (``?search_pipeline=``, or one
+    defined in the body), whose processors, a rerank processor among them, are the engine's to
+    run: ``ext.rerank`` is then theirs, and the search goes through untouched."""
+    named = params.get("search_pipeline", "_none") not in ("", "_none")
+    return named or "search_pipeline" in body
 
 
 def _pop_filter_path(params: MultiDict[str]) -> str:

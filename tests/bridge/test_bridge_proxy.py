@@ -601,3 +601,24 @@ async def test_a_bridge_fault_is_an_engine_shaped_500(
     body = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": RERANK}}
     status, out = await proxy.call("POST", "/small/_search", body)
     assert status == 500 and out["error"]["type"] == "rerank_bridge_exception"
+
+
+@pytest.mark.parametrize("where", ["query string", "body"])
+async def test_a_search_naming_an_engine_pipeline_is_the_engines(
+    proxy: Proxy, engine: Engine, where: str
+) -> None:
+    # OpenSearch's own rerank processor reads ext.rerank: the bridge must not take it away.
+    body: dict[str, Any] = {"query": {"match": {"text": QUERY}}, "ext": {"rerank": RERANK}}
+    path = "/small/_search"
+    if where == "body":
+        body["search_pipeline"] = {"response_processors": []}
+    else:
+        path += "?search_pipeline=reranking"
+    status, out = await proxy.call("POST", path, body)
+    expected_status, expected = await direct(proxy, engine, path, body)
+    assert status == expected_status and "rerank" not in out
+    if status == 200:
+        assert ids(out) == ids(expected)
+    status, out = await proxy.call("POST", "/small/_search?search_pipeline=_none", body)
+    if where == "query string":  # _none: no pipeline, so the bridge reranks
+        assert status == 200 and out["rerank"]["status"] == "reranked"
