@@ -321,3 +321,20 @@ def test_a_left_padding_tokenizer_scores_each_pair_as_alone(
     scorer = HFCrossEncoder(str(root), Placement("cpu", "float32", "sdpa"))
     alone = CrossEncoder(str(root), device="cpu").predict(PAIRS, batch_size=1).tolist()
     assert _scores(scorer, PAIRS) == pytest.approx(alone, abs=1e-5)
+
+
+def test_an_activation_path_that_is_not_torchs_is_passed_over_as_cross_encoder_does(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    # CrossEncoder then reads config.json's activation (here Identity), not its default.
+    root = tmp_path / "untrusted-activation"
+    shutil.copytree(tiny_models["bert"], root)
+    _set_activation(root, "my_reranker.Swish")
+    _edit_json(
+        root / "config.json",
+        lambda c: {**c, "sentence_transformers": {"activation_fn": "torch.nn.Identity"}},  # type: ignore[dict-item]
+    )
+    scorer = HFCrossEncoder(str(root), Placement("cpu", "float32", "sdpa"))
+    assert scorer.info.activation == "torch.nn.Identity"
+    expected = CrossEncoder(str(root), device="cpu").predict(PAIRS, batch_size=8).tolist()
+    assert _scores(scorer, PAIRS) == pytest.approx(expected, abs=1e-5)

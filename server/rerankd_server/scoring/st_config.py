@@ -298,18 +298,15 @@ def resolve_config(source: str, model_config: Any, num_labels: int) -> CrossEnco
     default = "torch.nn.Sigmoid" if num_labels == 1 else "torch.nn.Identity"
     st = read_json(source, "config_sentence_transformers.json")
     st = st if isinstance(st, dict) else {}
-    path = st.get("activation_fn")
+    # CrossEncoder passes over a path that is not torch's (it would be remote code) and then
+    # reads config.json's, else the pre-v4 attribute, else takes the default.
+    path = _torch_path(st.get("activation_fn"))
     if path is None:
         block = getattr(model_config, "sentence_transformers", None)
-        if isinstance(block, dict):
-            path = block.get("activation_fn")
-    if path is None:
-        path = getattr(model_config, "sbert_ce_default_activation_function", None)
-    if path is not None and not str(path).startswith("torch."):
-        log.warning(
-            "activation %r is not a torch.* path; using %s as CrossEncoder does", path, default
-        )
-        path = None
+        if isinstance(block, dict) and "activation_fn" in block:
+            path = _torch_path(block["activation_fn"])
+        else:
+            path = _torch_path(getattr(model_config, "sbert_ce_default_activation_function", None))
     prompts = st.get("prompts") or {}
     prompt_name = st.get("default_prompt_name")
     if prompt_name is not None and prompt_name not in prompts:
@@ -321,6 +318,16 @@ def resolve_config(source: str, model_config: Any, num_labels: int) -> CrossEnco
     return CrossEncoderConfig(
         activation=str(path) if path is not None else default, prompt=str(prompt)
     )
+
+
+def _torch_path(path: Any) -> str | None:
+    """``path`` when it names a ``torch.*`` class; None (with a warning for another) else."""
+    if path is None:
+        return None
+    if str(path).startswith("torch."):
+        return str(path)
+    log.warning("activation %r is not a torch.* path; CrossEncoder passes it over", path)
+    return None
 
 
 def max_input_tokens(
