@@ -129,8 +129,9 @@ _REPLANS = 4
 def _excess(
     spans_of: SpansOf, texts: Sequence[str], plans: list[ChunkPlan], budgets: list[int]
 ) -> dict[int, int]:
-    """For each document some chunk of whose takes more than its budget on its own, by how
-    many tokens the longest one does (a document in one chunk, its whole text, is exact)."""
+    """By how many tokens the longest chunk of each document exceeds its budget, tokenized on
+    its own, for the documents where one does (a document in one chunk, its whole text, never
+    does). This tokenizes the chunks of chunked documents a second time."""
     chunked = [i for i, plan in enumerate(plans) if len(plan.spans) > 1]
     pieces = [(i, texts[i][a:b]) for i in chunked for a, b in plans[i].spans]
     counts = spans_of([piece for _, piece in pieces]) if pieces else []
