@@ -29,6 +29,7 @@ to be refused (TEI's ``truncate: false``).
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from aiohttp import web
 
 from rerankd import AsyncClient, InvalidArgument, ModelInfo, RerankdError, Reranked, Truncation
 from rerankd.errors import DeadlineExceeded, NotFound, ResourceExhausted, Unavailable
+from rerankd_bridge.filter_path import apply_filter_path
+from rerankd_bridge.ranking import MAX_TIMEOUT
 from rerankd_bridge.search import TextBudget, async_model_info
 from rerankd_bridge.text import clean_text
 from rerankd_bridge.wire import (
@@ -304,24 +307,29 @@ class _Endpoints:
                 return await fallback(request)
             try:
                 ask = dialect.read(payload)
+                timeout = _timeout(request, dialect, self.timeout)
             except BadRequest as err:
                 status = dialect.invalid_status
                 return _answer(request, dialect, status, dialect.error(status, str(err)))
             try:
-                reranked = await self._rerank(ask)
+                reranked = await self._rerank(ask, timeout)
             except RerankdError as err:
                 status = _status(err, dialect)
                 return _answer(request, dialect, status, dialect.error(status, str(err)))
-            return _answer(request, dialect, 200, dialect.answer(ask, reranked))
+            answer = dialect.answer(ask, reranked)
+            if dialect is ELASTIC:  # Elasticsearch filters any answer by its filter_path
+                paths = ",".join(request.query.getall("filter_path", []))
+                answer = apply_filter_path(answer, paths)
+            return _answer(request, dialect, 200, answer)
 
         return handle
 
-    async def _rerank(self, ask: RerankAsk) -> Reranked:
+    async def _rerank(self, ask: RerankAsk, timeout: float) -> Reranked:
         client = self.reranker()
         query = clean_text(ask.query)
         texts = [clean_text(d) for d in ask.documents]
         if ask.truncation != "none":  # "none" must see the whole text to refuse it
-            info = await async_model_info(client, "", self.timeout)
+            info = await async_model_info(client, "", timeout)
             budget = TextBudget.of(info, query, len(texts))
             texts = [budget.fit(d) for d in texts]
         return await client.rerank(
@@ -330,7 +338,7 @@ class _Endpoints:
             top_n=min(ask.top_n, len(texts)),
             raw_scores=ask.raw_scores,
             truncation=ask.truncation,
-            timeout=self.timeout,
+            timeout=timeout,
         )
 
     async def info(self, request: web.Request) -> web.StreamResponse:
@@ -368,6 +376,26 @@ def _status(err: RerankdError, dialect: Dialect) -> int:
     if status is None:
         return _OTHER_RERANKER_ERROR
     return dialect.invalid_status if status == 400 else status
+
+
+_TIME_UNITS = {"nanos": 1e-9, "micros": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_TIME_VALUE = re.compile(r"(\d+(?:\.\d+)?)(nanos|micros|ms|s|m|h)")
+
+
+def _timeout(request: web.Request, dialect: Dialect, default: float) -> float:
+    """The call's deadline in seconds: an Elasticsearch inference call's ``timeout`` query
+    parameter (a time value, ``30s``; at most ``MAX_TIMEOUT``), else the bridge's own."""
+    raw = request.query.get("timeout") if dialect is ELASTIC else None
+    if raw is None:
+        return default
+    match = _TIME_VALUE.fullmatch(raw.strip())
+    seconds = float(match[1]) * _TIME_UNITS[match[2]] if match else 0.0
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise BadRequest(
+            f"timeout must be a time value above 0 and at most {MAX_TIMEOUT:g}s, such as 30s "
+            f"or 500ms, not {raw!r}"
+        )
+    return seconds
 
 
 def _answer(request: web.Request, dialect: Dialect, status: int, payload: Any) -> web.Response:

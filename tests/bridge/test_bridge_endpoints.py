@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from collections.abc import AsyncIterator
@@ -263,3 +264,24 @@ async def test_info_and_health_when_the_reranker_is_down() -> None:
         for path in ("/info", "/health"):
             async with http.get(url + path) as resp:
                 assert resp.status == 503 and "error" in await resp.json()
+
+
+async def test_elasticsearch_filter_path_and_timeout_are_honoured(
+    api: tuple[str, aiohttp.ClientSession],
+    fake_sidecar: FakeSidecar,
+    expected: list[tuple[int, float]],
+) -> None:
+    body = {"query": QUERY, "input": DOCS}
+    status, out = await post(api, "/_inference/rerank/rerankd?filter_path=rerank.index", body)
+    assert status == 200 and out == {"rerank": [{"index": i} for i, _ in expected]}
+    status, out = await post(api, "/_inference/rerank/rerankd?timeout=soon", body)
+    assert status == 400 and "timeout" in out["error"]["reason"]
+    # Past the bridge's own 2 s deadline, within the call's 20 s.
+    fake_sidecar.scorer.gate.clear()
+    release = asyncio.get_running_loop().call_later(3.0, fake_sidecar.scorer.gate.set)
+    try:
+        status, out = await post(api, "/_inference/rerank/rerankd?timeout=20s", body)
+    finally:
+        release.cancel()
+        fake_sidecar.scorer.gate.set()
+    assert status == 200 and [r["index"] for r in out["rerank"]] == [i for i, _ in expected]
