@@ -159,6 +159,12 @@ BROKEN: dict[str, tuple[Damage, tuple[str, ...]]] = {
         ),
         ("config_kwargs", "does not apply"),
     ),
+    "a Git LFS pointer for its tokenizer": (
+        lambda root: (root / "tokenizer.json").write_text(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n"
+        ),
+        ("cannot load the model folder",),
+    ),
     "a corrupt weight file": (
         lambda root: (root / "2_Dense" / "model.safetensors").write_bytes(b"\x00" * 16),
         ("module 2 Dense", "cannot read"),

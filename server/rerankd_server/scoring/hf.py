@@ -560,8 +560,13 @@ def check_source(source: str, probe_timeout: float = 3.0) -> None:
 
 
 def _load_advice(source: str, exc: BaseException | str) -> str:
+    """Why a model could not be had, and what to do. A local folder's own files are at fault
+    (a corrupt tokenizer.json, a Git LFS pointer in place of a file): no hub advice then."""
+    reason = " ".join(str(exc).split())  # one line, whatever the library's message held
+    if Path(source).is_dir():
+        return f"cannot load the model folder {source!r}: {reason}"
     return (
-        f"cannot load model {source!r}: {exc}\n"
+        f"cannot load model {source!r}: {reason}\n"
         "rerankd needs a Hugging Face model id it can download (or find in the cache with "
         "HF_HUB_OFFLINE=1) or a local folder holding the model. Without network access, copy "
         "the model folder to this machine and run: rerankd serve --model /path/to/model-folder"
