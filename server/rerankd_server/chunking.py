@@ -70,24 +70,24 @@ def plan_chunks(
     def starts_word(i: int) -> bool:
         return i == 0 or i == count or token_spans[i][0] > token_spans[i - 1][1]
 
+    def word_start(i: int, first: int) -> int:
+        """The last word start after ``first`` and at most ``i``; ``i`` itself when there is
+        none (a word longer than the chunk is cut)."""
+        j = i
+        while j > first + 1 and not starts_word(j):
+            j -= 1
+        return j if starts_word(j) else i
+
     overlap = max(0, min(overlap, (budget - 1) // 2))
     spans: list[tuple[int, int]] = []
     first = 0
     while True:
-        end = min(first + budget, count)  # one past the chunk's last token
-        whole = end
-        while whole > first + 1 and not starts_word(whole):
-            whole -= 1
-        end = whole if starts_word(whole) else end  # a word longer than the chunk: cut it
+        end = word_start(min(first + budget, count), first)  # one past the chunk's last token
         begin = token_spans[first - 1][1] if first else 0
         spans.append((begin, token_spans[end - 1][1]))
         if end == count or len(spans) == max_chunks:
             return ChunkPlan(spans)
-        following = min(first + budget - overlap, end)
-        start = following
-        while start > first + 1 and not starts_word(start):
-            start -= 1
-        first = start if starts_word(start) else following
+        first = word_start(min(first + budget - overlap, end), first)
 
 
 def plan_documents(

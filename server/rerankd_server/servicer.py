@@ -482,12 +482,10 @@ def _guarded(
                 pushback = str(max(1, math.ceil(retry_after * 1000)))
                 context.set_trailing_metadata((*trailers, (RETRY_PUSHBACK_KEY, pushback)))
         except asyncio.CancelledError:  # gRPC ends a call so when its deadline passes, too
-            past = _past_deadline(context)
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if past else grpc.StatusCode.CANCELLED
+            code = _ended(context)
             raise
         except grpc.aio.InternalError:  # a stream's write failed in gRPC's core: the call is over
-            past = _past_deadline(context)
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if past else grpc.StatusCode.CANCELLED
+            code = _ended(context)
             raise asyncio.CancelledError from None
         except Exception:
             log.exception("unexpected error in %s (request %s)", name, request_id)
@@ -534,6 +532,12 @@ def _guarded(
         raise AssertionError("unreachable: context.abort raises")
 
     return handler
+
+
+def _ended(context: Any) -> grpc.StatusCode:
+    """Why gRPC ended a call under its handler: its deadline passed, or the client left."""
+    past = _past_deadline(context)
+    return grpc.StatusCode.DEADLINE_EXCEEDED if past else grpc.StatusCode.CANCELLED
 
 
 def _past_deadline(context: Any) -> bool:
