@@ -213,18 +213,10 @@ class Bridge:
         if body is None:
             return None
         with _client_mistakes():
-            ext = as_mapping(body.get("ext")).get("rerank")
-            spec = self.settings.config.spec_for(index, ext)
+            params = MultiDict(request.query)
+            spec = self._spec(index, body, params)
             if spec is None:
                 return None
-            params = MultiDict(request.query)
-            if _engine_pipeline(body, params):  # its own rerank processor reads ext.rerank
-                return None
-            conflict = rerank_conflict(body, params)
-            if conflict is not None:
-                if ext is None:  # reranked by --config only: the engine pages it as it would
-                    return None
-                raise ValueError(f"ext.rerank cannot be combined with {conflict}")
             paths = _pop_filter_path(params)
             for name in ("from", "size"):
                 if name in params:
@@ -257,12 +249,8 @@ class Bridge:
                 return None
             with _client_mistakes():
                 target = _msearch_index(header.get("index", index))
-                ext = as_mapping(body.get("ext")).get("rerank")
-                spec = self.settings.config.spec_for(target, ext)
-                conflict = None if spec is None else rerank_conflict(body, {})
-                if conflict is not None and ext is not None:
-                    raise ValueError(f"ext.rerank cannot be combined with {conflict}")
-                if spec is None or conflict is not None:
+                spec = self._spec(target, body, request.query)
+                if spec is None:
                     bodies += [header, lines[i + 1]]
                     continue
                 job = SearchJob.prepare(body, spec, self.stats)
@@ -285,6 +273,24 @@ class Bridge:
         for i, item in zip([i for i in jobs if _ok(responses, i)], done, strict=True):
             responses[i] = item
         return reply(request, 200, apply_filter_path(answer, paths), _answer_headers(headers))
+
+    def _spec(
+        self, index: str | None, body: Mapping[str, Any], params: Mapping[str, str]
+    ) -> RerankSpec | None:
+        """How to rerank a search (one ``_msearch`` item) of ``index``; None when it is the
+        engine's: nothing asks for reranking, it names a search pipeline (whose own rerank
+        processor reads ``ext.rerank``), or only ``--config`` asks and it pages in the
+        engine's order. ValueError for ``ext.rerank`` with a sort or cursor."""
+        ext = as_mapping(body.get("ext")).get("rerank")
+        spec = self.settings.config.spec_for(index, ext)
+        if spec is None or _engine_pipeline(body, params):
+            return None
+        conflict = rerank_conflict(body, params)
+        if conflict is None:
+            return spec
+        if ext is None:  # reranked by --config only: the engine pages it as it would
+            return None
+        raise ValueError(f"ext.rerank cannot be combined with {conflict}")
 
     async def _finish(self, job: SearchJob, response: dict[str, Any]) -> dict[str, Any]:
         """Rerank one engine answer; a strict failure becomes an engine-style error object."""

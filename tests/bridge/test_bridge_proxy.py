@@ -622,3 +622,20 @@ async def test_a_search_naming_an_engine_pipeline_is_the_engines(
     status, out = await proxy.call("POST", "/small/_search?search_pipeline=_none", body)
     if where == "query string":  # _none: no pipeline, so the bridge reranks
         assert status == 200 and out["rerank"]["status"] == "reranked"
+
+
+async def test_an_msearch_naming_an_engine_pipeline_is_the_engines(
+    proxy: Proxy, engine: Engine
+) -> None:
+    # As for _search: the engine answers it as it would (an engine without pipelines refuses).
+    query = {"query": {"match": {"text": QUERY}}, "size": 3, "ext": {"rerank": RERANK}}
+    piped = {**query, "search_pipeline": {"response_processors": []}}
+    for path, items in (("/_msearch?search_pipeline=reranking", [query]), ("/_msearch", [piped])):
+        ndjson = "".join(json.dumps(line) + "\n" for item in items for line in ({}, item))
+        headers = {"Content-Type": "application/x-ndjson"}
+        async with proxy.http.post(engine.url + path, data=ndjson, headers=headers) as resp:
+            expected = resp.status
+        status, out = await proxy.call("POST", path, ndjson)
+        assert status == expected, path
+        if status == 200:
+            assert all("rerank" not in item for item in out["responses"])
