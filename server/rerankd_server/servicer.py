@@ -152,6 +152,8 @@ class RerankServicer:
         than a reset stream from a server that is closing.
         """
         self.draining = True
+        if self._idle.is_set():  # wait_for with no time left fails even an Event already set
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:

@@ -141,3 +141,12 @@ async def test_a_stream_whose_write_fails_ends_as_cancelled_without_an_error(
     assert not [
         r for r in caplog.records if r.name.startswith("rerankd") and r.levelno >= logging.WARNING
     ]
+
+
+async def test_a_drain_with_no_grace_left_is_over_at_once_when_nothing_runs() -> None:
+    servicer = RerankServicer(Settings(model="fake"))
+    assert await servicer.drain(0.0)  # nothing in flight: no call to cancel, no warning
+    servicer.call_started()
+    assert not await servicer.drain(0.0)
+    servicer.call_ended()
+    assert await servicer.drain(0.0)
