@@ -132,11 +132,9 @@ def _build_scorer(settings: Any, spec: ScorerSpec) -> Any:
 
 
 def _child(conn: Connection, settings_kwargs: dict[str, Any], spec: ScorerSpec) -> None:
-    import logging
+    from rerankd_server import app, logs
 
-    from rerankd_server import app
-
-    logging.basicConfig(level=logging.WARNING)
+    logs.configure("WARNING", "text")  # as the CLI's: no progress bars in the bench's output
     factory = app.loop_factory(settings_kwargs.get("event_loop", "auto"))  # as the CLI's
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(_child_main(conn, settings_kwargs, spec))
