@@ -405,9 +405,11 @@ def _answer(request: web.Request, dialect: Dialect, status: int, payload: Any) -
 def reply(
     request: web.Request, status: int, payload: Any, headers: Mapping[str, str] | None = None
 ) -> web.Response:
-    """A JSON answer written by :func:`~rerankd_bridge.wire.dumps`, compressed with gzip or
-    deflate when the request accepts one (gzip first); ``headers`` are added to it."""
-    response = web.Response(status=status, body=dumps(payload), headers=headers)
+    """A JSON answer written by :func:`~rerankd_bridge.wire.dumps` (indented for ``?pretty``,
+    as the engines do), compressed with gzip or deflate when the request accepts one (gzip
+    first); ``headers`` are added to it."""
+    pretty = request.query.get("pretty", "false") != "false"
+    response = web.Response(status=status, body=dumps(payload, pretty), headers=headers)
     response.headers.setdefault("Content-Type", "application/json; charset=UTF-8")
     coding = accepted_coding(request.headers.get("Accept-Encoding", ""))
     if coding is not None:

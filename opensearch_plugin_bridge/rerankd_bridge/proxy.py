@@ -70,10 +70,12 @@ __all__ = ["Bridge", "ProxySettings", "main"]
 log = logging.getLogger("rerankd_bridge.proxy")
 
 # Headers that describe one hop, not the message (RFC 9110 section 7.6.1), plus those aiohttp
-# computes itself for the bytes it sends.
+# computes itself for the bytes it sends, and ``Expect``: the bridge has read the whole body
+# already, and an engine session told to wait for a 100 that never comes would hang.
 _HOP_BY_HOP = frozenset(
     {
         "connection",
+        "expect",
         "keep-alive",
         "proxy-authenticate",
         "proxy-authorization",
@@ -85,6 +87,9 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+# The longest request line and header field taken and passed on: the engines take 16 KiB of
+# headers by default (a SAML or bearer token is long), aiohttp's own bound is 8 KiB.
+_MAX_HEADER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,16 @@ class Bridge:
         self._session = aiohttp.ClientSession(
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+            max_line_size=_MAX_HEADER_BYTES,
+            max_field_size=_MAX_HEADER_BYTES,
         )
+        try:
+            await self._listen()
+        except BaseException:  # a port in use: nothing may be left open
+            await self.aclose()
+            raise
+
+    async def _listen(self) -> None:
         settings = self.settings
         app = web.Application(client_max_size=settings.max_body_bytes)
         app.router.add_get("/_rerankd/metrics", self._metrics)
@@ -150,7 +164,13 @@ class Bridge:
             )
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         # Bodies stay as sent (compressed ones too), so what is forwarded is what came in.
-        self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            auto_decompress=False,
+            max_line_size=_MAX_HEADER_BYTES,
+            max_field_size=_MAX_HEADER_BYTES,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.host, settings.port)
         await site.start()
@@ -190,10 +210,13 @@ class Bridge:
                 body = inflate(raw, encoding, self.settings.max_body_bytes)
             except BodyTooLarge as err:
                 return _error(request, 413, "illegal_argument_exception", str(err))
-            if body is not None:  # else not ours to read: the engine answers as it would
+            if body == b"" and "source" in request.query:  # the body in the query string
+                body = request.query["source"].encode()
+            text = _utf8(body)
+            if text is not None:  # else not ours to read: the engine answers as it would
                 search = self._search if endpoint == "_search" else self._msearch
                 try:
-                    answer = await search(request, body.decode(errors="replace"), index)
+                    answer = await search(request, text, index)
                 except _BadSearch as err:
                     return _error(request, 400, "illegal_argument_exception", str(err))
                 except _EngineFault as err:
@@ -238,7 +261,11 @@ class Bridge:
     async def _msearch(
         self, request: web.Request, text: str, index: str | None
     ) -> web.StreamResponse | None:
-        lines = [line for line in text.split("\n") if line.strip()]
+        # An empty line is an empty header (the engines read it so); only the last newline
+        # ends the body rather than a line.
+        lines = text.split("\n")
+        while lines and not lines[-1].strip():
+            lines.pop()
         if len(lines) % 2:
             return None
         jobs: dict[int, SearchJob] = {}
@@ -310,12 +337,19 @@ class Bridge:
     async def _send(
         self, request: web.Request, params: MultiDict[str], bodies: list[Any]
     ) -> tuple[int, CIMultiDict[str], bytes]:
-        """Send a rewritten search (one JSON body, or NDJSON lines) to the engine, uncompressed."""
+        """Send a rewritten search (one JSON body, or NDJSON lines) to the engine, uncompressed,
+        as a body (one given in the query string, ``source``, is in it now)."""
         lines = [b if isinstance(b, str) else json.dumps(b) for b in bodies]
         data = (lines[0] if len(lines) == 1 else "\n".join(lines) + "\n").encode()
         headers = _forwardable(request.headers)
         headers.popall("Content-Encoding", None)
         headers["Accept-Encoding"] = "identity"
+        # A body without a Content-Type is refused (406): a search sent without one gets one.
+        headers.setdefault(
+            "Content-Type", "application/x-ndjson" if len(lines) > 1 else "application/json"
+        )
+        for name in ("source", "source_content_type"):
+            params.popall(name, None)
         path = str(self.settings.engine).rstrip("/") + request.rel_url.raw_path
         url = URL(path, encoded=True).with_query(params)
         return await self._exchange(request.method, url, data, headers)
@@ -385,6 +419,14 @@ def _engine_search(value: Any) -> dict[str, Any]:
         return search_response(value)
     except BadEngineResponse as err:
         raise _EngineFault(str(err)) from None
+
+
+def _utf8(body: bytes | None) -> str | None:
+    """A search body's text; None when it is not UTF-8 (the engine refuses it, as it would)."""
+    try:
+        return None if body is None else body.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def _json_object(text: str) -> dict[str, Any] | None:

@@ -24,7 +24,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rerankd import AsyncClient, Client, ModelInfo, RerankdError, Reranked, RerankResult, Usage
+from rerankd import (
+    AsyncClient,
+    Client,
+    InvalidArgument,
+    ModelInfo,
+    RerankdError,
+    Reranked,
+    RerankResult,
+    Usage,
+)
 from rerankd_bridge.filter_path import apply_filter_path
 from rerankd_bridge.ranking import (
     Candidate,
@@ -264,13 +273,16 @@ def _no_text(found: list[Candidate]) -> bool:
 
 def rerank_conflict(body: Mapping[str, Any], params: Mapping[str, Any]) -> str | None:
     """What in a search (its body and query-string ``params``) rules out reranking, or None:
-    ``scroll``, ``search_after``, or a ``sort`` other than by descending score. Their pages
+    ``scroll``, ``search_after``, or a ``sort`` other than by descending score, whose pages
     follow the engine's order, which reranking would break (pages would skip and repeat
-    hits); Elasticsearch refuses ``rescore`` with them alike."""
+    hits; Elasticsearch refuses ``rescore`` with them alike); or a ``retriever`` or ``rank``,
+    which ranks in the engine within its own ``rank_window_size`` (a window widened to the
+    bridge's is refused there)."""
     if "scroll" in params:
         return "scroll"
-    if "search_after" in body:
-        return "search_after"
+    for name in ("search_after", "retriever", "rank"):
+        if name in body:
+            return name
     sort = body.get("sort", params.get("sort"))
     if sort is not None and not _by_score(sort):
         return "sort"
@@ -327,22 +339,33 @@ def rerank_sync(job: SearchJob, response: dict[str, Any], reranker: Client) -> d
     """Finish ``job`` on the engine's ``response``, calling the reranker when needed.
 
     The options' timeout bounds both calls of a client's first search (``GetModelInfo``,
-    then ``Rerank``) together.
+    then ``Rerank``) together. A call refused as invalid under remembered limits is made
+    once more, with the limits asked again (the server may have restarted with others).
     """
     call = job.call(response)
     if call is None:
         return job.finish(response, None, None)
     options = job.options
     started = time.perf_counter()
-    outcome: Reranked | RerankdError
-    try:
-        info = model_info(reranker, options.model, options.timeout)
-        sends = _Sends.of(call, info)
+
+    def scored() -> Reranked:
+        sends = _Sends.of(call, model_info(reranker, options.model, options.timeout))
         answers = []
         for texts in sends.requests:  # one after another, all within the options' timeout
             left = _time_left(options, started)
             answers.append(reranker.rerank(call.query, texts, **_rerank_kwargs(options, left)))
-        outcome = sends.merged(answers)
+        return sends.merged(answers)
+
+    outcome: Reranked | RerankdError
+    try:
+        remembered = _remembered(reranker, options.model)
+        try:
+            outcome = scored()
+        except InvalidArgument:
+            if not remembered:
+                raise
+            _forget(reranker, options.model)
+            outcome = scored()  # with the limits asked again
     except RerankdError as err:
         outcome = err
     return job.finish(response, call, outcome, (time.perf_counter() - started) * 1000)
@@ -357,15 +380,25 @@ async def rerank_async(
         return job.finish(response, None, None)
     options = job.options
     started = time.perf_counter()
-    outcome: Reranked | RerankdError
-    try:
-        info = await async_model_info(reranker, options.model, options.timeout)
-        sends = _Sends.of(call, info)
+
+    async def scored() -> Reranked:
+        sends = _Sends.of(call, await async_model_info(reranker, options.model, options.timeout))
         kwargs = _rerank_kwargs(options, _time_left(options, started))
         answers = await asyncio.gather(
             *(reranker.rerank(call.query, texts, **kwargs) for texts in sends.requests)
         )
-        outcome = sends.merged(list(answers))
+        return sends.merged(list(answers))
+
+    outcome: Reranked | RerankdError
+    try:
+        remembered = _remembered(reranker, options.model)
+        try:
+            outcome = await scored()
+        except InvalidArgument:
+            if not remembered:
+                raise
+            _forget(reranker, options.model)
+            outcome = await scored()  # with the limits asked again
     except RerankdError as err:
         outcome = err
     return job.finish(response, call, outcome, (time.perf_counter() - started) * 1000)
@@ -412,11 +445,21 @@ class _Sends:
         return Reranked(results, answers[0].model, usage)
 
 
-# GetModelInfo answers per client and model name: the limits do not change while a server
-# runs, and a client outlives many searches.
+# GetModelInfo answers per client and model name, asked once: a client outlives many
+# searches. A server restarted with other limits (or another replica behind the target)
+# refuses a request made to the old ones as invalid: a call that used remembered limits is
+# then made once more, with the limits asked again.
 _MODEL_INFO: weakref.WeakKeyDictionary[Client | AsyncClient, dict[str, ModelInfo]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _remembered(client: Client | AsyncClient, model: str) -> bool:
+    return model in _MODEL_INFO.get(client, {})
+
+
+def _forget(client: Client | AsyncClient, model: str) -> None:
+    _MODEL_INFO.get(client, {}).pop(model, None)
 
 
 def model_info(client: Client, model: str, timeout: float) -> ModelInfo:

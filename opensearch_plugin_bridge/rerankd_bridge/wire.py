@@ -97,18 +97,20 @@ def _as_float32(value: float) -> float | None:
     return single
 
 
-def dumps(value: Any) -> bytes:
-    """``value`` as compact ASCII JSON, :class:`Score` values in their float32 form.
+def dumps(value: Any, pretty: bool = False) -> bytes:
+    """``value`` as compact ASCII JSON, :class:`Score` values in their float32 form;
+    ``pretty``: indented as the engines indent for ``?pretty``.
 
     ASCII escapes keep any string writable, lone surrogates included (an engine may return
     them in ``_source``). Raises ValueError on a non-finite float (not valid JSON).
     """
     parts: list[str] = []
-    _write(value, parts.append)
+    _write(value, parts.append, "\n" if pretty else None)
     return "".join(parts).encode("ascii")
 
 
-def _write(value: Any, out: Callable[[str], None]) -> None:
+def _write(value: Any, out: Callable[[str], None], line: str | None = None) -> None:
+    """Write ``value``; ``line`` starts each line of its members (None: all on one line)."""
     if isinstance(value, str):
         out(encode_basestring_ascii(value))
     elif value is None:
@@ -128,19 +130,21 @@ def _write(value: Any, out: Callable[[str], None]) -> None:
     elif isinstance(value, int):
         out(int.__repr__(value))
     elif isinstance(value, Mapping):
+        inner = None if line is None or not value else line + "  "
         out("{")
         for i, (key, item) in enumerate(value.items()):
-            out("," if i else "")
+            out(("," if i else "") + (inner or ""))
             out(encode_basestring_ascii(str(key)))
-            out(":")
-            _write(item, out)
-        out("}")
+            out(":" if inner is None else " : ")
+            _write(item, out, inner)
+        out("}" if inner is None else f"{line}}}")
     elif isinstance(value, list | tuple):
+        inner = None if line is None or not value else line + "  "
         out("[")
         for i, item in enumerate(value):
-            out("," if i else "")
-            _write(item, out)
-        out("]")
+            out(("," if i else "") + (inner or ""))
+            _write(item, out, inner)
+        out("]" if inner is None else f"{line}]")
     else:
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,10 @@ from rerankd_bridge import (
     async_rerank_search,
     rerank_search,
 )
-from support.sidecar import RunningSidecar
+from rerankd_server.process import free_port
+from rerankd_server.settings import Settings
+from support.fake_scorer import FakeScorer
+from support.sidecar import RunningSidecar, run_sidecar
 
 QUERY = "list files in a directory"
 BODY: dict[str, Any] = {"query": {"match": {"text": QUERY}}, "size": 5}
@@ -181,3 +185,38 @@ def test_filter_path_applies_after_reranking_and_sorts_are_refused(
         for refused in ({"sort": [{"title.keyword": "asc"}]}, {"scroll": "1m"}):
             with pytest.raises(ValueError, match="cannot be combined"):
                 rerank_search(client, reranker, index="small", body=body, **refused)
+
+
+def test_a_sidecar_restarted_with_lower_limits_is_asked_again(opensearch: Engine) -> None:
+    # As the proxy does: remembered limits refused by a restarted server are asked again.
+    port = free_port()
+    settings = Settings(model="fake", warmup=False, max_documents=1000)
+    options = RerankOptions(window=8)
+    body = {"query": {"match": {"text": "files"}}, "size": 8}
+    with Client(f"127.0.0.1:{port}") as reranker:
+        with run_sidecar(settings, lambda _: FakeScorer(), port=port):
+            out = rerank_search(
+                sync_client(opensearch),
+                reranker,
+                index="small",
+                body=body,
+                query="files",
+                options=options,
+            )
+            assert out["rerank"]["status"] == "reranked"
+        lower = dataclasses.replace(settings, max_documents=3)
+        with run_sidecar(lower, lambda _: FakeScorer(), port=port):
+            for _ in range(40):  # until the channel has reconnected
+                out = rerank_search(
+                    sync_client(opensearch),
+                    reranker,
+                    index="small",
+                    body=body,
+                    query="files",
+                    options=options,
+                )
+                if out["rerank"].get("reason") != "unavailable":
+                    break
+                time.sleep(0.25)
+    assert out["rerank"]["status"] == "reranked", out["rerank"]
+    assert out["rerank"]["scored"] == 8

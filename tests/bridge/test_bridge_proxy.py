@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gzip
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from rerankd_bridge.ranking import RerankOptions
 from rerankd_bridge.spec import BridgeConfig, RerankSpec
 from rerankd_bridge.stats import RerankStats
 from rerankd_bridge.wire import float32_text
+from rerankd_server.process import free_port
 from rerankd_server.settings import Settings
 from support.fake_scorer import FakeScorer
 from support.sidecar import RunningSidecar, run_sidecar
@@ -493,11 +495,16 @@ async def test_config_reranking_leaves_sorted_and_scrolled_searches_to_the_engin
     # Their pages follow the engine's order: reranking would skip and repeat hits.
     config = BridgeConfig(indices=(("small", RerankSpec(RerankOptions(window=6))),))
     query = {"match": {"text": "files"}}
+    ranked = [{"standard": {"query": query}}, {"standard": {"query": {"match": {"text": "dir"}}}}]
+    rrf = {"retrievers": ranked, "rank_window_size": 5}
     searches = [
         ("/small/_search", {"query": query, "size": 3, "sort": [{"title.keyword": "asc"}]}),
         ("/small/_search", {"query": query, "size": 3, "sort": "title.keyword:desc"}),
         ("/small/_search", {"query": query, "size": 2, "search_after": [0.5, "cp"]}),
         ("/small/_search?scroll=1m", {"query": query, "size": 3}),
+        # Ranked in the engine within its rank_window_size, which a widened size would break.
+        ("/small/_search", {"retriever": {"rrf": rrf}, "size": 3}),
+        ("/small/_search", {"query": query, "size": 3, "rank": {"rrf": {}}}),
     ]
     async for proxy in start_proxy(engine, tiny_sidecar.target, config):
         for path, body in searches:
@@ -518,6 +525,8 @@ async def test_config_reranking_leaves_sorted_and_scrolled_searches_to_the_engin
         ("/small/_search", {"sort": [{"_score": "asc"}]}, "sort"),
         ("/small/_search", {"search_after": [1.0]}, "search_after"),
         ("/small/_search?scroll=1m", {}, "scroll"),
+        ("/small/_search", {"retriever": {"standard": {"query": {"match_all": {}}}}}, "retriever"),
+        ("/small/_search", {"rank": {"rrf": {}}}, "rank"),
     ],
 )
 async def test_ext_rerank_with_a_sort_or_cursor_is_a_400(
@@ -639,3 +648,107 @@ async def test_an_msearch_naming_an_engine_pipeline_is_the_engines(
         assert status == expected, path
         if status == 200:
             assert all("rerank" not in item for item in out["responses"])
+
+
+async def test_a_request_expecting_100_continue_is_answered(proxy: Proxy, engine: Engine) -> None:
+    # curl sends Expect for bodies over 1 MiB; the bridge holds the whole body by then, and
+    # an engine session told to wait for a 100 would wait for ever.
+    body = {"query": {"match": {"text": QUERY}}, "size": 3, "ext": {"rerank": RERANK}}
+    timeout = aiohttp.ClientTimeout(total=30)
+    for path, sent in (("/small/_search", body), ("/small/_count", {"query": body["query"]})):
+        async with proxy.http.post(
+            proxy.url + path, json=sent, expect100=True, timeout=timeout
+        ) as resp:
+            assert resp.status == 200, path
+            out = await resp.json()
+        assert "count" in out or out["rerank"]["status"] == "reranked"
+
+
+async def test_config_reranks_searches_without_a_body_and_with_it_in_the_query_string(
+    engine: Engine, tiny_sidecar: RunningSidecar
+) -> None:
+    config = BridgeConfig(indices=(("small", RerankSpec(RerankOptions(window=6))),))
+    source = json.dumps({"query": {"match": {"text": "archive"}}})
+    async for proxy in start_proxy(engine, tiny_sidecar.target, config):
+        async with proxy.http.get(proxy.url + "/small/_search?q=files") as resp:  # no body
+            assert resp.status == 200
+            out = await resp.json()
+        assert out["rerank"]["status"] == "reranked" and out["hits"]["hits"]
+        async with proxy.http.get(proxy.url + "/small/_search", params={"source": source}) as resp:
+            assert resp.status == 200
+            out = await resp.json()
+        # The query of ``source`` is the search, not a match-all window the bridge made up.
+        assert out["rerank"]["status"] == "reranked" and ids(out) == ["tar"]
+
+
+async def test_an_msearch_header_line_may_be_empty(proxy: Proxy, engine: Engine) -> None:
+    query = {"query": {"match": {"text": QUERY}}, "size": 3}
+    lines = ["", json.dumps({**query, "ext": {"rerank": RERANK}}), "{}", json.dumps(query)]
+    ndjson = "\n".join(lines) + "\n"
+    status, out = await proxy.call("POST", "/small/_msearch", ndjson)
+    assert status == 200
+    first, second = out["responses"]
+    assert first["rerank"]["status"] == "reranked" and len(first["hits"]["hits"]) == 3
+    assert "rerank" not in second and len(second["hits"]["hits"]) == 3
+
+
+async def test_a_body_that_is_not_utf8_goes_to_the_engine_as_it_came(
+    proxy: Proxy, engine: Engine
+) -> None:
+    body = b'{"query": {"match": {"text": "caf\xe9"}}, "ext": {"rerank": {"window": 3}}}'
+    headers = {"Content-Type": "application/json"}
+    async with proxy.http.post(engine.url + "/small/_search", data=body, headers=headers) as resp:
+        expected = resp.status
+    async with proxy.http.post(proxy.url + "/small/_search", data=body, headers=headers) as resp:
+        assert resp.status == expected and "X-Rerankd-Rerank" not in resp.headers
+
+
+async def test_long_headers_pass_both_ways(proxy: Proxy, engine: Engine) -> None:
+    # A SAML or bearer token can be longer than aiohttp's own 8 KiB bound; the engines take 16.
+    headers = {"X-Opaque-Id": "x" * 12_000, "Content-Type": "application/json"}
+    body = {"query": {"match": {"text": QUERY}}, "size": 3, "ext": {"rerank": RERANK}}
+    async with proxy.http.post(proxy.url + "/small/_search", json=body, headers=headers) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["rerank"]["status"] == "reranked"
+
+
+async def test_pretty_answers_are_indented(proxy: Proxy) -> None:
+    body = {"query": {"match": {"text": QUERY}}, "size": 2, "ext": {"rerank": RERANK}}
+    async with proxy.http.post(proxy.url + "/small/_search?pretty", json=body) as resp:
+        raw = await resp.read()
+    assert raw.startswith(b"{\n  ") and json.loads(raw)["rerank"]["status"] == "reranked"
+    async with proxy.http.post(proxy.url + "/small/_search?pretty=false", json=body) as resp:
+        assert b"\n" not in await resp.read()
+
+
+async def test_a_sidecar_restarted_with_lower_limits_is_asked_again(engine: Engine) -> None:
+    # The bridge remembers a server's limits; a server restarted with lower ones refuses a
+    # request made to the old ones, and the bridge asks again instead of skipping for ever.
+    body = {"query": {"match": {"text": "files"}}, "size": 8, "ext": {"rerank": RERANK}}
+    port = free_port()
+    settings = Settings(model="fake", warmup=False, max_documents=1000)
+    async for proxy in start_proxy(engine, f"127.0.0.1:{port}"):
+        with run_sidecar(settings, lambda _: FakeScorer(), port=port):
+            status, out = await proxy.call("POST", "/small/_search", body)
+            assert status == 200 and out["rerank"]["status"] == "reranked"
+        lower = dataclasses.replace(settings, max_documents=3)
+        with run_sidecar(lower, lambda _: FakeScorer(), port=port):
+            for _ in range(40):  # until the bridge's channel has reconnected
+                status, out = await proxy.call("POST", "/small/_search", body)
+                if out["rerank"].get("reason") != "unavailable":
+                    break
+                await asyncio.sleep(0.25)
+    assert status == 200 and out["rerank"]["status"] == "reranked", out["rerank"]
+    assert out["rerank"]["scored"] == RERANK["window"]
+
+
+async def test_a_bridge_that_cannot_listen_leaves_nothing_open(fake_sidecar: FakeSidecar) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        settings = ProxySettings(engine=None, reranker=Connection(fake_sidecar.target), port=port)
+        bridge = Bridge(settings, RerankStats())
+        with pytest.raises(OSError):
+            await bridge.start()
+    assert bridge._session is not None and bridge._session.closed

@@ -35,13 +35,15 @@ def run_sidecar(
     *,
     wait_ready: bool = True,
     metrics: bool = False,
+    port: int = 0,
 ) -> Iterator[RunningSidecar]:
-    """Start a Sidecar on 127.0.0.1 (free port) in a thread; stop it (grace 5 s) on exit.
+    """Start a Sidecar on 127.0.0.1 (``port``, else a free one) in a thread; stop it (grace
+    5 s) on exit.
 
     Metrics are served on a free port only when ``metrics`` is true (tests run several servers).
     """
     metrics_port = free_port() if metrics else 0
-    settings = dataclasses.replace(settings, host="127.0.0.1", port=0, metrics_port=metrics_port)
+    settings = dataclasses.replace(settings, host="127.0.0.1", port=port, metrics_port=metrics_port)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="sidecar-loop", daemon=True)
     thread.start()
