@@ -191,30 +191,25 @@ def test_a_sidecar_restarted_with_lower_limits_is_asked_again(opensearch: Engine
     # As the proxy does: remembered limits refused by a restarted server are asked again.
     port = free_port()
     settings = Settings(model="fake", warmup=False, max_documents=1000)
-    options = RerankOptions(window=8)
     body = {"query": {"match": {"text": "files"}}, "size": 8}
     with Client(f"127.0.0.1:{port}") as reranker:
-        with run_sidecar(settings, lambda _: FakeScorer(), port=port):
-            out = rerank_search(
+
+        def search() -> dict[str, Any]:
+            return rerank_search(
                 sync_client(opensearch),
                 reranker,
                 index="small",
                 body=body,
                 query="files",
-                options=options,
+                options=RerankOptions(window=8),
             )
-            assert out["rerank"]["status"] == "reranked"
+
+        with run_sidecar(settings, lambda _: FakeScorer(), port=port):
+            assert search()["rerank"]["status"] == "reranked"
         lower = dataclasses.replace(settings, max_documents=3)
         with run_sidecar(lower, lambda _: FakeScorer(), port=port):
             for _ in range(40):  # until the channel has reconnected
-                out = rerank_search(
-                    sync_client(opensearch),
-                    reranker,
-                    index="small",
-                    body=body,
-                    query="files",
-                    options=options,
-                )
+                out = search()
                 if out["rerank"].get("reason") != "unavailable":
                     break
                 time.sleep(0.25)
