@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -153,3 +154,83 @@ def test_chat_messages_without_a_chat_template_are_refused(
     (broken / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="no chat template"):
         HFCrossEncoder(str(broken), Placement("cpu", "float32", "sdpa"))
+
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] in ['system', 'user', 'assistant'] %}{{ message['content'] }}"
+    "{% endif %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
+
+
+def _template(text: str) -> Callable[[Path], None]:
+    return lambda path: (path / "chat_template.jinja").write_text(text)
+
+
+def _edit_json(name: str, **values: Any) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        config = json.loads((path / name).read_text())
+        for key, value in values.items():
+            target = config
+            *parents, last = key.split(".")
+            for parent in parents:
+                target = target[parent]
+            target[last] = value
+        (path / name).write_text(json.dumps(config))
+
+    return edit
+
+
+BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
+    "a chat template that renders only the user, system and assistant roles": (
+        _template(CHATML),
+        "the query and document text does not reach the rendered prompt",
+    ),
+    "a chat template that raises": (
+        _template("{{ raise_exception('this template takes no documents') }}"),
+        "cannot render a .query, document. pair: this template takes no documents",
+    ),
+    "sanitize_control_tokens": (
+        _edit_json(
+            "sentence_bert_config.json",
+            **{"processing_kwargs.chat_template.sanitize_control_tokens": True},
+        ),
+        "sanitize_control_tokens, which rerankd does not serve",
+    ),
+    "an answer token outside the vocabulary": (
+        _edit_json("1_LogitScore/config.json", true_token_id=1_000_000),
+        "cannot score a batch of pairs: IndexError",
+    ),
+    "an activation that halves its input": (
+        _edit_json("config_sentence_transformers.json", activation_fn="torch.nn.GLU"),
+        "cannot score a batch of pairs: RuntimeError: Halving dimension must be even",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def causal_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("causal") / "m", layout="causal-lm")
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_a_model_that_cannot_score_pairs_is_refused_at_load(
+    causal_model: Path, tmp_path: Path, name: str
+) -> None:
+    edit, message = BROKEN[name]
+    broken = tmp_path / "broken"
+    shutil.copytree(causal_model, broken)
+    edit(broken)
+    with pytest.raises(ModelLoadError, match=message) as refusal:
+        HFCrossEncoder(str(broken), Placement("cpu", "float32", "sdpa"))
+    assert "\n" not in str(refusal.value)
+
+
+def test_sentence_transformers_refuses_a_template_without_the_pair_roles_too(
+    causal_model: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "chatml"
+    shutil.copytree(causal_model, broken)
+    _template(CHATML)(broken)
+    with pytest.raises(ValueError, match="cannot carry a 'query'/'document' pair"):
+        CrossEncoder(str(broken), device="cpu").predict([("list files", "ls")])

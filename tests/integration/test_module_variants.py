@@ -24,6 +24,7 @@ from sentence_transformers.sentence_transformer.modules import Dropout, LayerNor
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
+from rerankd_server.errors import ModelLoadError
 from rerankd_server.scoring.base import Truncation
 from rerankd_server.scoring.hf import HFCrossEncoder, Placement
 from rerankd_server.settings import Settings
@@ -213,3 +214,16 @@ def test_chunks_of_a_prompted_model_leave_room_for_the_prompt(
     assert len(tokens) <= model.max_seq_length
     expected = model.predict([(query, chunk)], activation_fn=torch.nn.Identity())
     assert result.score == pytest.approx(float(expected[0]), abs=1e-5)
+
+
+def test_a_head_that_scores_each_token_is_refused(
+    headless: dict[str, Path], tmp_path: Path
+) -> None:
+    """A Dense writing scores from the token embeddings, with no Pooling before it, gives a
+    score per token, not per pair."""
+    head = [
+        Dense(H, 1, module_input_name="token_embeddings", module_output_name="scores"),
+    ]
+    path = _save(tmp_path / "per-token", headless["modernbert"], head)
+    with pytest.raises(ModelLoadError, match="does not give one score per pair"):
+        HFCrossEncoder(str(path), Placement("cpu", "float32", "sdpa"))

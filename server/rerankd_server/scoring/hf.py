@@ -169,7 +169,7 @@ class HFCrossEncoder:
         self._uses_type_ids = (
             "token_type_ids" in tokenizer.model_input_names and "token_type_ids" in forward_params
         )
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._pad_id = _pad_id(self._model.config, tokenizer)
         # A causal LM reads its answer at the last position: Sentence Transformers pads left.
         # Any other model is padded right, whatever its tokenizer says: its positions count
         # from the first token, so a pair then scores as it does alone in any batch.
@@ -198,6 +198,7 @@ class HFCrossEncoder:
         attention = str(getattr(self._model.config, "_attn_implementation", placement.attention))
         if self._packed is not None:
             attention = f"packed ({self._packed_kernel})"
+        self._check_scoring(source, placement.dtype)
         self._info = ScorerInfo(
             name=name or source,
             max_input_tokens=max_len,
@@ -308,7 +309,13 @@ class HFCrossEncoder:
         message_format = spec.message_format
         if message_format == "auto":
             message_format = infer_message_format(template, self._model.config.model_type)
-        return ChatEncoder(tokenizer, plain, max_len, message_format, spec.chat_kwargs, prompt)
+        try:
+            return ChatEncoder(tokenizer, plain, max_len, message_format, spec.chat_kwargs, prompt)
+        except Exception as exc:  # the template's own errors (raise_exception, a bad variable)
+            reason = " ".join(str(exc).split())
+            raise ModelLoadError(
+                f"{source}: its chat template cannot render a (query, document) pair: {reason}"
+            ) from exc
 
     def _set_prompt_length(self, tokenizer: Any, prompt: str) -> None:
         """Tell Pooling how many leading tokens are the prompt, measured as Sentence
@@ -356,6 +363,46 @@ class HFCrossEncoder:
             self._packed, self._packed_chain = None, self._chain
             return
         log.info("packed execution checked against padded (relative difference %.1e)", worst)
+
+    def _check_scoring(self, source: str, dtype: str) -> None:
+        """Score two probe pairs together and each alone, as served, before serving: a model
+        that fails on a batch (no pad id to find its last token, an answer token outside the
+        vocabulary, an activation that does not take one score per pair) or whose scores
+        depend on their batch is refused at start, never served to fail or mislead callers.
+
+        Raises:
+            ModelLoadError: saying what went wrong, in one line.
+        """
+        long = " ".join(["the ls command lists the files of a directory"] * 6)
+        pairs = [("list files", "ls"), ("how do I list the files in a directory", long)]
+
+        def scores(rows: range) -> FloatArray:
+            ids = [tokens.ids[i] for i in rows]
+            types = None if tokens.type_ids is None else [tokens.type_ids[i] for i in rows]
+            return self.activate(self.forward(self.collate(ids, types)))
+
+        try:
+            tokens = self.tokenize(pairs, Truncation.DEFAULT)
+            together = scores(range(len(pairs)))
+            alone = [scores(range(i, i + 1)) for i in range(len(pairs))]
+        except Exception as exc:  # whatever the model or its modules raise: one line
+            reason = " ".join(str(exc).split())
+            raise ModelLoadError(
+                f"{source} cannot score a batch of pairs: {type(exc).__name__}: {reason}"
+            ) from exc
+        if together.shape != (len(pairs),) or any(one.shape != (1,) for one in alone):
+            raise ModelLoadError(f"{source} does not give one score per pair")
+        single = np.concatenate(alone)
+        if not (np.isfinite(together).all() and np.isfinite(single).all()):
+            raise ModelLoadError(f"{source} gives scores that are not finite numbers")
+        tolerance = 1e-4 if dtype == "float32" else 5e-2
+        worst = float(np.abs(together - single).max() / (1.0 + np.abs(single).max()))
+        if worst > tolerance:
+            raise ModelLoadError(
+                f"{source}: a pair's score depends on the batch it is in (relative difference "
+                f"{worst:.1e}); its config's pad_token_id may not be a token its classifier "
+                "skips"
+            )
 
     @property
     def info(self) -> ScorerInfo:
@@ -496,6 +543,17 @@ class HFCrossEncoder:
         began = time.perf_counter()
         self.forward(batch)
         return time.perf_counter() - began
+
+
+def _pad_id(config: Any, tokenizer: Any) -> int:
+    """The id padding is filled with: the model config's own pad id, which an LLM sequence
+    classifier compares ids with to find each row's last real token (its tokenizer's may
+    differ, e.g. pad = eos in one and not the other), else the tokenizer's, else 0 (padding
+    is masked, and a causal LM's answer is read at the last, real position)."""
+    pad = getattr(config.get_text_config(), "pad_token_id", None)
+    if isinstance(pad, int):
+        return pad
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def _check_loading_report(

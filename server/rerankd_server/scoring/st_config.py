@@ -286,6 +286,11 @@ def _chat_kwargs(source: str, processing: Any) -> dict[str, Any]:
             f"{source}: its Transformer's processing_kwargs {processing!r} are not served "
             "(rerankd takes chat_template arguments other than the size ones)"
         )
+    if chat.get("sanitize_control_tokens"):
+        raise ModelLoadError(
+            f"{source}: its chat template arguments set sanitize_control_tokens, which rerankd "
+            "does not serve (it tokenizes the rendered pair as text)"
+        )
     return dict(chat)
 
 
