@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Encoding, Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from rerankd_server.scoring import pairs
 from rerankd_server.scoring.pairs import (
@@ -113,13 +113,13 @@ def test_a_post_processor_that_splits_a_pair_otherwise_is_refused() -> None:
         ("aaaa bbbb cccc dddd", "right", "aaaa bbbb"),  # at the last space before the limit
         ("aaaa bbbb cccc dddd", "left", "cccc dddd"),
         ("文字検索文字検索文字", "right", "文字検索文字"),  # no space: at the limit itself
-        ("文字検索文字検索文字", "left", "文字検索文字"),
+        ("文字検索文字検索文字", "left", "文字検索文字検索文字"),  # no space: kept whole
         ("aaaa\u00a0bbbb\u3000cccc\rdddd", "right", "aaaa\u00a0bbbb"),  # any whitespace
     ],
 )
 def test_clip(text: str, side: str, expected: str) -> None:
     limit = 12 if " " in text or "\u00a0" in text else 6
-    if text == "short":
+    if text == "short" or expected == text:
         assert clip(text, limit, side) is text
     else:
         assert clip(text, limit, side) == expected
@@ -206,3 +206,52 @@ def test_an_ascii_copy_that_encodes_otherwise_is_not_used(monkeypatch: pytest.Mo
     reference.enable_truncation(12, strategy="longest_first", direction="right")
     pair = ("List FILES", "Use LS")
     assert encoder.encode([pair], "right")[0] == [reference.encode(*pair).ids]
+
+
+@pytest.mark.parametrize("template", ["{{ messages[0].content }}", "{{ m.content[0].text }}"])
+def test_the_message_format_is_inferred_as_sentence_transformers_infers_it(template: str) -> None:
+    from sentence_transformers.base import modality
+
+    for model_type, expected in modality.KNOWN_MODEL_TYPES_MESSAGE_FORMATS.items():
+        assert pairs.infer_message_format(template, model_type) == expected, model_type
+    assert pairs.infer_message_format("{{ m.content[0].text }}", "qwen3") == "structured"
+    assert pairs.infer_message_format("{{ messages[0].content }}", "qwen3") == "flat"
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_long_query_of_few_tokens_is_tokenized_whole_once_a_call(
+    monkeypatch: pytest.MonkeyPatch, side: str
+) -> None:
+    """Clipping cannot settle such a query (its clipped part has fewer tokens than the model
+    reads), so it is tokenized whole; once, not once for each of its documents."""
+    plain = clone(bert_tokenizer(lowercase=True), None, "right", False)
+    encoder = PairEncoder(plain, 16, uses_types=True)
+    query = "list" + " " * (16 * pairs.CLIP_CHARS_PER_TOKEN * 4) + "files"
+    documents = [f"use ls {i}" for i in range(50)]
+    tokenized: list[str] = []
+    encode = encoder._encode
+
+    def counting(texts: list[str], offsets: list[bool]) -> list[Encoding]:
+        tokenized.extend(texts)
+        return encode(texts, offsets)
+
+    monkeypatch.setattr(encoder, "_encode", counting)
+    ids, _, _ = encoder.encode([(query, d) for d in documents], side)
+    reference = clone(bert_tokenizer(lowercase=True), 16, side, False)
+    assert ids == [e.ids for e in reference.encode_batch([(query, d) for d in documents])]
+    assert tokenized.count(query) == 1
+
+
+def test_start_truncation_of_a_long_run_pairs_it_from_its_first_character() -> None:
+    """BPE merges a run of one character in pairs from its start, so a run cut at its start
+    ends in other tokens: such a text is tokenized whole."""
+    letters = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz", start=2)}
+    bpe = Tokenizer(models.BPE({"=": 0, "==": 1, **letters}, merges=[("=", "=")]))
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    encoder = PairEncoder(clone(bpe, None, "right", False), 64, uses_types=False)
+    run = "x " * 3 + "=" * (2 * 64 * pairs.CLIP_CHARS_PER_TOKEN + 1)
+    reference = clone(bpe, 64, "left", False)
+    for pair in (("x", run), (run, "x")):
+        expected = reference.encode(*pair).ids
+        assert 0 in expected  # the run's odd last "="
+        assert encoder.encode([pair], "left")[0] == [expected]

@@ -120,8 +120,13 @@ def as_ascii(text: str) -> str:
 
 def clip(text: str, limit: int, side: str) -> str:
     """``text`` cut to about ``limit`` characters on the kept ``side`` (``right`` keeps the
-    start), at a whitespace near the limit when there is one, else at the limit itself; or
-    ``text`` itself (the same object) when it is short."""
+    start), at a whitespace near the limit when there is one; or ``text`` itself (the same
+    object) when it is short.
+
+    Without a whitespace near the limit, a start is cut at the limit itself: a word's tokens
+    from its start do not depend on where it ends. An end is not cut at all: a word cut at
+    its start can be split otherwise throughout (BPE pairs a run such as ``=====`` from its
+    first character), so its tokens up to the end can change."""
     if len(text) <= limit:
         return text
     if side == "right":
@@ -130,7 +135,7 @@ def clip(text: str, limit: int, side: str) -> str:
         return text[: limit // 2 + spaces[-1]] if spaces else text[:limit]
     start = len(text) - limit
     found = _SPACE.search(text, start, start + limit // 2)
-    return text[found.start() + 1 :] if found else text[start:]
+    return text[found.start() + 1 :] if found else text
 
 
 def truncated_lengths(first: int, second: int, budget: int) -> tuple[int, int]:
@@ -286,6 +291,13 @@ class PairEncoder:
         distinct = list(dict.fromkeys(query for query, _ in pairs))
         queries = dict(zip(distinct, self._texts(distinct, side, budget), strict=True))
         documents = self._texts([text for _, text in pairs], side, budget)
+        uncut: dict[str, _Text] = {}  # texts tokenized whole, each once a call
+
+        def whole(text: str) -> _Text:
+            if text not in uncut:
+                uncut[text] = self._texts([text], side, budget, cut=False)[0]
+            return uncut[text]
+
         ids: list[list[int]] = []
         types: list[list[int]] | None = [] if self._uses_types else None
         truncated: list[bool] = []
@@ -293,8 +305,8 @@ class PairEncoder:
             q, d = queries[query], documents[i]
             keep_q, keep_d = truncated_lengths(q.count, d.count, budget)
             if not (q.settled(keep_q, d.count, side) and d.settled(keep_d, q.count, side)):
-                # A cut that could matter (rare: both texts long): this pair's texts whole.
-                q, d = self._texts([query, text], side, budget, cut=False)
+                # A cut that could matter (rare: a long text of few tokens): the texts whole.
+                q, d = whole(query), whole(text)
                 keep_q, keep_d = truncated_lengths(q.count, d.count, budget)
             ids.append(template.ids(_kept(q.ids, keep_q, side), _kept(d.ids, keep_d, side)))
             if types is not None:
@@ -343,7 +355,10 @@ def _kept(ids: list[int], keep: int, side: str) -> list[int]:
 
 #: Model types whose templates want flat messages though they look otherwise (Sentence
 #: Transformers' list).
-_FLAT_MODEL_TYPES = {"apertus", "deepseek_v3", "gpt_oss", "seed_oss"}
+_FLAT_MODEL_TYPES = {"apertus", "deepseek_v3", "gpt_oss", "minicpm3", "seed_oss"}
+#: A pair, then the same with only its query changed, then with only its document changed
+#: (in the first character and the length, so even a render that cuts its texts moves).
+_ROLE_PROBES = (("alpha", "bravo"), ("charlie", "bravo"), ("alpha", "foxtrot"))
 _STRUCTURED_PATTERNS = ("content[0]", ".type", "'type'", '"type"', "item.type", "message.content[")
 
 
@@ -388,6 +403,7 @@ class ChatEncoder:
         self._kwargs = kwargs
         self._prompt = prompt
         self._clip_chars = max_len * CLIP_CHARS_PER_TOKEN
+        self._check_roles()
         self._suffix = self._suffix_ids()
         #: Tokens each pair adds to its texts (chunk budgets count them): the whole template.
         self.special_tokens = len(self._encode([self.render("", "")])[0].ids)
@@ -403,6 +419,24 @@ class ChatEncoder:
             messages.insert(0, self._message("system", self._prompt))
         text: str = self._tokenizer.apply_chat_template(messages, tokenize=False, **self._kwargs)
         return text
+
+    def _check_roles(self) -> None:
+        """Refuse a template that does not carry both texts (a plain chat template reads only
+        ``system``, ``user`` and ``assistant`` messages): it renders every pair alike, and
+        the model would score neither text. Changing one text must change the render.
+
+        Raises:
+            TokenizerUnsupported: naming the text that goes nowhere.
+        """
+        base, *changed = (self.render(query, document) for query, document in _ROLE_PROBES)
+        lost = [
+            role for role, text in zip(("query", "document"), changed, strict=True) if text == base
+        ]
+        if lost:
+            raise TokenizerUnsupported(
+                f"the {' and '.join(lost)} text does not reach the rendered prompt (the "
+                "template must render the 'query' and 'document' messages)"
+            )
 
     def _encode(self, texts: list[str], offsets: bool = False) -> list[Encoding]:
         encode = self._plain.encode_batch if offsets else self._plain.encode_batch_fast
