@@ -331,7 +331,7 @@ class _Endpoints:
         if ask.truncation != "none":  # "none" must see the whole text to refuse it
             info = await async_model_info(client, "", timeout)
             budget = TextBudget.of(info, query, len(texts))
-            texts = [budget.fit(d) for d in texts]
+            query, texts = budget.fit_query(query), [budget.fit(d) for d in texts]
         return await client.rerank(
             query,
             texts,

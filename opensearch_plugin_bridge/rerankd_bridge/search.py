@@ -140,21 +140,26 @@ class TextBudget:
 
     chars: int = 0
     utf8_bytes: int = 0
+    query_bytes: int = 0
 
     @classmethod
     def of(cls, info: ModelInfo, query: str, documents: int) -> TextBudget:
         """The budget for ``documents`` texts sent with ``query`` to the model of ``info``."""
         limits = info.limits
-        share = limits.max_message_bytes - len(query.encode()) - _MESSAGE_SLACK
+        chars = info.max_input_tokens * CHARS_PER_TOKEN
+        sent = fit_text(query, chars, limits.max_query_bytes)
+        share = limits.max_message_bytes - len(sent.encode()) - _MESSAGE_SLACK
         share = share // max(documents, 1) - _PER_DOCUMENT_SLACK
-        return cls(
-            chars=info.max_input_tokens * CHARS_PER_TOKEN,
-            utf8_bytes=max(1, min(limits.max_document_bytes, share)),
-        )
+        return cls(chars, max(1, min(limits.max_document_bytes, share)), limits.max_query_bytes)
 
     def fit(self, text: str) -> str:
         """``text`` cut to this budget, its lone surrogates replaced (see ``fit_text``)."""
         return fit_text(text, self.chars, self.utf8_bytes)
+
+    def fit_query(self, query: str) -> str:
+        """``query`` cut to the server's query limit: longer than the model reads, it would
+        be refused, and the search left unreranked."""
+        return fit_text(query, self.chars, self.query_bytes)
 
 
 @dataclass(frozen=True)
@@ -353,7 +358,7 @@ def rerank_sync(job: SearchJob, response: dict[str, Any], reranker: Client) -> d
         answers = []
         for texts in sends.requests:  # one after another, all within the options' timeout
             left = _time_left(options, started)
-            answers.append(reranker.rerank(call.query, texts, **_rerank_kwargs(options, left)))
+            answers.append(reranker.rerank(sends.query, texts, **_rerank_kwargs(options, left)))
         return sends.merged(answers)
 
     outcome: Reranked | RerankdError
@@ -385,7 +390,7 @@ async def rerank_async(
         sends = _Sends.of(call, await async_model_info(reranker, options.model, options.timeout))
         kwargs = _rerank_kwargs(options, _time_left(options, started))
         answers = await asyncio.gather(
-            *(reranker.rerank(call.query, texts, **kwargs) for texts in sends.requests)
+            *(reranker.rerank(sends.query, texts, **kwargs) for texts in sends.requests)
         )
         return sends.merged(list(answers))
 
@@ -411,17 +416,19 @@ class _Sends:
     order among themselves), at most the server's ``max_documents`` a request (a window may
     be larger: a cross-encoder scores each pair alone, so split requests score the same)."""
 
+    query: str  # fitted to the server's limits
     slots: list[int]  # for each document of the call, its text's place among the distinct
     requests: list[list[str]]
 
     @classmethod
     def of(cls, call: RerankCall, info: ModelInfo) -> _Sends:
         step = max(info.limits.max_documents, 1)
-        texts = call.texts(TextBudget.of(info, call.query, min(len(call.documents), step)))
+        budget = TextBudget.of(info, call.query, min(len(call.documents), step))
         places: dict[str, int] = {}
-        slots = [places.setdefault(text, len(places)) for text in texts]
+        slots = [places.setdefault(text, len(places)) for text in call.texts(budget)]
         distinct = list(places)
-        return cls(slots, [distinct[i : i + step] for i in range(0, len(distinct), step)])
+        requests = [distinct[i : i + step] for i in range(0, len(distinct), step)]
+        return cls(budget.fit_query(call.query), slots, requests)
 
     def merged(self, answers: list[Reranked]) -> Reranked:
         """The answers as one, a result per document of the call (its index in the call)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from rerankd_bridge import (
 )
 from rerankd_server.process import free_port
 from rerankd_server.settings import Settings
-from support.fake_scorer import FakeScorer
+from support.fake_scorer import FakeScorer, expected_logit
 from support.sidecar import RunningSidecar, run_sidecar
 
 QUERY = "list files in a directory"
@@ -215,3 +216,46 @@ def test_a_sidecar_restarted_with_lower_limits_is_asked_again(opensearch: Engine
                 time.sleep(0.25)
     assert out["rerank"]["status"] == "reranked", out["rerank"]
     assert out["rerank"]["scored"] == 8
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_query_over_the_servers_limit_is_cut_and_reranked(
+    opensearch: Engine, flavour: str
+) -> None:
+    settings = Settings(model="fake", warmup=False, max_query_bytes=200)
+    query = "files " + "é" * 400  # 806 bytes: refused whole
+    body = {"query": {"match": {"text": "files"}}, "size": 5}
+    hits = first_stage(opensearch, body)
+    with run_sidecar(settings, lambda _: FakeScorer()) as running:
+        if flavour == "sync":
+            with Client(running.target) as reranker:
+                out = rerank_search(
+                    sync_client(opensearch),
+                    reranker,
+                    index="small",
+                    body=body,
+                    query=query,
+                    options=RerankOptions(window=5),
+                )
+        else:
+
+            async def search() -> dict[str, Any]:
+                async with AsyncClient(running.target) as reranker:
+                    client = async_client(opensearch)
+                    try:
+                        return await async_rerank_search(
+                            client,
+                            reranker,
+                            index="small",
+                            body=body,
+                            query=query,
+                            options=RerankOptions(window=5),
+                        )
+                    finally:
+                        await client.close()
+
+            out = asyncio.run(search())
+    assert out["rerank"]["status"] == "reranked", out["rerank"]
+    sent = query.encode()[:200].decode(errors="ignore")  # whole characters, within the limit
+    scores = {h["_id"]: expected_logit(sent, h["_source"]["text"]) for h in hits}
+    assert [h["_id"] for h in out["hits"]["hits"]] == sorted(scores, key=lambda i: -scores[i])
