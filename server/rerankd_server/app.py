@@ -23,7 +23,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from rerankd_server import tracing
@@ -124,51 +123,107 @@ def check_port_free(host: str, port: int, flags: str) -> None:
         raise StartupError(f"cannot listen on {host}:{port} ({flags}): {problems[0]}")
 
 
+#: Bytes a Rerank answer may hold per document beyond its request's: a result's index, score and
+#: chunk, and their framing (at most 45).
+RESULT_OVERHEAD_BYTES = 64
+#: The answers' size limit never drops below gRPC's usual 64 MiB, nor exceeds what it can hold.
+MIN_SEND_BYTES = 64 * 1024 * 1024
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+def max_send_bytes(settings: Settings) -> int:
+    """The size limit of answers: one to a request at ``--max-message-bytes`` must go out, and
+    with ``return_documents`` it holds every text the request did, ids too, plus each result's
+    index, score and chunk, the model's name and the usage (64 KiB covers those two)."""
+    overhead = settings.max_documents * RESULT_OVERHEAD_BYTES + 64 * 1024
+    return min(GRPC_MAX_MESSAGE_BYTES, max(MIN_SEND_BYTES, settings.max_message_bytes + overhead))
+
+
 LIVENESS_SERVICE = "rerankd.v1.Liveness"
 READINESS_SERVICES = ("", SERVICE_NAME)
 #: gRPC core's default for calls waiting to be taken in, past which it drops them all.
 CORE_PENDING_HARD_LIMIT = 3000
 
 
-class _HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
+#: How long a drain waits for Watch streams to send NOT_SERVING before it drops the rest (those
+#: whose client does not read: their write waits on flow control for as long as they like).
+WATCH_DRAIN_SECONDS = 0.5
+
+
+class _HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     """grpc.health.v1 with readiness ("" and the rerank service) apart from liveness.
 
     Readiness turns NOT_SERVING on drain; liveness (``rerankd.v1.Liveness``) stays SERVING
-    while the process is alive, so a liveness probe never kills a draining pod. Watch streams
-    end once draining has told them NOT_SERVING: the stock servicer keeps them open forever,
-    and a single watcher would hold a draining server for its whole grace period.
+    while the process is alive, so a liveness probe never kills a draining pod. Setting a
+    status never waits: each Watch stream has its own wake-up and writes on its own, so a
+    client that never reads stalls only its own stream (the stock servicer writes holding a
+    lock that ``set`` needs). Watch streams end once draining has told them the last status,
+    and those that cannot be told in ``WATCH_DRAIN_SECONDS`` are dropped: the stock servicer
+    keeps them open forever, and a single watcher would hold a draining server for its whole
+    grace period.
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        self._status: dict[str, int] = {}
+        self._wakeups: dict[str, set[asyncio.Event]] = {}
         self._watches: set[asyncio.Task[Any]] = set()
         self._draining = False
 
+    async def Check(self, request: Any, context: Any) -> Any:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
     async def Watch(self, request: Any, context: Any) -> None:
+        """Send the service's status, then each change, until the drain."""
         task = asyncio.current_task()
         assert task is not None  # handlers always run in a task
+        service, wakeup = request.service, asyncio.Event()
+        self._wakeups.setdefault(service, set()).add(wakeup)
         self._watches.add(task)
+        sent = None
         try:
-            await super().Watch(request, context)
-        except asyncio.CancelledError:
-            if not self._draining:
-                raise
+            while True:
+                wakeup.clear()  # before reading: a change made while writing wakes it again
+                status = self._status.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                if status != sent:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    sent = status
+                if self._draining:
+                    return
+                await wakeup.wait()
         finally:
             self._watches.discard(task)
+            watchers = self._wakeups[service]
+            watchers.discard(wakeup)
+            if not watchers:
+                del self._wakeups[service]
 
-    async def set_ready(self, ready: bool) -> None:
+    def set(self, service: str, status: int) -> None:
+        """Set a service's status and wake its watchers (without waiting for any of them)."""
+        self._status[service] = status
+        for wakeup in self._wakeups.get(service, ()):
+            wakeup.set()
+
+    def set_ready(self, ready: bool) -> None:
         if self._draining:
             return
         status = health_pb2.HealthCheckResponse.SERVING if ready else _NOT_SERVING
         for name in READINESS_SERVICES:
-            await self.set(name, status)
+            self.set(name, status)
 
     async def drain(self) -> None:
         """Report NOT_SERVING on readiness, then end the Watch streams."""
-        await self.set_ready(False)
+        self.set_ready(False)
         self._draining = True
-        await asyncio.sleep(0.05)  # let the watchers write NOT_SERVING first
-        for task in list(self._watches):
+        for watchers in self._wakeups.values():
+            for wakeup in watchers:
+                wakeup.set()
+        if not self._watches:
+            return
+        _, stuck = await asyncio.wait(list(self._watches), timeout=WATCH_DRAIN_SECONDS)
+        for task in stuck:  # ends the handler as cancelled: gRPC drops the call quietly
             task.cancel()
 
 
@@ -213,7 +268,7 @@ class Sidecar:
             interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", max_send_bytes(settings)),
                 # Tolerate idle channels behind load balancers: allow client pings every 10 s
                 # without calls, and ping idle clients every 60 s to keep NAT/LB state alive.
                 ("grpc.keepalive_permit_without_calls", 1),
@@ -245,8 +300,8 @@ class Sidecar:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self._server)
-        await self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        await self._health.set_ready(False)
+        self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self._health.set_ready(False)
         address = f"{settings.host}:{settings.port}"
         check_port_free(settings.host, settings.port, "--host, --port")
         try:
@@ -341,7 +396,7 @@ class Sidecar:
             )
         self.metrics.model_load_seconds.set(loop.time() - started)
         assert self._health is not None  # set in start()
-        await self._health.set_ready(True)
+        self._health.set_ready(True)
 
     async def aclose(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, finish accepted ones within ``grace`` seconds."""

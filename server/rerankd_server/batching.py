@@ -198,6 +198,8 @@ def _select_padded(window: Sequence[int], limits: BatchLimits) -> list[int]:
 
 SPEED_WINDOW = 32  # batches the model speed estimate looks back over
 SPEED_EVIDENCE = 4  # batches measured before any call is dropped or refused as hopeless
+#: The soonest a call refused for a full queue is told to retry: sooner it finds the queue full.
+MIN_RETRY_AFTER = 0.05
 
 IntArray = npt.NDArray[np.int64]
 
@@ -592,6 +594,8 @@ class Admission:
         self._stats = stats
         self.pairs = 0  # admitted and not yet answered
         self.tokens = 0
+        self._counted_pairs = 0  # of those, the pairs whose tokens are counted (tokenized)
+        self._pair_tokens: float | None = None  # recent tokens per pair, once a call was counted
 
     def check(self, count: int, deadline: float | None, now: float) -> None:
         """Raise what admitting ``count`` more pairs would break, their tokens not yet known."""
@@ -616,12 +620,20 @@ class Admission:
         if self.tokens + tokens > bound:
             self._shed(count, f"queue full ({self.tokens} tokens waiting)")
         self.tokens += tokens
+        if tokens:  # ``release`` tells a counted call by its tokens
+            self._counted_pairs += count
+            per_pair = tokens / count
+            last = self._pair_tokens
+            self._pair_tokens = per_pair if last is None else last + (per_pair - last) / 8
         return tokens
 
     def release(self, count: int, tokens: int) -> None:
-        """Count an answered (or failed) call out."""
+        """Count an answered (or failed) call out, with the tokens ``reserve`` gave it (0 when
+        it got none)."""
         self.pairs -= count
         self.tokens -= tokens
+        if tokens:
+            self._counted_pairs -= count
 
     def check_wait(
         self, count: int, deadline: float | None, now: float, own_tokens: int = 0
@@ -633,9 +645,16 @@ class Admission:
         if refusal is not None:
             self._shed(count, *refusal)
 
+    def queued_tokens(self) -> float:
+        """The admitted tokens, those of calls still tokenizing estimated from recent calls
+        (a batch's average pair before any): they are most of a queue that filled at once."""
+        limits = self._config.limits
+        per_pair = self._pair_tokens or limits.max_batch_tokens / limits.max_batch_size
+        return self.tokens + (self.pairs - self._counted_pairs) * per_pair
+
     def _shed(self, count: int, why: str, retry_after: float | None = None) -> NoReturn:
         self._stats.pairs_shed += count
         rate = self._queue.speed.seconds_per_token()
         if retry_after is None and rate is not None:  # about when the queue has drained
-            retry_after = self.tokens * rate
+            retry_after = max(MIN_RETRY_AFTER, self.queued_tokens() * rate)
         raise Overloaded(f"{why}; retry later", retry_after=retry_after)

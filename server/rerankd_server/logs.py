@@ -1,8 +1,8 @@
 """Logging set-up: plain text for people, JSON lines for log pipelines.
 
-Per-request records carry ``request_id`` (from the caller's ``x-request-id`` metadata, else
-generated; either way sent back in the response's trailing metadata), ``method``, ``code``,
-``duration_ms`` and ``items``; the JSON format emits them as fields.
+Per-request records carry ``request_id`` (from the caller's ``x-request-id`` metadata when it is
+printable ASCII, else generated; either way sent back in the response's trailing metadata),
+``method``, ``code``, ``duration_ms`` and ``items``; the JSON format emits them as fields.
 """
 
 from __future__ import annotations
@@ -10,18 +10,25 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import sys
 import time
 from typing import Any
 
 REQUEST_FIELDS = ("request_id", "method", "code", "duration_ms", "items")
+#: Longest request id kept (a longer one is cut), so strangers cannot flood the log lines.
+MAX_REQUEST_ID = 128
+#: What an id sent back may hold: printable ASCII, as gRPC allows in a metadata value. Anything
+#: else fails the call in gRPC's core as it sends the trailers, and a newline forges log lines.
+_SAFE_ID = re.compile(r"[\x20-\x7e]+")
 
 
 def request_id(context: Any) -> str:
-    """The caller's ``x-request-id`` (cut to 128 characters), or a new random one."""
+    """The caller's ``x-request-id`` (cut to ``MAX_REQUEST_ID`` characters) when it is printable
+    ASCII, else a new random one."""
     for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and value:
-            return str(value)[:128]
+        if key == "x-request-id" and isinstance(value, str) and _SAFE_ID.fullmatch(value):
+            return value[:MAX_REQUEST_ID]
     # 64 random bits, as uuid4 has, from the random module: os.urandom is a system call per
     # call, and an id needs to be unique, not unpredictable (the module reseeds after a fork).
     return f"{random.getrandbits(64):016x}"

@@ -17,6 +17,9 @@ DEFAULT_MODEL = "cross-encoder/ettin-reranker-1b-v1"
 #: Longest model name a request may carry (UTF-8 bytes); a longer one is INVALID_ARGUMENT. Served
 #: names (a hub id, a folder path) are held to it too, so every served model can be asked for.
 MAX_MODEL_NAME_BYTES = 1024
+#: Largest ``--max-message-bytes``: an answer can be larger than its request (it echoes the texts
+#: and adds each result's score), and gRPC's message limits are 32-bit (under 2 GiB).
+MAX_MESSAGE_BYTES_LIMIT = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,12 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("max-documents", int, "Most documents per Rerank call (pairs per Score call)."),
     ("max-query-bytes", int, "Most UTF-8 bytes in a query."),
     ("max-document-bytes", int, "Most UTF-8 bytes in one document."),
-    ("max-message-bytes", int, "Largest request message gRPC accepts."),
+    (
+        "max-message-bytes",
+        int,
+        "Largest request message gRPC accepts (at most 1 GiB); answers may be larger by what "
+        "each result adds.",
+    ),
     ("grace-period", float, "Seconds to finish accepted calls after SIGTERM before exiting."),
     (
         "warmup",
@@ -362,6 +370,8 @@ def validate(settings: Settings) -> list[str]:
     same_host = settings.metrics_address == settings.host
     if settings.metrics_port and settings.metrics_port == settings.port and same_host:
         problems.append("--metrics-port must differ from --port")
+    if settings.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT:
+        problems.append(f"--max-message-bytes must be at most {MAX_MESSAGE_BYTES_LIMIT} (1 GiB)")
     if settings.max_queue_bytes < settings.max_message_bytes:
         problems.append("--max-queue-bytes must be at least --max-message-bytes")
     if settings.max_documents > settings.max_queue_pairs:

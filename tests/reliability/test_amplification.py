@@ -12,7 +12,6 @@ bound on request bytes of calls not yet over.
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import threading
 import time
@@ -20,16 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import h2.config
-import h2.connection
-import h2.events
-import h2.settings
 import pytest
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.process import ServerProcess, free_port, start_server
 from support.metrics import scrape
+
+from .helpers import NeverReading
 
 WORDS = "list the files of a directory with ls and find them by name".split()
 QUERY = " ".join(WORDS[i % len(WORDS)] for i in range(20_000)).encode()[:65_536].decode()
@@ -201,53 +198,6 @@ def two_calls_of_7_mb(tiny_models: dict[str, Path], metrics_port: int) -> Server
     metrics on ``metrics_port``."""
     flags = ["--max-batch-tokens", "4096", "--max-queue-bytes", str(16 * 2**20)]
     return start_server(tiny_models["modernbert"], *flags, "--metrics-port", str(metrics_port))
-
-
-class NeverReading:
-    """An HTTP/2 client that sends gRPC calls and never reads an answer: its receive window is
-    0, so the server can send headers (a status alone) but no message. PyPI's ``h2``."""
-
-    def __init__(self, target: str) -> None:
-        host, port = target.rsplit(":", 1)
-        self.socket = socket.create_connection((host, int(port)))
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.h2.initiate_connection()
-        self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-        self.statuses: dict[int, str] = {}  # stream -> grpc-status of a status-only answer
-        self._flush()
-
-    def call(self, method: str, *messages: bytes) -> None:
-        """Send one call, all its messages, as the server's flow control lets them in."""
-        stream = self.h2.get_next_available_stream_id()
-        headers = [(":method", "POST"), (":scheme", "http"), (":path", method)]
-        headers += [(":authority", "rerankd"), ("content-type", "application/grpc")]
-        self.h2.send_headers(stream, [*headers, ("te", "trailers")])
-        body = b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)  # gRPC's framing
-        while body:
-            room = min(self.h2.local_flow_control_window(stream), self.h2.max_outbound_frame_size)
-            if room == 0:
-                self.read(timeout=None)  # until the server opens its window
-                continue
-            chunk, body = body[:room], body[room:]
-            self.h2.send_data(stream, chunk, end_stream=not body)
-            self._flush()
-
-    def read(self, timeout: float | None) -> None:
-        """Take in what the server sent (settings, window updates, headers); never data."""
-        self.socket.settimeout(timeout)
-        try:
-            data = self.socket.recv(1 << 16)
-        except TimeoutError:
-            return
-        for event in self.h2.receive_data(data):
-            if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-                fields = {bytes(k).decode(): bytes(v).decode() for k, v in event.headers}
-                if "grpc-status" in fields:
-                    self.statuses[event.stream_id] = fields["grpc-status"]
-        self._flush()
-
-    def _flush(self) -> None:
-        self.socket.sendall(self.h2.data_to_send())
 
 
 def test_answers_a_client_never_reads_hold_memory_to_the_byte_bound(

@@ -10,6 +10,7 @@ scores) against the deterministic FakeScorer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from support.fake_scorer import FakeScorer, token_id
 from support.metrics import scrape
 from support.sidecar import RunningSidecar, run_sidecar
 
-from .helpers import FAKE_MODEL, fake_factory, requests_total
+from .helpers import FAKE_MODEL, fake_factory, h2_call, requests_total
 
 Code = grpc.StatusCode
 TIMEOUT = 60.0
@@ -120,6 +121,15 @@ CATALOG: dict[str, Case] = {
         rerank(query=words(DEFAULTS.max_query_bytes + 1), documents=docs("a")),
         INVALID,
         f"the limit is {DEFAULTS.max_query_bytes}",
+    ),
+    "query of zero-width characters and a BOM": Case(
+        "Rerank",
+        rerank(query="\u200b\u200c\u200d\u2060\ufeff", documents=docs("a")),
+        INVALID,
+        "query is empty",
+    ),
+    "query of NUL and other control characters only": Case(
+        "Rerank", rerank(query="\x00\x01\x1b\x7f\x85 \u200b", documents=docs("a")), INVALID
     ),
     "query of control characters and NUL": Case(
         "Rerank", rerank(query="\x00\x01\x1b[31m\x7f", documents=docs("a", "b")), OK
@@ -251,6 +261,12 @@ CATALOG: dict[str, Case] = {
         INVALID,
         "pairs[1].query",
     ),
+    "Score with a query of a zero-width space": Case(
+        "Score",
+        score(pairs=[pb.Pair(query="q", text="a"), pb.Pair(query="\u200b", text="b")]),
+        INVALID,
+        "pairs[1].query is empty",
+    ),
     "Score with 10,000 pairs": Case(
         "Score", score(pairs=[pb.Pair(query="q", text="t")] * 10_000), INVALID, "10000 pairs"
     ),
@@ -356,6 +372,57 @@ def test_a_request_id_cannot_flood_the_logs(tiny_server: RunningSidecar) -> None
     answer = call(tiny_server.target, "Rerank", GOOD.SerializeToString(), "r" * 5000)
     assert answer.code == OK
     assert answer.metadata["x-request-id"] == "r" * 128  # cut, as logged
+
+
+def test_the_answer_to_a_request_at_a_message_limit_above_64_mib_is_sent() -> None:
+    """With ``return_documents`` the answer echoes every text and adds each result's index and
+    score: it is larger than its request, so the answers' limit follows the requests' (it was
+    gRPC's 64 MiB, and such an answer failed as RESOURCE_EXHAUSTED after all the work)."""
+    limit = 70 * 2**20
+    settings = dataclasses.replace(
+        FAKE_MODEL,
+        max_message_bytes=limit,
+        max_queue_bytes=2 * limit,
+        max_document_bytes=2**17,
+    )
+    text = "x" * 70_000
+    request = pb.RerankRequest(
+        query="q", documents=docs(*[text] * DEFAULTS.max_documents), return_documents=True
+    )
+    assert 64 * 2**20 < request.ByteSize() <= limit
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    with (
+        run_sidecar(settings, fake_factory()) as running,
+        grpc.insecure_channel(running.target, options=options) as channel,
+    ):
+        answer = rerank_pb2_grpc.RerankServiceStub(channel).Rerank(request, timeout=TIMEOUT)
+    assert answer.ByteSize() > request.ByteSize()
+    assert len(answer.results) == DEFAULTS.max_documents
+    assert all(r.text == text for r in answer.results)
+
+
+#: ``x-request-id`` values gRPC cannot send back: control characters (a newline would forge a
+#: log line), non-ASCII characters, bytes that are not UTF-8.
+UNSAFE_IDS = [b"a\nb", "\u00e9".encode(), b"\xff\xfe", b"a\x00b", b"id\x7f", b"\tid"]
+
+
+@pytest.mark.parametrize("sent", UNSAFE_IDS, ids=repr)
+def test_a_request_id_that_cannot_be_sent_back_is_replaced(
+    tiny_server: RunningSidecar, caplog: pytest.LogCaptureFixture, sent: bytes
+) -> None:
+    """gRPC's clients refuse to send such ids, so they come over plain HTTP/2; echoed, they
+    failed the call in gRPC's core (INTERNAL "Invalid metadata", with an ERROR line)."""
+    caplog.set_level(logging.DEBUG, logger="rerankd_server")
+    method = "/rerankd.v1.RerankService/Rerank"
+    answer = h2_call(tiny_server.target, method, GOOD.SerializeToString(), [("x-request-id", sent)])
+    assert answer["grpc-status"] == "0", answer
+    echoed = answer["x-request-id"]
+    assert len(echoed) >= 8 and echoed.isascii() and echoed.isprintable()
+    logged = [r for r in caplog.records if getattr(r, "request_id", None) == echoed]
+    assert logged and all("\n" not in r.getMessage() for r in caplog.records)
+    # gRPC itself logs bytes that are not UTF-8 ("Invalid encoding") as it decodes metadata.
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert all(r.getMessage().startswith("Invalid encoding") for r in errors), errors
 
 
 @pytest.mark.parametrize("size", [1000, 6_000_000], ids=["1000 bytes", "6 MB"])

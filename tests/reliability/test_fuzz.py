@@ -23,12 +23,14 @@ from typing import Any
 
 import grpc
 import pytest
+import regex
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
+from rerankd_server.servicer import _VISIBLE
 from rerankd_server.settings import Settings
 from support.sidecar import RunningSidecar, run_sidecar
 
@@ -163,6 +165,25 @@ def _utf8(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
+#: What a query must hold (docs/api.md): a character that is not whitespace, a control
+#: character or one of Unicode's default-ignorable code points (the ``regex`` module knows them).
+_SHOWS = regex.compile(r"[^\s\p{Cc}\p{Default_Ignorable_Code_Point}]")
+
+
+def _blank(query: str) -> bool:
+    return _SHOWS.search(query) is None
+
+
+def test_the_server_tells_blank_queries_as_unicode_does() -> None:
+    """Every code point, against the ``regex`` module's Unicode properties."""
+    disagree = [
+        hex(code)
+        for code in range(0x110000)
+        if not 0xD800 <= code < 0xE000 and (_VISIBLE.search(chr(code)) is None) != _blank(chr(code))
+    ]
+    assert disagree == []
+
+
 def expected_codes(
     model: str, queries: list[str], texts_: list[str], truncation: int, served: str
 ) -> set[Code]:
@@ -173,7 +194,7 @@ def expected_codes(
         return {INVALID}
     if len(texts_) > LIMITS.max_documents:
         return {INVALID}
-    if any(not q.strip() or _utf8(q) > LIMITS.max_query_bytes for q in queries):
+    if any(_blank(q) or _utf8(q) > LIMITS.max_query_bytes for q in queries):
         return {INVALID}
     if any(_utf8(t) > LIMITS.max_document_bytes for t in texts_):
         return {INVALID}
@@ -186,7 +207,7 @@ def expected_codes(
 
 def expected_for_rerank(request: pb.RerankRequest, served: str) -> set[Code]:
     texts_ = [d.text for d in request.documents]
-    if not request.query.strip() or _utf8(request.query) > LIMITS.max_query_bytes:
+    if _blank(request.query) or _utf8(request.query) > LIMITS.max_query_bytes:
         # The query is checked before the documents are counted.
         return {NOT_FOUND} if request.model not in ("", served) else {INVALID}
     return expected_codes(request.model, [request.query], texts_, request.truncation, served)

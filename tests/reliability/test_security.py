@@ -30,6 +30,7 @@ from support.sidecar import RunningSidecar, run_sidecar
 from .helpers import (
     FAKE_MODEL,
     fake_factory,
+    h2_call,
     new_token,
     requests_total,
     write_tokens,
@@ -374,6 +375,31 @@ def test_unauthenticated_calls_are_counted_and_tagged(tmp_path: Path) -> None:
     metadata = [*(error.initial_metadata() or ()), *(error.trailing_metadata() or ())]  # type: ignore[attr-defined]
     assert ("x-request-id", "no-token") in metadata
     assert counted == 1
+
+
+def test_an_unauthenticated_call_with_an_id_that_cannot_be_sent_back_gets_a_new_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over plain HTTP/2 (gRPC's clients refuse to send such ids): echoed, the newline failed
+    the refusal itself in gRPC's core (INTERNAL "Invalid metadata") and forged a log line."""
+    path = tmp_path / "tokens"
+    write_tokens(path, TOKEN)
+    settings = Settings(model=FAKE_MODEL.model, warmup=False, auth_token_file=str(path))
+    caplog.set_level(logging.INFO, logger="rerankd_server")
+    method = "/rerankd.v1.RerankService/Rerank"
+    with run_sidecar(settings, fake_factory()) as running:
+        answers = [
+            h2_call(running.target, method, REQUEST.SerializeToString(), [("x-request-id", sent)])
+            for sent in (b"a\nb INFO forged", "\u00e9".encode())
+        ]
+    for answer in answers:
+        assert answer["grpc-status"] == str(Code.UNAUTHENTICATED.value[0]), answer
+        echoed = answer["x-request-id"]
+        assert len(echoed) >= 8 and echoed.isascii() and echoed.isprintable()
+    assert answers[0]["x-request-id"] != answers[1]["x-request-id"]
+    refusals = [r.getMessage() for r in caplog.records if "UNAUTHENTICATED" in r.getMessage()]
+    assert len(refusals) == 2 and not any("\n" in m for m in refusals)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 SERVED_METHODS = {"Rerank", "Score", "GetModelInfo", "RerankStream"}

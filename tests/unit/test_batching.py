@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rerankd_server.batching import (
+    MIN_RETRY_AFTER,
     Admission,
     BatchLimits,
     FairQueue,
@@ -295,6 +296,40 @@ def test_admission_keeps_the_queue_within_its_bounds(calls: list[tuple[int, int,
     for call in held:
         admission.release(*call)
     assert (admission.pairs, admission.tokens) == (0, 0)
+
+
+def test_a_call_refused_behind_calls_still_tokenizing_is_told_to_wait_for_them() -> None:
+    """Admitted calls count their pairs at once and their tokens only once tokenized: behind
+    a queue filled by calls still tokenizing, a hint from the counted tokens alone said 1 ms."""
+    queue, _ = _queue_with_a_large_job()  # 0.1 ms per token; batches of 8 pairs, 100 tokens
+    fresh = Admission(queue, SchedulerStats())
+    fresh.admit(16384, None, now=0.0)
+    with pytest.raises(Overloaded, match="16384 pairs waiting") as full:
+        fresh.check(1, None, now=0.0)
+    assert full.value.retry_after == pytest.approx(16384 * 100 / 8 * 1e-4)  # a batch's pairs
+    admission = Admission(queue, SchedulerStats())
+    admission.admit(100, None, now=0.0)
+    admission.release(100, admission.reserve(100, 1000))  # 10 tokens a pair, answered
+    for _ in range(16):
+        admission.admit(1024, None, now=0.0)  # none tokenized yet
+    with pytest.raises(Overloaded, match="16384 pairs waiting") as full:
+        admission.check(1, None, now=0.0)
+    assert full.value.retry_after == pytest.approx(16384 * 10 * 1e-4)
+    admission.reserve(1024, 2048)  # one call tokenized: 2 tokens a pair, then the rest as recent
+    with pytest.raises(Overloaded) as full:
+        admission.check(1, None, now=0.0)
+    per_pair = 10 + (2 - 10) / 8
+    assert full.value.retry_after == pytest.approx((2048 + 15 * 1024 * per_pair) * 1e-4)
+
+
+def test_a_refused_call_is_never_told_to_retry_at_once() -> None:
+    queue, _ = _queue_with_a_large_job()
+    admission = Admission(queue, SchedulerStats())
+    admission.admit(16384, None, now=0.0)
+    admission.reserve(16384, 1)  # one token for them all: the queue drains in 0.1 ms
+    with pytest.raises(Overloaded) as full:
+        admission.check(1, None, now=0.0)
+    assert full.value.retry_after == MIN_RETRY_AFTER
 
 
 def test_a_refused_call_is_told_when_the_queue_will_have_drained() -> None:

@@ -48,6 +48,7 @@ def test_flag_beats_environment_beats_default() -> None:
         (["--max-batch-size", "0"], {}, "--max-batch-size must be at least 1"),
         (["--max-documents", "20000"], {}, "must not exceed --max-queue-pairs"),
         (["--max-queue-bytes", "1000"], {}, "--max-queue-bytes must be at least --max-message"),
+        (["--max-message-bytes", str(2**31)], {}, "--max-message-bytes must be at most 1073741824"),
         (["--dtype", "int8"], {}, "invalid choice"),
         ([], {"RERANKD_PORT": "eighty"}, "RERANKD_PORT='eighty' is not a valid int"),
         ([], {"RERANKD_WARMUP": "maybe"}, "RERANKD_WARMUP='maybe' is not a valid bool"),
