@@ -120,13 +120,8 @@ def as_ascii(text: str) -> str:
 
 def clip(text: str, limit: int, side: str) -> str:
     """``text`` cut to about ``limit`` characters on the kept ``side`` (``right`` keeps the
-    start), at a whitespace near the limit when there is one; or ``text`` itself (the same
-    object) when it is short.
-
-    Without a whitespace near the limit, a start is cut at the limit itself: a word's tokens
-    from its start do not depend on where it ends. An end is not cut at all: a word cut at
-    its start can be split otherwise throughout (BPE pairs a run such as ``=====`` from its
-    first character), so its tokens up to the end can change."""
+    start), at a whitespace near the limit when there is one, else at the limit itself (see
+    ``split_word``); or ``text`` itself (the same object) when it is short."""
     if len(text) <= limit:
         return text
     if side == "right":
@@ -135,7 +130,27 @@ def clip(text: str, limit: int, side: str) -> str:
         return text[: limit // 2 + spaces[-1]] if spaces else text[:limit]
     start = len(text) - limit
     found = _SPACE.search(text, start, start + limit // 2)
-    return text[found.start() + 1 :] if found else text
+    return text[found.start() + 1 :] if found else text[start:]
+
+
+#: How far into a kept end ``split_word`` looks for the end of the word a cut split.
+_WORD_WINDOW = 4 * CLIP_MARGIN
+
+
+def split_word(tokenizer: Tokenizer, text: str, end: str) -> int:
+    """Characters at the start of ``end`` (``text`` cut to its end by ``clip``) that belong
+    to a word the cut split, whose tokens may then differ all through it (BPE pairs a run
+    such as ``=====`` from its first character): the rest of that word as the tokenizer's
+    normalizer and pre-tokenizer split words; none when the cut fell after a whitespace, all
+    of ``end`` when that word runs past ``_WORD_WINDOW``."""
+    if end is text or text[len(text) - len(end) - 1].isspace():
+        return 0
+    head = tokenizer.encode(end[:_WORD_WINDOW], add_special_tokens=False)
+    words = head.word_ids
+    for (start, _), word in zip(head.offsets, words, strict=True):
+        if word != words[0]:
+            return int(start)
+    return len(end)
 
 
 def truncated_lengths(first: int, second: int, budget: int) -> tuple[int, int]:
@@ -210,6 +225,7 @@ class _Text:
     count: int  # all its tokens (of the clipped text, when it was cut)
     offsets: list[tuple[int, int]] | None  # when it was cut: where its tokens lie
     length: int  # characters tokenized
+    split: int = 0  # leading characters of a word the cut split (``split_word``)
 
     def settled(self, keep: int, other: int, side: str) -> bool:
         """Whether keeping ``keep`` tokens of this text (beside ``other`` tokens of the other)
@@ -222,7 +238,7 @@ class _Text:
             return False
         if side == "right":
             return self.offsets[keep - 1][1] < self.length - CLIP_MARGIN
-        return self.offsets[self.count - keep][0] > CLIP_MARGIN
+        return self.offsets[self.count - keep][0] > self.split + CLIP_MARGIN
 
 
 class TokenizerUnsupported(Exception):
@@ -326,6 +342,7 @@ class PairEncoder:
                 len(encodings[i].ids),
                 list(encodings[i].offsets) if was_cut[i] else None,
                 len(clipped[i]),
+                split_word(self._plain, texts[i], clipped[i]) if side == "left" else 0,
             )
             for i in range(len(texts))
         ]
@@ -504,7 +521,11 @@ class ChatEncoder:
             at = text.find(piece)
             if at < 0:
                 return False
-            edges.append(at + len(piece) if side == "right" else at)
+            edges.append(
+                at + len(piece)
+                if side == "right"
+                else at + split_word(self._plain, original, piece)
+            )
         if side == "right":
             return enc.offsets[self._max_len - 1][1] < min(edges) - CLIP_MARGIN
         return enc.offsets[len(enc.ids) - self._max_len][0] > max(edges) + CLIP_MARGIN
