@@ -35,6 +35,7 @@ from rerankd_server.errors import (
 )
 from rerankd_server.jobs import Usage
 from rerankd_server.metrics import Observer
+from rerankd_server.protowire import entries_over
 from rerankd_server.reranking import ChunkOptions, Normalization, Reranker, RerankOptions
 from rerankd_server.scoring.base import Truncation
 from rerankd_server.settings import MAX_MODEL_NAME_BYTES, Settings
@@ -123,6 +124,11 @@ class RerankServicer:
         self._held_bytes = 0  # of the requests whose calls are not over
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def max_documents(self) -> int:
+        """Most documents a Rerank call (pairs a Score call) may hold."""
+        return self._settings.max_documents
 
     def call_started(self) -> None:
         self._in_flight += 1
@@ -277,9 +283,14 @@ class RerankServicer:
 
         async def read() -> None:
             tasks: set[asyncio.Task[None]] = set()
+            items = aiter(requests)
             try:
-                async for item in requests:
-                    await permits.acquire()
+                while True:
+                    await permits.acquire()  # before reading: a request is parsed as it is read
+                    try:
+                        item = await anext(items)
+                    except StopAsyncIteration:
+                        break
                     task = asyncio.create_task(answer(item))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -558,13 +569,28 @@ def _past_deadline(context: Any) -> bool:
     return remaining is not None and remaining <= 0
 
 
-def _parser(message: type[Any]) -> Callable[[bytes], Any]:
+#: Where each request's documents (or pairs) lie on the wire, counted before parsing.
+_ENTRIES: dict[type[Any], tuple[tuple[int, ...], str]] = {
+    pb.RerankRequest: ((2,), "documents"),
+    pb.ScoreRequest: ((1,), "pairs"),
+    pb.RerankStreamRequest: ((2, 2), "documents"),
+}
+
+
+def _parser(message: type[Any], max_entries: int) -> Callable[[bytes], Any]:
+    """The request deserializer. A request with more than ``max_entries`` documents (pairs)
+    is refused before parsing: 8 MB of empty documents would parse to 224 MB first."""
+    path, name = _ENTRIES.get(message, ((), ""))
+    stream_item = message is pb.RerankStreamRequest
+
     def parse(data: bytes) -> _Received | _Malformed:
+        if path and entries_over(data, path, max_entries):
+            error = f"more than {max_entries} {name} given; the limit is {max_entries}"
+            return _Malformed(error, _stream_request_id(data) if stream_item else "")
         try:
             return _Received(message.FromString(data), len(data))
         except (DecodeError, UnicodeDecodeError) as exc:
             error = f"request is not a valid {message.DESCRIPTOR.full_name}: {exc}"
-            stream_item = message is pb.RerankStreamRequest
             return _Malformed(error, _stream_request_id(data) if stream_item else "")
 
     return parse
@@ -592,17 +618,18 @@ def handlers(
         "Score": (servicer.Score, pb.ScoreRequest),
         "GetModelInfo": (servicer.GetModelInfo, pb.GetModelInfoRequest),
     }
+    limit = servicer.max_documents
     return {
         name: grpc.unary_unary_rpc_method_handler(
             _guarded(name, method, observe, servicer),
-            request_deserializer=_parser(message),
+            request_deserializer=_parser(message, limit),
             response_serializer=_serialize,
         )
         for name, (method, message) in methods.items()
     } | {
         "RerankStream": grpc.stream_stream_rpc_method_handler(
             _guarded("RerankStream", servicer.RerankStream, observe, servicer),
-            request_deserializer=_parser(pb.RerankStreamRequest),
+            request_deserializer=_parser(pb.RerankStreamRequest, limit),
             response_serializer=_serialize,
         )
     }

@@ -24,6 +24,7 @@ import pytest
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.process import ServerProcess, free_port, start_server
+from rerankd_server.servicer import SERVICE_NAME as SERVICE
 from support.metrics import scrape
 
 from .helpers import NeverReading
@@ -191,6 +192,51 @@ def test_a_burst_of_the_largest_calls_holds_memory_to_the_byte_bound(
         codes = [future.code() for future in futures]
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert peak - before < 2 * burst_mib, (peak - before, burst_mib)
+
+
+EMPTY_ENTRIES = 3_900_000  # two bytes each: 7.8 MB, within the message limit
+#: Requests of millions of empty documents (pairs), by method, and the refusal each gets.
+EMPTY: dict[str, bytes] = {
+    "Rerank": b"\x0a\x01q" + b"\x12\x00" * EMPTY_ENTRIES,
+    "Score": b"\x0a\x00" * EMPTY_ENTRIES,
+}
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
+# As a RerankStream item: request_id "r", then the Rerank request above as field 2.
+EMPTY["RerankStream"] = b"\x0a\x01r\x12" + varint(len(EMPTY["Rerank"])) + EMPTY["Rerank"]
+
+
+@pytest.mark.parametrize("method", sorted(EMPTY))
+def test_millions_of_empty_documents_are_refused_before_they_are_parsed(
+    server: ServerProcess, method: str
+) -> None:
+    """Each entry would parse to an object of about 56 bytes: 220 MB for one call, held until
+    the servicer could count them. They are counted on the wire instead."""
+    before = rss_mib(server)
+    with grpc.insecure_channel(server.target) as channel:
+        if method == "RerankStream":
+            call = channel.stream_stream(f"/{SERVICE}/{method}")
+            replies = list(call(iter([EMPTY[method]]), timeout=60))
+            item = pb.RerankStreamResponse.FromString(replies[0])
+            code, message = grpc.StatusCode.INVALID_ARGUMENT.value[0], item.message
+            assert (item.code, item.request_id) == (code, "r")
+        else:
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary(f"/{SERVICE}/{method}")(EMPTY[method], timeout=60)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            message = refused.value.details()
+    assert message == "more than 1000 {} given; the limit is 1000".format(
+        "pairs" if method == "Score" else "documents"
+    )
+    assert rss_mib(server) - before < 50
 
 
 def two_calls_of_7_mb(tiny_models: dict[str, Path], metrics_port: int) -> ServerProcess:

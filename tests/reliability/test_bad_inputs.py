@@ -160,7 +160,7 @@ CATALOG: dict[str, Case] = {
         "Rerank",
         rerank(query="q", documents=docs(*["d"] * 10_000)),
         INVALID,
-        f"10000 documents given; the limit is {LIMIT}",
+        f"more than {LIMIT} documents given; the limit is {LIMIT}",
     ),
     "one document over the limit": Case(
         "Rerank", rerank(query="q", documents=docs(*["d"] * (LIMIT + 1))), INVALID, "limit"
@@ -268,7 +268,10 @@ CATALOG: dict[str, Case] = {
         "pairs[1].query is empty",
     ),
     "Score with 10,000 pairs": Case(
-        "Score", score(pairs=[pb.Pair(query="q", text="t")] * 10_000), INVALID, "10000 pairs"
+        "Score",
+        score(pairs=[pb.Pair(query="q", text="t")] * 10_000),
+        INVALID,
+        f"more than {LIMIT} pairs",
     ),
     "Score with non-UTF-8 text": Case(
         "Score", raw(nested_bytes(1, nested_bytes(1, b"q") + nested_bytes(2, NOT_UTF8))), INVALID

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
 import pytest
 
+from rerankd.v1 import rerank_pb2 as pb
 from rerankd_server.errors import DeadlineExpired
-from rerankd_server.servicer import RerankServicer, _guarded
+from rerankd_server.servicer import RerankServicer, _guarded, _Received
 from rerankd_server.settings import Settings
 
 
@@ -150,3 +152,46 @@ async def test_a_drain_with_no_grace_left_is_over_at_once_when_nothing_runs() ->
     assert not await servicer.drain(0.0)
     servicer.call_ended()
     assert await servicer.drain(0.0)
+
+
+class HeldServicer(RerankServicer):
+    """Answers each Rerank once ``gate`` opens."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.gate = asyncio.Event()
+
+    async def _rerank(self, request: Any, deadline: float | None) -> Any:
+        await self.gate.wait()
+        return pb.RerankResponse(model="held")
+
+
+class Writes(Call):
+    def __init__(self) -> None:
+        super().__init__(ended=False)
+        self.written: list[Any] = []
+
+    async def write(self, message: Any) -> None:
+        self.written.append(message)
+
+
+async def test_a_stream_reads_no_request_before_it_may_work_on_it() -> None:
+    """Reading a request parses it: one read ahead of the permits would be held unbounded
+    by --max-queue-bytes while the stream waits."""
+    servicer = HeldServicer(Settings(model="fake", stream_max_in_flight=2))
+    read: list[int] = []
+
+    async def requests() -> AsyncIterator[Any]:
+        for i in range(5):
+            read.append(i)
+            item = pb.RerankStreamRequest(request_id=str(i), request=pb.RerankRequest(query="q"))
+            yield _Received(item, item.ByteSize())
+
+    context = Writes()
+    stream = asyncio.create_task(servicer.RerankStream(requests(), context))
+    await asyncio.sleep(0.05)
+    assert read == [0, 1]  # as many as the permits
+    servicer.gate.set()
+    await asyncio.wait_for(stream, 5)
+    assert sorted(reply.request_id for reply in context.written) == ["0", "1", "2", "3", "4"]
+    assert servicer.held_bytes == 0
