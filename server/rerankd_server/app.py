@@ -145,9 +145,10 @@ READINESS_SERVICES = ("", SERVICE_NAME)
 CORE_PENDING_HARD_LIMIT = 3000
 
 
-#: How long a drain waits for Watch streams to send NOT_SERVING before it drops the rest (those
-#: whose client does not read: their write waits on flow control for as long as they like).
-WATCH_DRAIN_SECONDS = 0.5
+#: How long a drain waits at least for Watch streams to send NOT_SERVING before it drops the
+#: rest (those whose client does not read: their write waits on flow control for as long as
+#: they like). They also have the time the accepted calls take to finish.
+WATCH_DRAIN_SECONDS = 2.0
 
 
 class _HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
@@ -158,7 +159,8 @@ class _HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     status never waits: each Watch stream has its own wake-up and writes on its own, so a
     client that never reads stalls only its own stream (the stock servicer writes holding a
     lock that ``set`` needs). Watch streams end once draining has told them the last status,
-    and those that cannot be told in ``WATCH_DRAIN_SECONDS`` are dropped: the stock servicer
+    and those not told by the time the accepted calls are done (and ``WATCH_DRAIN_SECONDS``
+    more, within the grace period) are dropped: the stock servicer
     keeps them open forever, and a single watcher would hold a draining server for its whole
     grace period.
     """
@@ -213,16 +215,19 @@ class _HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         for name in READINESS_SERVICES:
             self.set(name, status)
 
-    async def drain(self) -> None:
-        """Report NOT_SERVING on readiness, then end the Watch streams."""
+    def drain(self) -> None:
+        """Report NOT_SERVING on readiness and tell the Watch streams to end once told so."""
         self.set_ready(False)
         self._draining = True
         for watchers in self._wakeups.values():
             for wakeup in watchers:
                 wakeup.set()
+
+    async def close(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the Watch streams to end, then drop the rest."""
         if not self._watches:
             return
-        _, stuck = await asyncio.wait(list(self._watches), timeout=WATCH_DRAIN_SECONDS)
+        _, stuck = await asyncio.wait(list(self._watches), timeout=timeout)
         for task in stuck:  # ends the handler as cancelled: gRPC drops the call quietly
             task.cancel()
 
@@ -403,12 +408,13 @@ class Sidecar:
         if self._server is None or self._health is None:
             return
         self._servicer.draining = True
-        await self._health.drain()
+        self._health.drain()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         grace = self.settings.grace_period if grace is None else grace
         if not await self._servicer.drain(grace):
             log.warning("grace period of %.0fs over; cancelling the calls still running", grace)
+        await self._health.close(min(grace, WATCH_DRAIN_SECONDS))
         await self._server.stop(0.5)
         if self._loading is not None:
             await asyncio.gather(self._loading, return_exceptions=True)

@@ -103,7 +103,8 @@ async def test_setting_a_status_never_waits_for_a_watcher() -> None:
     health.set_ready(True)
     await settle()
     assert reading.written == [NOT_SERVING, SERVING]
-    await asyncio.wait_for(health.drain(), HANG)
+    health.drain()
+    await asyncio.wait_for(health.close(0.5), HANG)
     assert reading.written == [NOT_SERVING, SERVING, NOT_SERVING]
     done = await asyncio.gather(*watches, return_exceptions=True)
     assert isinstance(done[0], asyncio.CancelledError) and done[1] is None
