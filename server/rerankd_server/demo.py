@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("*** meaningless; they only show the sidecar working end to end.\n", flush=True)
             from transformers.utils import logging as transformers_logging
 
-            transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+            transformers_logging.disable_progress_bar()
             tiny = build_tiny_model(Path(tmp) / "tiny-demo-model")
             server = start_server(tiny, "--log-level", "WARNING")
         with server, Client(server.target) as client:

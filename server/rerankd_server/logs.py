@@ -83,4 +83,4 @@ def _disable_progress_bars() -> None:
     except ImportError:  # without the server's libraries there is no bar to turn off
         return
     disable_progress_bars()
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers_logging.disable_progress_bar()

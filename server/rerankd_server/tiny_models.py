@@ -374,7 +374,7 @@ def build_tokenizer(kind: ModelKind) -> Any:
     input_names = ["input_ids", "attention_mask"]
     if kind == "bert":
         input_names.insert(1, "token_type_ids")
-    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         model_max_length=MODEL_MAX_LENGTH,
         pad_token="[PAD]",
@@ -425,7 +425,7 @@ def build_causal_tokenizer() -> Any:
     )
     # "yes" and "no" must be single tokens: the answers LogitScore reads.
     backend.train_from_iterator([*CORPUS.splitlines(), *["yes", "no"] * 20], trainer)
-    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         model_max_length=CAUSAL_MAX_LENGTH,
         eos_token="<|im_end|>",
@@ -544,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     # A "writing shards" progress bar for one small file is noise.
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers_logging.disable_progress_bar()
     try:
         out = build_tiny_model(
             args.path,
