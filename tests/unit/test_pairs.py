@@ -3,6 +3,8 @@ the special tokens of every common post-processor, on both truncation sides."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -125,10 +127,16 @@ def test_clip(text: str, side: str, expected: str) -> None:
         assert clip(text, limit, side) == expected
 
 
+@functools.cache
+def _tiny_bert() -> str:
+    """The tiny models' WordPiece tokenizer, trained once (it takes a while) and kept as JSON."""
+    return str(build_tokenizer("bert").backend_tokenizer.to_str())
+
+
 def bert_tokenizer(lowercase: bool, lower_first: bool = False) -> Tokenizer:
     """The tiny models' WordPiece tokenizer with BERT's normalizer (cased or not), optionally
     behind the lower-casing ``clone`` adds when a model's config asks for it."""
-    backend: Tokenizer = build_tokenizer("bert").backend_tokenizer
+    backend = Tokenizer.from_str(_tiny_bert())
     backend.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
     )
@@ -162,13 +170,20 @@ def test_the_ascii_copy_gives_the_tokenizers_ids_and_offsets(
     assert (got.ids, got.offsets) == (expected.ids, expected.offsets)
 
 
+@functools.cache
+def _ascii_encoder() -> tuple[PairEncoder, Tokenizer]:
+    """A lower-casing BERT tokenizer's pair encoder (max length 12), and the tokenizer itself
+    truncating as CrossEncoder does: built once, as neither changes."""
+    backend = bert_tokenizer(True)
+    reference = Tokenizer.from_str(backend.to_str())
+    reference.enable_truncation(12, strategy="longest_first", direction="right")
+    return PairEncoder(backend, 12, uses_types=True), reference
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(ASCII_TEXT, ASCII_TEXT), min_size=1, max_size=6))
 def test_pairs_through_the_ascii_copy_equal_the_tokenizer(pairs: list[tuple[str, str]]) -> None:
-    backend = bert_tokenizer(True)
-    encoder = PairEncoder(backend, 12, uses_types=True)
-    reference = Tokenizer.from_str(backend.to_str())
-    reference.enable_truncation(12, strategy="longest_first", direction="right")
+    encoder, reference = _ascii_encoder()
     expected = reference.encode_batch(pairs)
     ids, types, truncated = encoder.encode(pairs, "right")
     assert ids == [e.ids for e in expected] and types == [e.type_ids for e in expected]
