@@ -435,25 +435,34 @@ def build_causal_tokenizer() -> Any:
     )
 
 
-def _build_causal_lm(tokenizer: Any) -> Any:
-    """A two-layer, 32-wide Qwen3 causal LM with tied embeddings (as Qwen3-Reranker-0.6B)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def qwen3_config(tokenizer: Any, **overrides: Any) -> Any:
+    """The config of a two-layer, 32-wide Qwen3 with tied embeddings (as Qwen3-Reranker-0.6B)
+    for ``tokenizer``'s ids; ``overrides`` replace its fields (``num_labels`` for a sequence
+    classifier, another ``pad_token_id``)."""
+    from transformers import Qwen3Config
 
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN_SIZE,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        initializer_range=INITIALIZER_RANGE,
-    )
-    return Qwen3ForCausalLM(config)
+    fields: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": HIDDEN_SIZE,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": MAX_POSITION_EMBEDDINGS,
+        "tie_word_embeddings": True,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "initializer_range": INITIALIZER_RANGE,
+    }
+    return Qwen3Config(**(fields | overrides))
+
+
+def _build_causal_lm(tokenizer: Any) -> Any:
+    """The tiny Qwen3 (``qwen3_config``) as a causal LM."""
+    from transformers import Qwen3ForCausalLM
+
+    return Qwen3ForCausalLM(qwen3_config(tokenizer))
 
 
 def _build_backbone(kind: ModelKind, tokenizer: Any, *, headless: bool) -> Any:

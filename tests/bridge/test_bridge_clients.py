@@ -226,35 +226,23 @@ def test_a_query_over_the_servers_limit_is_cut_and_reranked(
     query = "files " + "é" * 400  # 806 bytes: refused whole
     body = {"query": {"match": {"text": "files"}}, "size": 5}
     hits = first_stage(opensearch, body)
+    search: dict[str, Any] = {"index": "small", "body": body, "query": query}
+    search["options"] = RerankOptions(window=5)
     with run_sidecar(settings, lambda _: FakeScorer()) as running:
         if flavour == "sync":
             with Client(running.target) as reranker:
-                out = rerank_search(
-                    sync_client(opensearch),
-                    reranker,
-                    index="small",
-                    body=body,
-                    query=query,
-                    options=RerankOptions(window=5),
-                )
+                out = rerank_search(sync_client(opensearch), reranker, **search)
         else:
 
-            async def search() -> dict[str, Any]:
+            async def searched() -> dict[str, Any]:
                 async with AsyncClient(running.target) as reranker:
                     client = async_client(opensearch)
                     try:
-                        return await async_rerank_search(
-                            client,
-                            reranker,
-                            index="small",
-                            body=body,
-                            query=query,
-                            options=RerankOptions(window=5),
-                        )
+                        return await async_rerank_search(client, reranker, **search)
                     finally:
                         await client.close()
 
-            out = asyncio.run(search())
+            out = asyncio.run(searched())
     assert out["rerank"]["status"] == "reranked", out["rerank"]
     sent = query.encode()[:200].decode(errors="ignore")  # whole characters, within the limit
     scores = {h["_id"]: expected_logit(sent, h["_source"]["text"]) for h in hits}

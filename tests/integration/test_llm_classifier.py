@@ -15,19 +15,14 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3ForSequenceClassification
+from transformers import Qwen3ForSequenceClassification
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.scoring.hf import HFCrossEncoder, Placement
 from rerankd_server.settings import Settings
-from rerankd_server.tiny_models import (
-    INITIALIZER_RANGE,
-    MAX_POSITION_EMBEDDINGS,
-    build_causal_tokenizer,
-    save_cross_encoder,
-)
+from rerankd_server.tiny_models import build_causal_tokenizer, qwen3_config, save_cross_encoder
 from support.reference import predict
 from support.sidecar import run_sidecar
 
@@ -46,20 +41,8 @@ def llm_classifier(path: Path, pad: str | None) -> Path:
     tokenizer = build_causal_tokenizer()
     tokenizer.chat_template = None  # pairs are text pairs, as for any sequence classifier
     tokenizer.padding_side = "right"
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
-        num_labels=1,
-        pad_token_id=None if pad is None else tokenizer.convert_tokens_to_ids(pad),
-        eos_token_id=tokenizer.eos_token_id,
-        initializer_range=INITIALIZER_RANGE,
-    )
+    pad_id = None if pad is None else tokenizer.convert_tokens_to_ids(pad)
+    config = qwen3_config(tokenizer, num_labels=1, pad_token_id=pad_id, tie_word_embeddings=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = Qwen3ForSequenceClassification(config)
