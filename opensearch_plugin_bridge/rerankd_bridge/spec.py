@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rerankd.text import visible
 from rerankd_bridge.ranking import RerankOptions
 from rerankd_bridge.text import as_mapping, lookup_path
 
@@ -57,7 +58,7 @@ class QuerySource:
             value = lookup_path(body, self.path)
         else:
             value = guess_query_text(body)
-        return value if isinstance(value, str) and value.strip() else None
+        return value if isinstance(value, str) and visible(value) else None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from rerankd.text import visible
 from rerankd_bridge.wire import Literal
 
 __all__ = ["as_mapping", "clean_text", "field_values", "fit_text", "hit_text", "lookup_path"]
@@ -129,9 +130,10 @@ def _walk(node: Any, parts: list[str]) -> Iterator[str]:
 
 
 def _strings(node: Any) -> Iterator[str]:
-    """Yield the non-blank text leaves of a JSON value in document order."""
+    """Yield the text leaves that show (``rerankd.text.visible``) of a JSON value in document
+    order."""
     if isinstance(node, str):
-        if node.strip():
+        if visible(node):
             yield node
     elif isinstance(node, Literal):
         yield node.text  # as the engine wrote it

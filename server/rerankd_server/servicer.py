@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
+from rerankd.text import visible
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd_server import __version__, logs, tracing
 from rerankd_server.chunking import DEFAULT_MAX_CHUNKS, MAX_CHUNKS_LIMIT, Reduce
@@ -47,16 +47,6 @@ SERVICE_NAME = "rerankd.v1.RerankService"
 #: Trailing metadata of a RESOURCE_EXHAUSTED call: milliseconds to wait before retrying
 #: (gRFC A6's server pushback; a client whose retry policy covers the code honours it).
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
-
-#: A character that shows: none of whitespace, the control characters (C0, DEL, C1) and Unicode's
-#: default-ignorable code points (zero-width spaces and joiners, the BOM, soft hyphen, bidi
-#: marks, variation selectors, Hangul fillers, tags). A query of only those says nothing, like a
-#: blank one, and is refused like it.
-_VISIBLE = re.compile(
-    r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
-    r"\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
-    r"\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
-)
 
 _LOG_LEVEL = {
     grpc.StatusCode.OK: logging.DEBUG,
@@ -339,7 +329,7 @@ class RerankServicer:
         return model
 
     def _check_query(self, query: str, field: str) -> None:
-        if not _VISIBLE.search(query):
+        if not visible(query):
             raise InvalidRequest(f"{field} is empty (no visible character)")
         size = len(query.encode("utf-8"))
         if size > self._settings.max_query_bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -144,9 +145,17 @@ def test_failures_fall_back_or_raise_when_strict(
     assert f'reason="{reason}"}} 2' in stats.prometheus()
 
 
-def test_no_query_text_is_skipped() -> None:
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"bool": {}},
+        {"match": {"text": " \t"}},
+        {"match": {"text": "\u200b\ufeff"}},  # zero-width: the server would refuse it
+    ],
+)
+def test_no_query_text_is_skipped(query: dict[str, Any]) -> None:
     stats = RerankStats()
-    j = SearchJob.prepare({"query": {"bool": {}}}, RerankSpec(), stats)
+    j = SearchJob.prepare({"query": query}, RerankSpec(), stats)
     response = ranked(2)
     assert j.call(response) is None
     out = j.finish(response, None, None)

@@ -49,7 +49,15 @@ def test_fields_joined_in_given_order_with_separator() -> None:
     assert hit_text(NESTED_HIT, ["meta.tags", "title"], " | ") == "files | directories | ls"
 
 
-@pytest.mark.parametrize("hit", [{}, {"_source": {"text": "   "}}, {"_source": {"text": None}}])
+@pytest.mark.parametrize(
+    "hit",
+    [
+        {},
+        {"_source": {"text": "   "}},
+        {"_source": {"text": "\u200b\u2060"}},
+        {"_source": {"text": None}},
+    ],
+)
 def test_no_text_is_none(hit: dict[str, object]) -> None:
     assert hit_text(hit, ["text"]) is None
 
