@@ -41,7 +41,7 @@ from rerankd import AsyncClient, InvalidArgument, ModelInfo, RerankdError, Reran
 from rerankd.errors import DeadlineExceeded, NotFound, ResourceExhausted, Unavailable
 from rerankd_bridge.filter_path import apply_filter_path
 from rerankd_bridge.ranking import MAX_TIMEOUT
-from rerankd_bridge.search import TextBudget, async_model_info
+from rerankd_bridge.search import TextBudget, async_model_info, fit_query
 from rerankd_bridge.text import clean_text
 from rerankd_bridge.wire import (
     BodyTooLarge,
@@ -330,8 +330,9 @@ class _Endpoints:
         texts = [clean_text(d) for d in ask.documents]
         if ask.truncation != "none":  # "none" must see the whole text to refuse it
             info = await async_model_info(client, "", timeout)
+            query = fit_query(info, query)
             budget = TextBudget.of(info, query, len(texts))
-            query, texts = budget.fit_query(query), [budget.fit(d) for d in texts]
+            texts = [budget.fit(d) for d in texts]
         return await client.rerank(
             query,
             texts,

@@ -63,6 +63,7 @@ __all__ = [
     "TextBudget",
     "async_model_info",
     "async_rerank_search",
+    "fit_query",
     "model_info",
     "rerank_async",
     "rerank_conflict",
@@ -140,26 +141,28 @@ class TextBudget:
 
     chars: int = 0
     utf8_bytes: int = 0
-    query_bytes: int = 0
 
     @classmethod
     def of(cls, info: ModelInfo, query: str, documents: int) -> TextBudget:
-        """The budget for ``documents`` texts sent with ``query`` to the model of ``info``."""
+        """The budget for ``documents`` texts sent with ``query`` (as ``fit_query`` made it)
+        to the model of ``info``."""
         limits = info.limits
-        chars = info.max_input_tokens * CHARS_PER_TOKEN
-        sent = fit_text(query, chars, limits.max_query_bytes)
-        share = limits.max_message_bytes - len(sent.encode()) - _MESSAGE_SLACK
+        share = limits.max_message_bytes - len(query.encode()) - _MESSAGE_SLACK
         share = share // max(documents, 1) - _PER_DOCUMENT_SLACK
-        return cls(chars, max(1, min(limits.max_document_bytes, share)), limits.max_query_bytes)
+        return cls(
+            chars=info.max_input_tokens * CHARS_PER_TOKEN,
+            utf8_bytes=max(1, min(limits.max_document_bytes, share)),
+        )
 
     def fit(self, text: str) -> str:
         """``text`` cut to this budget, its lone surrogates replaced (see ``fit_text``)."""
         return fit_text(text, self.chars, self.utf8_bytes)
 
-    def fit_query(self, query: str) -> str:
-        """``query`` cut to the server's query limit: longer than the model reads, it would
-        be refused, and the search left unreranked."""
-        return fit_text(query, self.chars, self.query_bytes)
+
+def fit_query(info: ModelInfo, query: str) -> str:
+    """``query`` cut as document texts are, to what the model of ``info`` reads and the
+    server's query limit: longer, it would be refused, and the search left unreranked."""
+    return fit_text(query, info.max_input_tokens * CHARS_PER_TOKEN, info.limits.max_query_bytes)
 
 
 @dataclass(frozen=True)
@@ -423,12 +426,13 @@ class _Sends:
     @classmethod
     def of(cls, call: RerankCall, info: ModelInfo) -> _Sends:
         step = max(info.limits.max_documents, 1)
-        budget = TextBudget.of(info, call.query, min(len(call.documents), step))
+        query = fit_query(info, call.query)
+        budget = TextBudget.of(info, query, min(len(call.documents), step))
         places: dict[str, int] = {}
         slots = [places.setdefault(text, len(places)) for text in call.texts(budget)]
         distinct = list(places)
         requests = [distinct[i : i + step] for i in range(0, len(distinct), step)]
-        return cls(budget.fit_query(call.query), slots, requests)
+        return cls(query, slots, requests)
 
     def merged(self, answers: list[Reranked]) -> Reranked:
         """The answers as one, a result per document of the call (its index in the call)."""
