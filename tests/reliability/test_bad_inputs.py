@@ -29,6 +29,7 @@ from rerankd_server.settings import Settings, parse_settings
 from support.fake_scorer import FakeScorer, token_id
 from support.metrics import scrape
 from support.sidecar import RunningSidecar, run_sidecar
+from support.wire import length_delimited
 
 from .helpers import FAKE_MODEL, fake_factory, h2_call, requests_total
 
@@ -50,12 +51,6 @@ def docs(*texts: str) -> list[pb.Document]:
 def words(size: int) -> str:
     """``size`` bytes of real words (the tokenizer sees text, not one giant token)."""
     return ("list files in a directory and copy them " * (size // 40 + 1))[:size]
-
-
-def nested_bytes(field_number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (wire type 2) holding ``payload`` (< 128 bytes)."""
-    assert len(payload) < 128
-    return bytes([field_number << 3 | 2, len(payload)]) + payload
 
 
 NOT_UTF8 = b"\xc3\x28"  # a UTF-8 lead byte followed by a non-continuation byte
@@ -234,16 +229,16 @@ CATALOG: dict[str, Case] = {
     "length prefix past the end": Case(
         "Rerank", raw(b"\x0a\x05q\x12\xff\xff\xff\x0f"), INVALID, "not a valid"
     ),
-    "non-UTF-8 query": Case("Rerank", raw(nested_bytes(1, NOT_UTF8)), INVALID, "not a valid"),
+    "non-UTF-8 query": Case("Rerank", raw(length_delimited(1, NOT_UTF8)), INVALID, "not a valid"),
     "non-UTF-8 document text": Case(
         "Rerank",
-        raw(nested_bytes(1, b"q") + nested_bytes(2, nested_bytes(2, NOT_UTF8))),
+        raw(length_delimited(1, b"q") + length_delimited(2, length_delimited(2, NOT_UTF8))),
         INVALID,
         "not a valid",
     ),
     "non-UTF-8 document id": Case(
         "Rerank",
-        raw(nested_bytes(1, b"q") + nested_bytes(2, nested_bytes(1, b"\xff"))),
+        raw(length_delimited(1, b"q") + length_delimited(2, length_delimited(1, b"\xff"))),
         INVALID,
         "not a valid",
     ),
@@ -274,7 +269,9 @@ CATALOG: dict[str, Case] = {
         f"more than {LIMIT} pairs",
     ),
     "Score with non-UTF-8 text": Case(
-        "Score", raw(nested_bytes(1, nested_bytes(1, b"q") + nested_bytes(2, NOT_UTF8))), INVALID
+        "Score",
+        raw(length_delimited(1, length_delimited(1, b"q") + length_delimited(2, NOT_UTF8))),
+        INVALID,
     ),
     "Score with an unknown model": Case(
         "Score", score(pairs=[pb.Pair(query="q", text="t")], model="nope"), Code.NOT_FOUND

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from rerankd.v1 import rerank_pb2 as pb
 from rerankd_server.protowire import entries_over
+from support.wire import length_delimited
 
 TEXT = st.text(max_size=30)
 DOCUMENT = st.builds(pb.Document, id=TEXT, text=TEXT)
@@ -60,20 +61,11 @@ def test_entries_over_agrees_with_the_parser(
     half = len(request.documents) // 2  # a message field given twice: the parser merges them
     first = pb.RerankRequest(documents=request.documents[:half]).SerializeToString()
     second = pb.RerankRequest(documents=request.documents[half:]).SerializeToString()
-    stream = item + b"\x12" + _len(first) + first + b"\x12" + _len(second) + second
+    stream = item + length_delimited(2, first) + length_delimited(2, second)
     assert len(pb.RerankStreamRequest.FromString(stream).request.documents) == len(
         request.documents
     )
     assert entries_over(stream, (2, 2), limit) == (len(request.documents) > limit)
-
-
-def _len(data: bytes) -> bytes:
-    out, n = bytearray(), len(data)
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def test_millions_of_empty_documents_are_found_without_parsing() -> None:
