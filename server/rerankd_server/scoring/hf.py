@@ -352,11 +352,10 @@ class HFCrossEncoder:
                 torch.randint(5, vocab, (n,), generator=generator).tolist()
                 for n in sorted({2, min(37, self._max_len), min(300, self._max_len)})
             ]
-            packed = self.device_scores(pack(ids, pin=False)).cpu()
-            padded = self.device_scores(self.collate_padded(ids, None)).cpu()
-            tolerance = 1e-4 if placement.dtype == "float32" else 5e-2
-            worst = float((packed - padded).abs().max() / (1.0 + padded.abs().max()))
-            if not worst <= tolerance:
+            packed = self.device_scores(pack(ids, pin=False)).cpu().numpy()
+            padded = self.device_scores(self.collate_padded(ids, None)).cpu().numpy()
+            worst = _relative_difference(packed, padded)
+            if not worst <= _tolerance(placement.dtype):
                 raise PackingUnsupported(f"packed scores differ from padded ones by {worst:.2e}")
         except Exception as exc:  # any failure here means: run padded, as before
             log.warning("packed execution unavailable (%s); running padded batches", exc)
@@ -395,9 +394,8 @@ class HFCrossEncoder:
         single = np.concatenate(alone)
         if not (np.isfinite(together).all() and np.isfinite(single).all()):
             raise ModelLoadError(f"{source} gives scores that are not finite numbers")
-        tolerance = 1e-4 if dtype == "float32" else 5e-2
-        worst = float(np.abs(together - single).max() / (1.0 + np.abs(single).max()))
-        if worst > tolerance:
+        worst = _relative_difference(together, single)
+        if not worst <= _tolerance(dtype):
             raise ModelLoadError(
                 f"{source}: a pair's score depends on the batch it is in (relative difference "
                 f"{worst:.1e}); its config's pad_token_id may not be a token its classifier "
@@ -543,6 +541,18 @@ class HFCrossEncoder:
         began = time.perf_counter()
         self.forward(batch)
         return time.perf_counter() - began
+
+
+def _relative_difference(got: FloatArray, expected: FloatArray) -> float:
+    """The largest difference between two computations of the same scores, relative to their
+    size (1 + the largest magnitude): what the load-time checks compare."""
+    return float(np.abs(got - expected).max() / (1.0 + np.abs(expected).max()))
+
+
+def _tolerance(dtype: str) -> float:
+    """How far two computations of the same scores may differ: float32's rounding, or half
+    precision's."""
+    return 1e-4 if dtype == "float32" else 5e-2
 
 
 def _pad_id(config: Any, tokenizer: Any) -> int:
