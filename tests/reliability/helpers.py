@@ -50,6 +50,23 @@ def write_tokens(path: Path, *tokens: str) -> None:
     write_file(path, ("# rerankd test tokens\n" + "\n".join(tokens) + "\n").encode())
 
 
+def grpc_headers(method: str) -> list[tuple[str, str]]:
+    """The request headers of a gRPC call of ``method`` (``/package.Service/Method``)."""
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", method),
+        (":authority", "rerankd"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+
+
+def grpc_message(message: bytes) -> bytes:
+    """``message`` framed as gRPC sends it: not compressed, then its length in 4 bytes."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
 class NeverReading:
     """An HTTP/2 client that sends gRPC calls and never reads an answer: its receive window is
     0, so the server can send headers (a status alone) but no message. PyPI's ``h2``."""
@@ -66,10 +83,8 @@ class NeverReading:
     def call(self, method: str, *messages: bytes) -> None:
         """Send one call, all its messages, as the server's flow control lets them in."""
         stream = self.h2.get_next_available_stream_id()
-        headers = [(":method", "POST"), (":scheme", "http"), (":path", method)]
-        headers += [(":authority", "rerankd"), ("content-type", "application/grpc")]
-        self.h2.send_headers(stream, [*headers, ("te", "trailers")])
-        body = b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)  # gRPC's framing
+        self.h2.send_headers(stream, grpc_headers(method))
+        body = b"".join(map(grpc_message, messages))
         while body:
             room = min(self.h2.local_flow_control_window(stream), self.h2.max_outbound_frame_size)
             if room == 0:
@@ -109,13 +124,9 @@ def h2_call(
     conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
     stream = conn.get_next_available_stream_id()
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", method)]
-    headers += [(":authority", "rerankd"), ("content-type", "application/grpc"), ("te", "trailers")]
-    conn.send_headers(
-        stream,
-        [(k.encode(), v.encode()) for k, v in headers] + [(k.encode(), v) for k, v in metadata],
-    )
-    conn.send_data(stream, b"\x00" + len(message).to_bytes(4, "big") + message, end_stream=True)
+    headers = [(k.encode(), v.encode()) for k, v in grpc_headers(method)]
+    conn.send_headers(stream, headers + [(k.encode(), v) for k, v in metadata])
+    conn.send_data(stream, grpc_message(message), end_stream=True)
     fields: dict[str, str] = {}
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(conn.data_to_send())
