@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from rerankd.v1 import rerank_pb2
 from rerankd_server.cache import ScoreCache
 from rerankd_server.scheduler import BatchScheduler
+from rerankd_server.settings import CALL_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,8 @@ class _SchedulerCollector(Collector):
         if self._metrics.held_bytes is not None:
             yield GaugeMetricFamily(
                 "rerankd_queue_bytes",
-                "Request bytes of the calls not yet over (bounded by --max-queue-bytes).",
+                f"Request bytes of the calls not yet over, and {CALL_BYTES} for each call "
+                "itself (bounded by --max-queue-bytes).",
                 value=self._metrics.held_bytes(),
             )
         counters: dict[str, tuple[str, Callable[[BatchScheduler], float]]] = {

@@ -38,7 +38,7 @@ from rerankd_server.metrics import Observer
 from rerankd_server.protowire import entries_over
 from rerankd_server.reranking import ChunkOptions, Normalization, Reranker, RerankOptions
 from rerankd_server.scoring.base import Truncation
-from rerankd_server.settings import MAX_MODEL_NAME_BYTES, Settings
+from rerankd_server.settings import CALL_BYTES, MAX_MODEL_NAME_BYTES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +130,16 @@ class RerankServicer:
             self._idle.set()
 
     def hold(self, size: int) -> int:
-        """Count ``size`` request bytes as held until ``release``, or refuse them
-        (RESOURCE_EXHAUSTED). Every call within the per-call limits may still be large, and
-        the queue bounds count pairs and tokens, not bytes: without this, 48 calls of 7 MB
-        sent at once grew the server by 868 MiB while they waited for the model."""
+        """Count ``size`` bytes (a request's, and ``CALL_BYTES`` for a call itself) as held
+        until ``release``, or refuse them (RESOURCE_EXHAUSTED). Every call within the per-call
+        limits may still be large, and the queue bounds count pairs and tokens, not bytes:
+        without this, 48 calls of 7 MB sent at once grew the server by 868 MiB while they
+        waited for the model."""
         limit = self._settings.max_queue_bytes
         if self._held_bytes + size > limit:
             raise Overloaded(
-                f"queue full ({self._held_bytes} request bytes held, {size} more asked for; "
-                f"the bound is {limit}, --max-queue-bytes); retry later"
+                f"queue full ({self._held_bytes} bytes held by calls not yet over, {size} more "
+                f"asked for; the bound is {limit}, --max-queue-bytes); retry later"
             )
         self._held_bytes += size
         return size
@@ -148,7 +149,8 @@ class RerankServicer:
 
     @property
     def held_bytes(self) -> int:
-        """Request bytes of the calls not yet over (what ``--max-queue-bytes`` bounds)."""
+        """Request bytes of the calls not yet over and ``CALL_BYTES`` for each of them (what
+        ``--max-queue-bytes`` bounds)."""
         return self._held_bytes
 
     async def drain(self, grace: float) -> bool:
@@ -470,9 +472,10 @@ def _guarded(
         trailers: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
         context.set_trailing_metadata(trailers)
         code, message = grpc.StatusCode.OK, ""
-        size = 0  # a stream's items are held one by one, by the method
+        size = CALL_BYTES  # the call itself; a stream's items are held one by one, by the method
         if isinstance(request, _Received):
-            request, size = request
+            request, received = request
+            size += received
         servicer.call_started()
         try:
             if isinstance(request, _Malformed):

@@ -20,6 +20,11 @@ MAX_MODEL_NAME_BYTES = 1024
 #: Largest ``--max-message-bytes``: an answer can be larger than its request (it echoes the texts
 #: and adds each result's score), and gRPC's message limits are 32-bit (under 2 GiB).
 MAX_MESSAGE_BYTES_LIMIT = 1 << 30
+#: What an open call costs beyond its request bytes (gRPC's call and stream, the handler and its
+#: context), counted against ``--max-queue-bytes`` for every call: 20,000 one-document calls
+#: whose client never read an answer held 22.5 KiB each. Without it calls too small to count
+#: were not bounded at all.
+CALL_BYTES = 24 * 1024
 
 
 @dataclass(frozen=True)
@@ -157,9 +162,10 @@ _OPTIONS: list[tuple[str, type, str]] = [
     (
         "max-queue-bytes",
         int,
-        "Request bytes of the calls not yet over, all models together, an answer waiting for "
-        "its client to read it included (each byte costs two to five in memory); beyond it "
-        "calls get RESOURCE_EXHAUSTED. At least --max-message-bytes.",
+        "Request bytes of the calls not yet over, and 24 KiB for each call itself, all models "
+        "together, an answer waiting for its client to read it included (each byte costs two "
+        "to five in memory); beyond it calls get RESOURCE_EXHAUSTED. At least "
+        "--max-message-bytes plus 24 KiB.",
     ),
     ("max-documents", int, "Most documents per Rerank call (pairs per Score call)."),
     ("max-query-bytes", int, "Most UTF-8 bytes in a query."),
@@ -372,8 +378,11 @@ def validate(settings: Settings) -> list[str]:
         problems.append("--metrics-port must differ from --port")
     if settings.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT:
         problems.append(f"--max-message-bytes must be at most {MAX_MESSAGE_BYTES_LIMIT} (1 GiB)")
-    if settings.max_queue_bytes < settings.max_message_bytes:
-        problems.append("--max-queue-bytes must be at least --max-message-bytes")
+    if settings.max_queue_bytes < settings.max_message_bytes + CALL_BYTES:
+        problems.append(
+            f"--max-queue-bytes must be at least --max-message-bytes plus {CALL_BYTES} "
+            "(what a call costs beyond its request)"
+        )
     if settings.max_documents > settings.max_queue_pairs:
         problems.append("--max-documents must not exceed --max-queue-pairs")
     return problems

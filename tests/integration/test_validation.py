@@ -15,7 +15,7 @@ from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.errors import ModelLoadError
 from rerankd_server.scoring.base import Scorer
-from rerankd_server.settings import Settings
+from rerankd_server.settings import CALL_BYTES, Settings
 from support.fake_scorer import FakeScorer
 from support.metrics import scrape
 from support.sidecar import RunningSidecar, run_sidecar
@@ -279,8 +279,11 @@ def test_request_bytes_past_the_queue_bound_are_resource_exhausted_until_release
     call past it is refused at once, a stream item as well; the bytes come back when a call
     ends, however it ends (answered, invalid, cancelled by its client)."""
     scorer = FakeScorer()
-    settings = Settings(
-        model="fake", max_queue_bytes=10_000, max_message_bytes=10_000, warmup=False
+    settings = Settings(  # room for two calls' own costs and 10 KB of requests
+        model="fake",
+        max_queue_bytes=2 * CALL_BYTES + 10_000,
+        max_message_bytes=10_000,
+        warmup=False,
     )
     text = "w " * 3000
     big = pb.RerankRequest(query="q", documents=docs(text))  # 6 KB: one fits, two do not
@@ -322,7 +325,7 @@ def test_request_bytes_past_the_queue_bound_are_resource_exhausted_until_release
             before = len(scorer.events)
             holder = stub.Rerank.future(big)
             held_by(holder, before)
-            assert held_bytes() == big.ByteSize()  # its size on the wire
+            assert held_bytes() == CALL_BYTES + big.ByteSize()  # its size on the wire
             for call in (
                 lambda: stub.Rerank(big, timeout=30),
                 lambda: stub.Score(

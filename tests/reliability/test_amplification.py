@@ -25,6 +25,7 @@ from rerankd.v1 import rerank_pb2 as pb
 from rerankd.v1 import rerank_pb2_grpc
 from rerankd_server.process import ServerProcess, free_port, start_server
 from rerankd_server.servicer import SERVICE_NAME as SERVICE
+from rerankd_server.settings import CALL_BYTES
 from support.metrics import scrape
 from support.wire import length_delimited
 
@@ -266,7 +267,7 @@ def test_answers_a_client_never_reads_hold_memory_to_the_byte_bound(
         # Two calls wait for the client with their answers, still holding their bytes; the
         # other four were refused (a status is headers, which the closed window lets through).
         assert sorted(client.statuses.values()) == ["8"] * 4  # RESOURCE_EXHAUSTED
-        assert scrape(metrics)[("rerankd_queue_bytes", ())] == 2 * len(request)
+        assert scrape(metrics)[("rerankd_queue_bytes", ())] == 2 * (CALL_BYTES + len(request))
         stub = rerank_pb2_grpc.RerankServiceStub(channel)
         one = pb.RerankRequest(query="list files", documents=[pb.Document(text="ls")])
         assert len(stub.Rerank(one, timeout=60).results) == 1  # small calls still fit
@@ -274,6 +275,37 @@ def test_answers_a_client_never_reads_hold_memory_to_the_byte_bound(
         while scrape(metrics)[("rerankd_queue_bytes", ())] and time.monotonic() < end:
             time.sleep(0.05)
         assert scrape(metrics)[("rerankd_queue_bytes", ())] == 0
+
+
+def test_small_calls_a_client_never_reads_are_bounded_by_their_count(
+    tiny_models: dict[str, Path],
+) -> None:
+    """Each call counts ``CALL_BYTES`` besides its request: what gRPC and the handler hold for
+    it. Counted by their request bytes alone, 20,000 one-document calls on one connection whose
+    client never read an answer held 22.5 KiB each, 440 MiB, far under the bound's 512 MiB of
+    request bytes, and more calls would have held more. Here the bound is 8 MiB: 341 calls fit."""
+    request = pb.RerankRequest(query="list files", documents=[pb.Document(text="ls")])
+    wire = request.SerializeToString()
+    bound = 8 * 2**20
+    fit = bound // (CALL_BYTES + len(wire))
+    metrics = free_port()
+    flags = ["--max-queue-bytes", str(bound), "--max-message-bytes", str(2**20)]
+    with start_server(tiny_models["modernbert"], *flags, "--metrics-port", str(metrics)) as server:
+        client = NeverReading(server.target)
+        for _ in range(1000):
+            client.call("/rerankd.v1.RerankService/Rerank", wire)
+        end = time.monotonic() + 60
+        while len(client.statuses) < 1000 - fit and time.monotonic() < end:
+            client.read(timeout=0.1)
+        assert sorted(client.statuses.values()) == ["8"] * (1000 - fit)  # RESOURCE_EXHAUSTED
+        assert scrape(metrics)[("rerankd_queue_bytes", ())] == fit * (CALL_BYTES + len(wire))
+        client.socket.close()
+        while scrape(metrics)[("rerankd_queue_bytes", ())] and time.monotonic() < end:
+            time.sleep(0.05)
+        assert scrape(metrics)[("rerankd_queue_bytes", ())] == 0
+        with grpc.insecure_channel(server.target) as channel:
+            stub = rerank_pb2_grpc.RerankServiceStub(channel)
+            assert len(stub.Rerank(request, timeout=60).results) == 1
 
 
 def test_stream_answers_a_client_never_reads_hold_memory_to_the_byte_bound(
@@ -304,10 +336,11 @@ def test_stream_answers_a_client_never_reads_hold_memory_to_the_byte_bound(
             return scrape(metrics)[("rerankd_queue_bytes", ())]
 
         end = time.monotonic() + 60
-        while held() < 2 * len(items[0]) and time.monotonic() < end:
+        answers = CALL_BYTES + 2 * len(items[0])  # the stream itself, two items' bytes
+        while held() < answers and time.monotonic() < end:
             time.sleep(0.05)
         time.sleep(0.5)  # the third item is read and refused meanwhile
-        assert held() == 2 * len(items[0])  # two answers wait for the client
+        assert held() == answers  # two answers wait for the client
         stub = rerank_pb2_grpc.RerankServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             stub.Rerank(inner, timeout=60)
