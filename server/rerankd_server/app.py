@@ -36,6 +36,7 @@ from rerankd_server.batching import (
 from rerankd_server.cache import ScoreCache
 from rerankd_server.errors import ModelLoadError, StartupError
 from rerankd_server.logs import configure as configure_logging
+from rerankd_server.logs import demote_caller_encoding_errors
 from rerankd_server.metrics import Metrics
 from rerankd_server.reranking import Reranker
 from rerankd_server.scheduler import BatchScheduler
@@ -263,6 +264,7 @@ class Sidecar:
         # grpc.aio objects bind to the running loop, so they are made here, not in __init__.
         settings = self.settings
         tracing.enabled.refresh()
+        demote_caller_encoding_errors()
         observe = self.metrics.observe_request if settings.metrics_port else None
         interceptors = []
         if settings.auth_token_file:

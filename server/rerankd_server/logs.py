@@ -34,6 +34,30 @@ def request_id(context: Any) -> str:
     return f"{random.getrandbits(64):016x}"
 
 
+class _CallerBytes(logging.Filter):
+    """gRPC's Python layer logs every metadata value that is not UTF-8 at ERROR, with a
+    traceback, twice per call ("Invalid encoding on ..."), then hands the value on as bytes:
+    any caller could fill the log with tracebacks. The value is the caller's, not a fault of the
+    server, so such a record becomes one DEBUG line (the bytes as ``repr`` shows them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("Invalid encoding"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = record.exc_text = None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_GRPC_LOGGER = "grpc._cython.cygrpc"
+
+
+def demote_caller_encoding_errors() -> None:
+    """Install ``_CallerBytes`` on gRPC's logger (once; a server calls it as it starts)."""
+    logger = logging.getLogger(_GRPC_LOGGER)
+    if not any(isinstance(f, _CallerBytes) for f in logger.filters):
+        logger.addFilter(_CallerBytes())
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line."""
 
