@@ -162,10 +162,10 @@ _OPTIONS: list[tuple[str, type, str]] = [
     (
         "max-queue-bytes",
         int,
-        "Request bytes of the calls not yet over, and 24 KiB for each call itself, all models "
-        "together, an answer waiting for its client to read it included (each byte costs two "
-        "to five in memory); beyond it calls get RESOURCE_EXHAUSTED. At least "
-        "--max-message-bytes plus 24 KiB.",
+        f"Request bytes of the calls not yet over, and {CALL_BYTES // 1024} KiB for each call "
+        "itself, all models together, an answer waiting for its client to read it included "
+        "(each byte costs two to five in memory); beyond it calls get RESOURCE_EXHAUSTED. At "
+        f"least --max-message-bytes plus {CALL_BYTES // 1024} KiB.",
     ),
     ("max-documents", int, "Most documents per Rerank call (pairs per Score call)."),
     ("max-query-bytes", int, "Most UTF-8 bytes in a query."),
