@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rerankd_server import tracing
+from rerankd_server import logs, tracing
 from rerankd_server.batching import (
     CPU_BATCH_OVERHEAD_SHARE,
     CUDA_BATCH_OVERHEAD_SHARE,
@@ -35,8 +35,6 @@ from rerankd_server.batching import (
 )
 from rerankd_server.cache import ScoreCache
 from rerankd_server.errors import ModelLoadError, StartupError
-from rerankd_server.logs import configure as configure_logging
-from rerankd_server.logs import demote_caller_encoding_errors
 from rerankd_server.metrics import Metrics
 from rerankd_server.reranking import Reranker
 from rerankd_server.scheduler import BatchScheduler
@@ -150,6 +148,13 @@ CORE_PENDING_HARD_LIMIT = 3000
 #: rest (those whose client does not read: their write waits on flow control for as long as
 #: they like). They also have the time the accepted calls take to finish.
 WATCH_DRAIN_SECONDS = 2.0
+#: Most health Watch streams open at once; past it a Watch gets RESOURCE_EXHAUSTED. Health is
+#: open to every caller, bearer token or not, and a watcher whose client never reads held
+#: 23 KiB: 5,000 of them grew a server by 115 MiB, and nothing bounded their number.
+MAX_WATCHES = 1000
+#: Longest service name a Watch may ask for (UTF-8 bytes): a Watch holds its request as long as
+#: it is open, and a name can be as large as a message; no service here has a longer one.
+MAX_SERVICE_NAME_BYTES = 1024
 
 
 class _HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
@@ -175,7 +180,9 @@ class _HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     async def Check(self, request: Any, context: Any) -> Any:
         status = self._status.get(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown service {logs.shown(request.service)}"
+            )
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(self, request: Any, context: Any) -> None:
@@ -183,6 +190,12 @@ class _HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         task = asyncio.current_task()
         assert task is not None  # handlers always run in a task
         service, wakeup = request.service, asyncio.Event()
+        if len(service.encode("utf-8")) > MAX_SERVICE_NAME_BYTES:
+            message = f"service name over {MAX_SERVICE_NAME_BYTES} bytes: {logs.shown(service)}"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        if len(self._watches) >= MAX_WATCHES:
+            message = f"{MAX_WATCHES} health Watch streams are open already; use Check"
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         self._wakeups.setdefault(service, set()).add(wakeup)
         self._watches.add(task)
         sent = None
@@ -264,7 +277,7 @@ class Sidecar:
         # grpc.aio objects bind to the running loop, so they are made here, not in __init__.
         settings = self.settings
         tracing.enabled.refresh()
-        demote_caller_encoding_errors()
+        logs.demote_caller_encoding_errors()
         observe = self.metrics.observe_request if settings.metrics_port else None
         interceptors = []
         if settings.auth_token_file:
@@ -474,7 +487,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rerankd serve`` and ``python -m rerankd_server``."""
     settings = parse_settings(argv)
-    configure_logging(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format)
     try:
         factory = loop_factory(settings.event_loop)
     except StartupError as exc:

@@ -34,6 +34,12 @@ def request_id(context: Any) -> str:
     return f"{random.getrandbits(64):016x}"
 
 
+def shown(text: str, limit: int = 64) -> str:
+    """A caller's string as a status message or a log line echoes it: the ``repr`` of at most
+    ``limit`` characters (one line, whatever it holds), ``...`` where it was cut."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
 class _CallerBytes(logging.Filter):
     """gRPC's Python layer logs every metadata value that is not UTF-8 at ERROR, with a
     traceback, twice per call ("Invalid encoding on ..."), then hands the value on as bytes:

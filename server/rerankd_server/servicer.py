@@ -323,11 +323,11 @@ class RerankServicer:
         model = self._models.get(requested)
         if model is None:
             # Echo a prefix only: the name is the caller's, and goes into the status and the log.
-            shown = repr(requested[:64]) + ("..." if len(requested) > 64 else "")
+            name = logs.shown(requested)
             if requested in self._configured:  # UNAVAILABLE, which clients retry
-                raise NotReady(f"model {shown} is still loading; retry shortly")
+                raise NotReady(f"model {name} is still loading; retry shortly")
             served = ", ".join(sorted(self._models))
-            raise ModelNotFound(f"model {shown} is not served here (served: {served})")
+            raise ModelNotFound(f"model {name} is not served here (served: {served})")
         return model
 
     def _check_query(self, query: str, field: str) -> None:
