@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from rerankd_server import logs, tracing
 from rerankd_server.batching import (
@@ -39,7 +39,12 @@ from rerankd_server.metrics import Metrics
 from rerankd_server.reranking import Reranker
 from rerankd_server.scheduler import BatchScheduler
 from rerankd_server.scoring.base import Scorer
-from rerankd_server.security import BearerTokenInterceptor, ReloadingCertificates, TokenFile
+from rerankd_server.security import (
+    BearerTokenInterceptor,
+    OpenServices,
+    ReloadingCertificates,
+    TokenFile,
+)
 from rerankd_server.servicer import SERVICE_NAME, RerankServicer, handlers
 from rerankd_server.settings import Settings, parse_settings
 from rerankd_server.workers import default_tokenizer_threads, model_executor
@@ -148,13 +153,6 @@ CORE_PENDING_HARD_LIMIT = 3000
 #: rest (those whose client does not read: their write waits on flow control for as long as
 #: they like). They also have the time the accepted calls take to finish.
 WATCH_DRAIN_SECONDS = 2.0
-#: Most health Watch streams open at once; past it a Watch gets RESOURCE_EXHAUSTED. Health is
-#: open to every caller, bearer token or not, and a watcher whose client never reads held
-#: 23 KiB: 5,000 of them grew a server by 115 MiB, and nothing bounded their number.
-MAX_WATCHES = 1000
-#: Longest service name a Watch may ask for (UTF-8 bytes): a Watch holds its request as long as
-#: it is open, and a name can be as large as a message; no service here has a longer one.
-MAX_SERVICE_NAME_BYTES = 1024
 
 
 class _HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
@@ -190,12 +188,6 @@ class _HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         task = asyncio.current_task()
         assert task is not None  # handlers always run in a task
         service, wakeup = request.service, asyncio.Event()
-        if len(service.encode("utf-8")) > MAX_SERVICE_NAME_BYTES:
-            message = f"service name over {MAX_SERVICE_NAME_BYTES} bytes: {logs.shown(service)}"
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-        if len(self._watches) >= MAX_WATCHES:
-            message = f"{MAX_WATCHES} health Watch streams are open already; use Check"
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         self._wakeups.setdefault(service, set()).add(wakeup)
         self._watches.add(task)
         sent = None
@@ -258,6 +250,7 @@ class Sidecar:
         self._servicer = RerankServicer(settings)
         self._server: grpc.aio.Server | None = None
         self._health: _HealthServicer | None = None
+        self._open_services: OpenServices | None = None
         self._schedulers: list[BatchScheduler] = []
         self._loading: asyncio.Task[None] | None = None
         self.metrics = Metrics()
@@ -309,7 +302,8 @@ class Sidecar:
             ],
         )
         self._health = _HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self._open_services = OpenServices(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._open_services)
         methods = handlers(self._servicer, observe)
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, methods),)
@@ -319,7 +313,8 @@ class Sidecar:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(names, self._server)
+        reflector = reflection.aio.ReflectionServicer(names)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, self._open_services)
         self._health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._health.set_ready(False)
         address = f"{settings.host}:{settings.port}"

@@ -2,12 +2,14 @@
 
 Certificates are re-read when their files change (Kubernetes updates mounted secrets in place),
 checked on every new connection, so rotation needs no restart. Tokens are compared in constant
-time and never logged; health and reflection stay open so probes and tools work unauthenticated.
+time and never logged; health and reflection stay open so probes and tools work unauthenticated,
+and what callers can make those open services hold is bounded (``OpenServices``).
 """
 
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -172,3 +174,105 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if not self._tokens.accepts(token.strip()):
             return _deny(details.method, "invalid bearer token", self._observe)
         return await continuation(details)
+
+
+#: Calls of the open services (health, reflection) at once, all callers together; past it they
+#: get RESOURCE_EXHAUSTED. A probe's call lasts milliseconds: a thousand open ones are held.
+MAX_OPEN_CALLS = 1000
+#: Largest request of an open service: a service, symbol or file name is far shorter, and a
+#: reflection answer echoes its request whole, for as long as its client leaves it unread.
+MAX_OPEN_REQUEST_BYTES = 4096
+_TOO_LARGE = object()  # what the deserializer gives for a request past that
+
+
+class OpenServices:
+    """Registers the services open to every caller, token or not, bounded: at most
+    ``MAX_OPEN_CALLS`` calls at once, each counted until gRPC has ended it (an answer its
+    client never reads keeps it open), and requests of at most ``MAX_OPEN_REQUEST_BYTES``.
+    Unbounded, 10,000 health checks whose client never read held 233 MiB, and 40 reflection
+    streams asking for a 4 MB symbol 698 MiB.
+
+    Stands in for the server where generated code registers a servicer
+    (``add_HealthServicer_to_server(servicer, OpenServices(server))``) and hands the server
+    each method handler wrapped."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+        self.open = 0  # calls not yet ended
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Generated code registers its handlers twice; the bounded ones are added by
+        ``add_registered_method_handlers``, which is given them by name."""
+
+    def add_registered_method_handlers(
+        self, service: str, methods: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        bounded = {name: self._bounded(handler) for name, handler in methods.items()}
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, bounded),)
+        )
+        self._server.add_registered_method_handlers(service, bounded)
+
+    def _bounded(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        parse = handler.request_deserializer
+        serialize = handler.response_serializer
+
+        def deserialize(data: bytes) -> Any:
+            return _TOO_LARGE if len(data) > MAX_OPEN_REQUEST_BYTES else parse(data)
+
+        if handler.request_streaming and handler.response_streaming:
+            stream = handler.stream_stream
+
+            async def stream_stream(requests: Any, context: Any) -> None:
+                await self._enter(context)
+                await _respond(stream(_checked(requests, context), context), context)
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
+        if handler.response_streaming:
+            unary_stream = handler.unary_stream
+
+            async def one_to_stream(request: Any, context: Any) -> None:
+                await self._enter(context)
+                await _respond(unary_stream(await _check(request, context), context), context)
+
+            return grpc.unary_stream_rpc_method_handler(one_to_stream, deserialize, serialize)
+        if handler.request_streaming:
+            raise TypeError("no open service has a client-streaming method")
+        unary = handler.unary_unary
+
+        async def one_to_one(request: Any, context: Any) -> Any:
+            await self._enter(context)
+            return await unary(await _check(request, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(one_to_one, deserialize, serialize)
+
+    async def _enter(self, context: Any) -> None:
+        if self.open >= MAX_OPEN_CALLS:
+            message = f"{MAX_OPEN_CALLS} health and reflection calls are open; retry later"
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        self.open += 1
+        context.add_done_callback(self._ended)
+
+    def _ended(self, _: Any) -> None:
+        self.open -= 1
+
+
+async def _check(request: Any, context: Any) -> Any:
+    if request is _TOO_LARGE:
+        message = f"request over {MAX_OPEN_REQUEST_BYTES} bytes, more than any name here takes"
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+    return request
+
+
+async def _checked(requests: Any, context: Any) -> Any:
+    async for request in requests:
+        yield await _check(request, context)
+
+
+async def _respond(result: Any, context: Any) -> None:
+    """Send a streaming handler's answers, whether it yields them or writes them itself."""
+    if inspect.isasyncgen(result):
+        async for response in result:
+            await context.write(response)
+    else:
+        await result
