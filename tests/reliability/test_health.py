@@ -15,8 +15,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rerankd_server.app import _HealthServicer
+from rerankd_server.app import LIVENESS_SERVICE, _HealthServicer
 from rerankd_server.scoring.base import Scorer
+from rerankd_server.servicer import SERVICE_NAME
 from rerankd_server.settings import Settings
 from support.fake_scorer import FakeScorer
 from support.sidecar import run_sidecar
@@ -108,3 +109,24 @@ async def test_setting_a_status_never_waits_for_a_watcher() -> None:
     assert reading.written == [NOT_SERVING, SERVING, NOT_SERVING]
     done = await asyncio.gather(*watches, return_exceptions=True)
     assert isinstance(done[0], asyncio.CancelledError) and done[1] is None
+
+
+def test_list_gives_every_service_and_readiness_follows_the_drain() -> None:
+    """grpc.health.v1's List: the stock servicer does not implement it, and each call logged
+    an ERROR traceback."""
+    with run_sidecar(FAKE_MODEL, lambda _: FakeScorer()) as running:
+        sidecar = running.sidecar
+        with grpc.insecure_channel(running.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            listed = stub.List(health_pb2.HealthListRequest(), timeout=HANG)
+            statuses = {name: entry.status for name, entry in listed.statuses.items()}
+            assert statuses == dict.fromkeys(("", SERVICE_NAME, LIVENESS_SERVICE), SERVING)
+            assert sidecar._health is not None
+            sidecar._health.drain()
+            listed = stub.List(health_pb2.HealthListRequest(), timeout=HANG)
+            statuses = {name: entry.status for name, entry in listed.statuses.items()}
+            assert statuses == {
+                "": NOT_SERVING,
+                SERVICE_NAME: NOT_SERVING,
+                LIVENESS_SERVICE: SERVING,
+            }
