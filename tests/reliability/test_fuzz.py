@@ -188,11 +188,11 @@ def expected_codes(
     model: str, queries: list[str], texts_: list[str], truncation: int, served: str
 ) -> set[Code]:
     """The statuses the documented rules allow for a request, in the server's order of checks."""
+    if len(texts_) > LIMITS.max_documents:  # counted on the wire, before anything is parsed
+        return {INVALID}
     if model not in ("", served):
         return {NOT_FOUND}
     if not texts_:
-        return {INVALID}
-    if len(texts_) > LIMITS.max_documents:
         return {INVALID}
     if any(_blank(q) or _utf8(q) > LIMITS.max_query_bytes for q in queries):
         return {INVALID}
@@ -207,8 +207,9 @@ def expected_codes(
 
 def expected_for_rerank(request: pb.RerankRequest, served: str) -> set[Code]:
     texts_ = [d.text for d in request.documents]
-    if _blank(request.query) or _utf8(request.query) > LIMITS.max_query_bytes:
-        # The query is checked before the documents are counted.
+    bad_query = _blank(request.query) or _utf8(request.query) > LIMITS.max_query_bytes
+    if bad_query and len(texts_) <= LIMITS.max_documents:
+        # Once parsed, the query is checked before the documents are counted.
         return {NOT_FOUND} if request.model not in ("", served) else {INVALID}
     return expected_codes(request.model, [request.query], texts_, request.truncation, served)
 
