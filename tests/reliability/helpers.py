@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,6 +33,18 @@ def fake_factory(scorer: FakeScorer | None = None) -> Callable[[Settings], Score
         return chosen
 
     return factory
+
+
+#: Far longer than any step of these tests takes; reached only when one hangs.
+HANG = 15.0
+
+
+def wait_for(condition: Callable[[], object], what: str) -> None:
+    """Poll ``condition`` until it holds; fail, naming ``what``, after ``HANG`` seconds."""
+    end = time.monotonic() + HANG
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def requests_total(samples: Samples, method: str, code: str) -> float:

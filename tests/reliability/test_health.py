@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import grpc
@@ -22,20 +21,11 @@ from rerankd_server.settings import Settings
 from support.fake_scorer import FakeScorer
 from support.sidecar import run_sidecar
 
-from .helpers import FAKE_MODEL, NeverReading
+from .helpers import FAKE_MODEL, HANG, NeverReading, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 WATCH = "/grpc.health.v1.Health/Watch"
-#: Far longer than any of these steps takes; reached only when one hangs.
-HANG = 15.0
-
-
-def wait_for(condition: Any, what: str) -> None:
-    end = time.monotonic() + HANG
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_a_watcher_that_never_reads_holds_neither_readiness_nor_the_drain() -> None:

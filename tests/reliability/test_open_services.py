@@ -8,7 +8,6 @@ request whole): any caller who could reach the port could exhaust the server's m
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,10 +22,9 @@ from rerankd_server.security import MAX_OPEN_CALLS, MAX_OPEN_REQUEST_BYTES
 from support.fake_scorer import FakeScorer
 from support.sidecar import RunningSidecar, run_sidecar
 
-from .helpers import FAKE_MODEL, NeverReading
+from .helpers import FAKE_MODEL, HANG, NeverReading, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-HANG = 15.0
 
 
 @pytest.fixture
@@ -90,10 +88,7 @@ def test_open_calls_are_bounded_in_number_and_the_rerank_service_is_not_held(
         for i in range(MAX_OPEN_CALLS):
             method = "Watch" if i % 2 else "Check"
             stuck.call(f"/grpc.health.v1.Health/{method}", check)
-        end = time.monotonic() + HANG
-        while gate.open < MAX_OPEN_CALLS:
-            assert time.monotonic() < end, f"{gate.open} calls open"
-            time.sleep(0.01)
+        wait_for(lambda: gate.open == MAX_OPEN_CALLS, f"{MAX_OPEN_CALLS} open calls")
         health = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest()
         exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -105,8 +100,5 @@ def test_open_calls_are_bounded_in_number_and_the_rerank_service_is_not_held(
         assert len(rerank.Rerank(one, timeout=HANG).results) == 1
     finally:
         stuck.socket.close()
-    end = time.monotonic() + HANG
-    while gate.open:
-        assert time.monotonic() < end, f"{gate.open} calls still open"
-        time.sleep(0.01)
+    wait_for(lambda: gate.open == 0, "the open calls to end with their connection")
     assert health.Check(request, timeout=HANG).status == SERVING
